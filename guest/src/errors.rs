@@ -1,0 +1,117 @@
+//! Every text a user of hasp reads when a call fails.
+//!
+//! The three lock-rule messages are byte-exact copies of gocept.lockd's, because
+//! scripts written against it grep for them.
+
+use crate::hasp::lock::types::{Error, ErrorCode};
+use std::io;
+
+/// Shown for a client id or an anonymous lock: the id, or `?`.
+pub fn shown(client: Option<&str>) -> &str {
+    client.unwrap_or("?")
+}
+
+/// The resource (or a conflicting parent or child) is held by `holder`.
+pub fn already_locked(holder: Option<&str>) -> Error {
+    let holder = shown(holder);
+    Error {
+        message: format!("Resource already locked by '{holder}'"),
+        code: ErrorCode::AlreadyLocked(holder.to_string()),
+    }
+}
+
+/// `client` tried to release a lock that `holder` owns.
+pub fn not_owner(holder: Option<&str>, client: &str) -> Error {
+    let holder = shown(holder);
+    Error {
+        message: format!("Resource locked by '{holder}' cannot be unlocked by '{client}'"),
+        code: ErrorCode::NotOwner(holder.to_string()),
+    }
+}
+
+/// A token that does not match the lock's token.
+pub fn wrong_token(holder: Option<&str>) -> Error {
+    let holder = shown(holder);
+    Error {
+        message: format!("Resource locked by '{holder}' cannot be unlocked with this token"),
+        code: ErrorCode::NotOwner(holder.to_string()),
+    }
+}
+
+/// Nothing to release.
+pub fn not_locked() -> Error {
+    Error {
+        message: "Resource not locked".to_string(),
+        code: ErrorCode::NotLocked,
+    }
+}
+
+/// Malformed input; `what` names the argument, `why` says what is wrong.
+pub fn invalid(what: &str, value: &str, why: &str) -> Error {
+    Error {
+        message: format!("invalid {what} {}: {why}", quoted(value)),
+        code: ErrorCode::InvalidInput,
+    }
+}
+
+/// A record file that does not parse. `path` is relative to the lock directory.
+pub fn corrupt(path: &str, why: &str) -> Error {
+    Error {
+        message: format!("corrupt record file {path}: {why}"),
+        code: ErrorCode::CorruptRecord(path.to_string()),
+    }
+}
+
+/// A filesystem call on `path` (relative to the lock directory) failed.
+pub fn storage(action: &str, path: &str, err: &io::Error) -> Error {
+    Error {
+        message: format!("cannot {action} {path}: {}", io_reason(err)),
+        code: ErrorCode::Storage(path.to_string()),
+    }
+}
+
+/// A lock directory laid out by a newer, incompatible hasp.
+pub fn wrong_format(path: &str, found: &str) -> Error {
+    Error {
+        message: format!(
+            "{path} says {}: this lock directory was written by an incompatible hasp",
+            quoted(found)
+        ),
+        code: ErrorCode::Storage(path.to_string()),
+    }
+}
+
+/// A path component that is a symlink: never followed.
+pub fn symlink(path: &str) -> Error {
+    Error {
+        message: format!("refusing to follow the symlink {path}"),
+        code: ErrorCode::Storage(path.to_string()),
+    }
+}
+
+/// Contention did not settle within the retry bound.
+pub fn busy(resource: &str) -> Error {
+    Error {
+        message: format!("gave up on {resource} after repeated concurrent changes; try again"),
+        code: ErrorCode::Busy,
+    }
+}
+
+/// The part of an I/O error a person needs, without the `(os error N)` tail.
+fn io_reason(err: &io::Error) -> String {
+    let text = err.to_string();
+    match text.find(" (os error") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
+/// Shows user input safely: control characters escaped, long values cut.
+fn quoted(value: &str) -> String {
+    const SHOWN: usize = 80;
+    let mut out: String = value.chars().take(SHOWN).flat_map(char::escape_debug).collect();
+    if value.chars().count() > SHOWN {
+        out.push_str("...");
+    }
+    format!("'{out}'")
+}

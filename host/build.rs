@@ -1,0 +1,88 @@
+//! Builds the guest component (`guest/`, target `wasm32-wasip2`) so that a
+//! plain `cargo build` of the host needs no manual step, and embeds it.
+//!
+//! The guest gets its own target directory beside ours (`<target>/guest`): a
+//! nested cargo on our own target directory would wait forever on its lock.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::{env, fs};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir.parent().expect("host/ lives in the workspace");
+    let guest = root.join("guest");
+    for watched in ["src", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", guest.join(watched).display());
+    }
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+    let target_dir = guest_target_dir(&out_dir);
+    ensure_wasm_target();
+
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--locked", "--target", WASM_TARGET])
+        .arg("--manifest-path")
+        .arg(guest.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // Flags and wrappers meant for the host build must not leak into the guest's.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_MAKEFLAGS")
+        .status()
+        .expect("run cargo to build the guest component");
+    assert!(status.success(), "building the guest component failed");
+
+    let built = target_dir
+        .join(WASM_TARGET)
+        .join("release")
+        .join("hasp_guest.wasm");
+    let bytes = fs::read(&built).unwrap_or_else(|e| panic!("read {}: {e}", built.display()));
+    fs::write(out_dir.join("hasp_guest.wasm"), &bytes).expect("copy the guest into OUT_DIR");
+    println!("cargo:rustc-env=HASP_GUEST_HASH={:016x}", fnv1a(&bytes));
+}
+
+/// `<target>/guest`: the target root is the ancestor of OUT_DIR holding cargo's
+/// `CACHEDIR.TAG`. Without one, a directory inside OUT_DIR does.
+fn guest_target_dir(out_dir: &Path) -> PathBuf {
+    out_dir
+        .ancestors()
+        .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+        .map_or_else(|| out_dir.join("guest-target"), |root| root.join("guest"))
+}
+
+/// Installs the wasm target through rustup when it is missing (rustup does not
+/// install targets on its own).
+fn ensure_wasm_target() {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    match installed {
+        Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == WASM_TARGET) => {}
+        Ok(_) => {
+            let status = Command::new("rustup")
+                .args(["target", "add", WASM_TARGET])
+                .status()
+                .expect("run rustup target add");
+            assert!(status.success(), "rustup target add {WASM_TARGET} failed");
+        }
+        Err(_) => println!(
+            "cargo:warning=rustup not found; assuming the {WASM_TARGET} target is installed"
+        ),
+    }
+}
+
+/// FNV-1a, 64 bits: names the precompiled-component cache entry.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}

@@ -1,0 +1,8 @@
+//! Host bindings of the `hasp:lock` WIT package (world `guest`).
+
+wasmtime::component::bindgen!({
+    world: "guest",
+    path: "../wit",
+});
+
+pub use hasp::lock::types;

@@ -1,0 +1,218 @@
+//! Command-line front door: parses arguments, calls the registry, prints.
+
+use clap::{Args, Parser, Subcommand};
+use hasp::{Error, Grant, Holder, LockOptions, Registry, UnlockKey};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "hasp", version, about = "Named, hierarchical locks whose rules run in a WebAssembly component")]
+struct Cli {
+    /// Lock directory [default: $XDG_STATE_HOME/hasp, else ~/.local/state/hasp]
+    #[arg(long, global = true, env = "HASP_DIR", value_name = "DIR")]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Take a lock; exit 1 with the holder's name if it is held
+    Lock {
+        /// Resource name, e.g. `deploy` or `/my/resource`
+        resource: String,
+        #[command(flatten)]
+        options: LockArgs,
+        /// Print the grant (token, fencing token) as JSON
+        #[arg(long)]
+        json: bool,
+        /// Print the unlock token and the fencing token
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Release a lock, proving ownership by client id or by token
+    Unlock {
+        /// Resource name
+        resource: String,
+        /// The client id the lock was taken with
+        #[arg(long, required_unless_present = "token", conflicts_with = "token")]
+        client: Option<String>,
+        /// The token printed by `hasp lock --json` or `-v`
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Show held locks: all of them, or the one on RESOURCE
+    Status {
+        /// Resource name; without it, every held lock
+        resource: Option<String>,
+        /// Machine-readable output (`null` for a free resource)
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct LockArgs {
+    /// Client id recorded as the owner (omit for an anonymous lock)
+    #[arg(long)]
+    client: Option<String>,
+    /// Do not conflict with locks on parent resources
+    #[arg(long)]
+    no_lock_parents: bool,
+    /// Do not conflict with locks on child resources
+    #[arg(long)]
+    no_lock_children: bool,
+}
+
+/// Runs the command line and returns the exit code.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    match execute(cli) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("{err}");
+            match err.downcast_ref::<Error>() {
+                Some(e) if e.is_refusal() => 1,
+                _ => 2,
+            }
+        }
+    }
+}
+
+fn execute(cli: Cli) -> anyhow::Result<()> {
+    let dir = match cli.dir {
+        Some(dir) => dir,
+        None => default_dir()?,
+    };
+    let mut registry = Registry::open(&dir)?;
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Lock {
+            resource,
+            options,
+            json,
+            verbose,
+        } => {
+            let options = LockOptions {
+                client: options.client,
+                lock_parents: !options.no_lock_parents,
+                lock_children: !options.no_lock_children,
+            };
+            let grant = registry.lock(&resource, &options)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&grant)?)?;
+            } else if verbose {
+                print_grant(&mut out, &grant)?;
+            }
+        }
+        Command::Unlock {
+            resource,
+            client,
+            token,
+        } => {
+            let key = match (client, token) {
+                (Some(client), _) => UnlockKey::Client(client),
+                (None, Some(token)) => UnlockKey::Token(token),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            registry.unlock(&resource, &key)?;
+        }
+        Command::Status { resource, json } => match resource {
+            Some(resource) => {
+                let held = registry.status(&resource)?;
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&held)?)?;
+                } else if let Some(holder) = held {
+                    print_table(&mut out, &[holder])?;
+                } else {
+                    writeln!(out, "not locked")?;
+                }
+            }
+            None => {
+                let all = registry.list("")?;
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&all)?)?;
+                } else {
+                    print_table(&mut out, &all)?;
+                }
+            }
+        },
+    }
+    Ok(())
+}
+
+/// `$XDG_STATE_HOME/hasp`, else `$HOME/.local/state/hasp`; created if missing.
+fn default_dir() -> anyhow::Result<PathBuf> {
+    let env = |key| std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let dir = env("XDG_STATE_HOME")
+        .map(|d| d.join("hasp"))
+        .or_else(|| env("HOME").map(|d| d.join(".local").join("state").join("hasp")))
+        .ok_or_else(|| anyhow::anyhow!("no lock directory: pass --dir or set HASP_DIR or HOME"))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the lock directory {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+fn print_grant(out: &mut impl Write, grant: &Grant) -> std::io::Result<()> {
+    writeln!(out, "token: {}", grant.token)?;
+    writeln!(out, "fencing: {}", grant.holder.fencing)
+}
+
+fn print_table(out: &mut impl Write, holders: &[Holder]) -> std::io::Result<()> {
+    let rows: Vec<[String; 4]> = holders
+        .iter()
+        .map(|h| {
+            [
+                h.resource.clone(),
+                h.client.clone().unwrap_or_else(|| "?".into()),
+                utc(h.since_ms),
+                h.fencing.to_string(),
+            ]
+        })
+        .collect();
+    let header = ["RESOURCE", "OWNER", "SINCE", "FENCING"].map(String::from);
+    let width = |i: usize| {
+        rows.iter()
+            .chain(std::iter::once(&header))
+            .map(|r| r[i].chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let widths = [width(0), width(1), width(2)];
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        writeln!(
+            out,
+            "{:w0$}  {:w1$}  {:w2$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        )?;
+    }
+    Ok(())
+}
+
+/// `2026-11-23T16:02:03Z` from milliseconds since the Unix epoch.
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

@@ -1,0 +1,119 @@
+//! The one error type of the hasp library.
+
+use crate::bindings::types as wit;
+use std::path::PathBuf;
+
+/// Why a hasp call failed. The lock-rule variants carry the guest's message
+/// (the exact gocept.lockd texts) and the holder it names; match on the
+/// variant, show the `Display` text to people.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The resource, or a related parent or child, is held by `holder`
+    /// (a client id, or `?` for an anonymous lock).
+    #[error("{message}")]
+    AlreadyLocked {
+        /// Who holds the conflicting lock.
+        holder: String,
+        /// `Resource already locked by '<holder>'`.
+        message: String,
+    },
+    /// The lock belongs to `holder`, not to the client or token presented.
+    #[error("{message}")]
+    NotOwner {
+        /// Who holds the lock.
+        holder: String,
+        /// `Resource locked by '<holder>' cannot be unlocked by '<client>'`.
+        message: String,
+    },
+    /// There is no lock to release.
+    #[error("{message}")]
+    NotLocked {
+        /// `Resource not locked`.
+        message: String,
+    },
+    /// A resource name, client id or token was malformed; nothing changed.
+    #[error("{message}")]
+    InvalidInput {
+        /// What is wrong, quoting the input.
+        message: String,
+    },
+    /// A record file in the lock directory does not parse.
+    #[error("{message} (lock directory {})", dir.display())]
+    CorruptRecord {
+        /// The lock directory.
+        dir: PathBuf,
+        /// The record file, relative to `dir`.
+        file: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A filesystem call inside the lock directory failed.
+    #[error("{message} (lock directory {})", dir.display())]
+    Storage {
+        /// The lock directory.
+        dir: PathBuf,
+        /// The file or directory it failed on, relative to `dir`.
+        file: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// Concurrent changes kept the attempt from settling; nothing was granted.
+    #[error("{message}")]
+    Busy {
+        /// Which resource, and that a retry may succeed.
+        message: String,
+    },
+    /// The lock directory itself could not be opened.
+    #[error("cannot open the lock directory {}: {source}", dir.display())]
+    Directory {
+        /// The directory given.
+        dir: PathBuf,
+        /// Why it could not be opened.
+        source: std::io::Error,
+    },
+    /// The component trapped or ran past its time or memory limit. The
+    /// registry re-instantiates it on the next call; the disk is unchanged by
+    /// whatever the trapped call had not committed.
+    #[error("the hasp component stopped: {0}")]
+    Trap(String),
+    /// The WebAssembly runtime could not be set up.
+    #[error("the hasp runtime failed: {0}")]
+    Runtime(String),
+}
+
+impl Error {
+    /// Whether this is a refusal by the lock rules (as opposed to bad input or
+    /// a broken environment).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::AlreadyLocked { .. }
+                | Error::NotOwner { .. }
+                | Error::NotLocked { .. }
+                | Error::Busy { .. }
+        )
+    }
+
+    /// Maps an error returned by the guest, in the registry on `dir`.
+    pub(crate) fn from_guest(err: wit::Error, dir: &std::path::Path) -> Error {
+        let message = err.message;
+        let dir = dir.to_path_buf();
+        match err.code {
+            wit::ErrorCode::AlreadyLocked(holder) => Error::AlreadyLocked { holder, message },
+            wit::ErrorCode::NotOwner(holder) => Error::NotOwner { holder, message },
+            wit::ErrorCode::NotLocked => Error::NotLocked { message },
+            wit::ErrorCode::InvalidInput => Error::InvalidInput { message },
+            wit::ErrorCode::CorruptRecord(file) => Error::CorruptRecord {
+                dir,
+                file: file.into(),
+                message,
+            },
+            wit::ErrorCode::Storage(file) => Error::Storage {
+                dir,
+                file: file.into(),
+                message,
+            },
+            wit::ErrorCode::Busy => Error::Busy { message },
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! hasp: named, hierarchical locks whose rules run inside a WebAssembly
+//! component.
+//!
+//! This crate is the host. It runs the hasp guest component under wasmtime,
+//! hands it the lock directory (a WASI preopen, opened with cap-std) and
+//! carries calls in. It decides nothing itself: every rule — ownership,
+//! tokens, hierarchy, fencing, the record format and the messages — lives in
+//! the guest.
+//!
+//! The whole life of a lock:
+//!
+//! ```
+//! use hasp::{LockOptions, Registry, UnlockKey};
+//! # let dir = tempfile::tempdir()?;
+//! let mut registry = Registry::open(dir.path())?;
+//! let grant = registry.lock("deploy/prod", &LockOptions::client("ci-42"))?;
+//! assert_eq!(grant.holder.fencing, 1);
+//!
+//! // Taken: a second lock, or one on a parent or child, is refused at once.
+//! let err = registry.lock("deploy", &LockOptions::client("ci-43")).unwrap_err();
+//! assert_eq!(err.to_string(), "Resource already locked by 'ci-42'");
+//!
+//! registry.unlock("deploy/prod", &UnlockKey::Token(grant.token))?;
+//! assert_eq!(registry.status("deploy/prod")?, None);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod bindings;
+mod error;
+mod registry;
+mod runtime;
+
+pub use error::Error;
+pub use registry::{Grant, Holder, LockOptions, Registry, UnlockKey};
+pub use runtime::{cache_dir, Limits, Runtime, GUEST_WASM};

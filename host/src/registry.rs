@@ -1,0 +1,257 @@
+//! The Rust API: a lock registry on a directory, served by one reused
+//! instance of the guest component.
+
+use crate::bindings::{types as wit, Guest};
+use crate::error::Error;
+use crate::runtime::{runtime_error, Runtime, State};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use wasmtime::component::{ResourceAny, ResourceTable};
+use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+/// Where the guest sees the lock directory (its only preopen).
+const GUEST_DIR: &str = "/locks";
+
+/// How to take a lock. The default is Locker's: anonymous, and conflicting
+/// with locks on both parents and children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockOptions {
+    /// Who takes the lock; `None` makes it anonymous (it then opens only with
+    /// its token, and shows as `?`).
+    pub client: Option<String>,
+    /// Whether the lock conflicts with locks on its ancestors.
+    pub lock_parents: bool,
+    /// Whether the lock conflicts with locks on its descendants.
+    pub lock_children: bool,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        LockOptions {
+            client: None,
+            lock_parents: true,
+            lock_children: true,
+        }
+    }
+}
+
+impl LockOptions {
+    /// Options for a lock owned by `client`.
+    pub fn client(client: impl Into<String>) -> Self {
+        LockOptions {
+            client: Some(client.into()),
+            ..LockOptions::default()
+        }
+    }
+}
+
+/// A held lock, as anybody may see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    /// Canonical resource name (no leading `/`).
+    pub resource: String,
+    /// The owning client id; `None` for an anonymous lock.
+    pub client: Option<String>,
+    /// Strictly increases with every grant of this resource; never reused.
+    pub fencing: u64,
+    /// Grant time, milliseconds since the Unix epoch.
+    pub since_ms: u64,
+    /// Whether the lock conflicts with locks on ancestors.
+    pub lock_parents: bool,
+    /// Whether the lock conflicts with locks on descendants.
+    pub lock_children: bool,
+}
+
+/// A granted lock, with the token that releases it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Grant {
+    /// What is held, by whom, with which fencing token.
+    #[serde(flatten)]
+    pub holder: Holder,
+    /// The unlock token (UUID v4).
+    pub token: String,
+}
+
+/// What proves the right to unlock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnlockKey {
+    /// The client id the lock was taken with.
+    Client(String),
+    /// The token returned with the grant.
+    Token(String),
+}
+
+/// A lock registry kept in one directory.
+///
+/// Any number of registries — in this process or in others, through this API,
+/// the `hasp` CLI or the stock `wasmtime` CLI — may be open on the same
+/// directory; they never grant conflicting locks. Each `Registry` keeps one
+/// guest instance and reuses it for every call.
+pub struct Registry {
+    runtime: Runtime,
+    dir: PathBuf,
+    live: Option<Live>,
+}
+
+struct Live {
+    store: Store<State>,
+    guest: Guest,
+    handle: ResourceAny,
+}
+
+impl Registry {
+    /// Opens the registry in `dir` (which must exist) with the shared runtime.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Registry, Error> {
+        Registry::open_with(&Runtime::shared()?, dir)
+    }
+
+    /// Opens the registry in `dir` with a given runtime.
+    pub fn open_with(runtime: &Runtime, dir: impl AsRef<Path>) -> Result<Registry, Error> {
+        let mut registry = Registry {
+            runtime: runtime.clone(),
+            dir: dir.as_ref().to_path_buf(),
+            live: None,
+        };
+        registry.live()?;
+        Ok(registry)
+    }
+
+    /// The directory this registry keeps its records in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes a lock on `resource`. Never waits: a held resource (or a
+    /// conflicting parent or child) gives [`Error::AlreadyLocked`] at once.
+    pub fn lock(&mut self, resource: &str, options: &LockOptions) -> Result<Grant, Error> {
+        let options = wit::LockOptions {
+            client: options.client.clone(),
+            lock_parents: options.lock_parents,
+            lock_children: options.lock_children,
+        };
+        let grant = self.call(|guest, handle, store| {
+            guest
+                .hasp_lock_registry()
+                .registry()
+                .call_lock(store, handle, resource, &options)
+        })?;
+        Ok(Grant {
+            holder: holder(grant.holder),
+            token: grant.token,
+        })
+    }
+
+    /// Releases the lock on `resource` if `key` owns it; returns what was held.
+    pub fn unlock(&mut self, resource: &str, key: &UnlockKey) -> Result<Holder, Error> {
+        let key = match key {
+            UnlockKey::Client(c) => wit::UnlockKey::Client(c.clone()),
+            UnlockKey::Token(t) => wit::UnlockKey::Token(t.clone()),
+        };
+        let held = self.call(|guest, handle, store| {
+            guest
+                .hasp_lock_registry()
+                .registry()
+                .call_unlock(store, handle, resource, &key)
+        })?;
+        Ok(holder(held))
+    }
+
+    /// The lock on exactly `resource`, or `None` when it is free.
+    pub fn status(&mut self, resource: &str) -> Result<Option<Holder>, Error> {
+        let held = self.call(|guest, handle, store| {
+            guest
+                .hasp_lock_registry()
+                .registry()
+                .call_status(store, handle, resource)
+        })?;
+        Ok(held.map(holder))
+    }
+
+    /// Every lock at or below `prefix` (`""` for all), sorted by resource.
+    pub fn list(&mut self, prefix: &str) -> Result<Vec<Holder>, Error> {
+        let held = self.call(|guest, handle, store| {
+            guest
+                .hasp_lock_registry()
+                .registry()
+                .call_list(store, handle, prefix)
+        })?;
+        Ok(held.into_iter().map(holder).collect())
+    }
+
+    /// Runs one guest call under the runtime's limits. A trap drops the
+    /// instance; the next call starts a fresh one.
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&Guest, ResourceAny, &mut Store<State>) -> wasmtime::Result<Result<T, wit::Error>>,
+    ) -> Result<T, Error> {
+        let ticks = self.runtime.deadline_ticks();
+        let live = self.live()?;
+        live.store.set_epoch_deadline(ticks);
+        match f(&live.guest, live.handle, &mut live.store) {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(Error::from_guest(err, &self.dir)),
+            Err(trap) => {
+                self.live = None;
+                Err(Error::Trap(format!("{trap:#}")))
+            }
+        }
+    }
+
+    fn live(&mut self) -> Result<&mut Live, Error> {
+        if self.live.is_none() {
+            self.live = Some(self.instantiate()?);
+        }
+        Ok(self.live.as_mut().expect("just set"))
+    }
+
+    fn instantiate(&self) -> Result<Live, Error> {
+        let limits = self.runtime.limits();
+        let wasi = WasiCtxBuilder::new()
+            .allow_blocking_current_thread(true)
+            .preopened_dir(&self.dir, GUEST_DIR, FsPerms::ReadWrite)
+            .map_err(|e| Error::Directory {
+                dir: self.dir.clone(),
+                source: std::io::Error::other(format!("{e}")),
+            })?
+            .build();
+        let state = State {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory)
+                .instances(4)
+                .build(),
+        };
+        let mut store = Store::new(self.runtime.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.runtime.deadline_ticks());
+        let guest = self
+            .runtime
+            .pre()
+            .instantiate(&mut store)
+            .map_err(runtime_error)?;
+        let opened = guest
+            .hasp_lock_registry()
+            .registry()
+            .call_open(&mut store, GUEST_DIR)
+            .map_err(|trap| Error::Trap(format!("{trap:#}")))?;
+        let handle = opened.map_err(|err| Error::from_guest(err, &self.dir))?;
+        Ok(Live {
+            store,
+            guest,
+            handle,
+        })
+    }
+}
+
+fn holder(h: wit::Holder) -> Holder {
+    Holder {
+        resource: h.resource,
+        client: h.client,
+        fencing: h.fencing,
+        since_ms: h.since_ms,
+        lock_parents: h.lock_parents,
+        lock_children: h.lock_children,
+    }
+}

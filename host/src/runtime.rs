@@ -1,0 +1,199 @@
+//! The WebAssembly side of the host: one engine, the guest component compiled
+//! once and cached on disk, and the limits every guest call runs under.
+
+use crate::bindings::GuestPre;
+use crate::error::Error;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// The guest component, built by `build.rs` from `guest/`.
+pub const GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hasp_guest.wasm"));
+const GUEST_HASH: &str = env!("HASP_GUEST_HASH");
+
+/// How often the epoch advances; the unit of [`Limits::call_timeout`].
+const TICK: Duration = Duration::from_millis(50);
+
+/// Bounds on every guest call, so a bug in the guest traps instead of
+/// hanging or exhausting the host.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Wall-clock time one call may take, filesystem calls included.
+    pub call_timeout: Duration,
+    /// Largest linear memory the guest may grow to, in bytes.
+    pub memory: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            call_timeout: Duration::from_secs(30),
+            memory: 256 << 20,
+        }
+    }
+}
+
+/// A compiled, ready-to-instantiate hasp component. Cheap to share: open as
+/// many registries from one runtime as you like.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    pre: GuestPre<State>,
+    limits: Limits,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Per-instance host state.
+pub(crate) struct State {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limits: StoreLimits,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl crate::bindings::types::Host for State {}
+
+impl Runtime {
+    /// The process-wide runtime with default limits, created on first use.
+    pub fn shared() -> Result<Runtime, Error> {
+        static SHARED: OnceLock<Runtime> = OnceLock::new();
+        if let Some(rt) = SHARED.get() {
+            return Ok(rt.clone());
+        }
+        let rt = Runtime::new(Limits::default())?;
+        Ok(SHARED.get_or_init(|| rt).clone())
+    }
+
+    /// A runtime with its own engine and `limits`. Loads the precompiled
+    /// component from the cache directory (see [`cache_dir`]), compiling and
+    /// storing it there the first time.
+    pub fn new(limits: Limits) -> Result<Runtime, Error> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(runtime_error)?;
+        let component = load_component(&engine)?;
+        let mut linker = Linker::<State>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_error)?;
+        crate::bindings::Guest::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .map_err(runtime_error)?;
+        let pre = linker.instantiate_pre(&component).map_err(runtime_error)?;
+        let pre = GuestPre::new(pre).map_err(runtime_error)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.weak(), ticker_stop.clone());
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                pre,
+                limits,
+                ticker_stop,
+            }),
+        })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn pre(&self) -> &GuestPre<State> {
+        &self.inner.pre
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Epoch ticks a call may run for.
+    pub(crate) fn deadline_ticks(&self) -> u64 {
+        (self.inner.limits.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64
+    }
+}
+
+fn spawn_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("hasp-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+                match engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .ok();
+}
+
+/// Where precompiled components are cached: `$HASP_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/hasp`, else `$HOME/.cache/hasp`.
+pub fn cache_dir() -> Option<PathBuf> {
+    let env = |key| std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("HASP_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("hasp")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache").join("hasp")))
+}
+
+/// Loads the compiled guest from the cache, or compiles and caches it.
+fn load_component(engine: &Engine) -> Result<Component, Error> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    let name = format!("guest-{GUEST_HASH}-{:016x}.cwasm", hasher.finish());
+    let cached = cache_dir().map(|dir| dir.join(name));
+    if let Some(path) = &cached {
+        if path.is_file() {
+            // SAFETY: the file was written by `store` below from
+            // `Engine::precompile_component`, atomically, in the user's own
+            // cache directory; wasmtime checks that it matches this engine.
+            // Whoever can replace it can already run code as this user.
+            if let Ok(component) = unsafe { Component::deserialize_file(engine, path) } {
+                return Ok(component);
+            }
+        }
+    }
+    let compiled = engine
+        .precompile_component(GUEST_WASM)
+        .map_err(runtime_error)?;
+    if let Some(path) = &cached {
+        store(path, &compiled); // a cache that cannot be written only costs time
+    }
+    // SAFETY: `compiled` was produced by this very engine a moment ago.
+    unsafe { Component::deserialize(engine, &compiled) }.map_err(runtime_error)
+}
+
+fn store(path: &Path, bytes: &[u8]) {
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+pub(crate) fn runtime_error(err: impl std::fmt::Display) -> Error {
+    Error::Runtime(format!("{err:#}"))
+}
