@@ -5,4 +5,4 @@ wasmtime::component::bindgen!({
     path: "../wit",
 });
 
-pub use hasp::lock::types;
+pub use self::hasp::lock::types;
