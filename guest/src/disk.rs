@@ -37,6 +37,20 @@ pub struct Disk {
     root: String,
 }
 
+/// A record written in full under `tmp/`, not yet committed.
+pub struct Staged {
+    /// `tmp/<token>`: becomes the node's `.slot` on commit.
+    dir: String,
+    /// The record's file name inside it (the token).
+    file: String,
+}
+
+impl Staged {
+    fn path(&self) -> String {
+        format!("{}/{}", self.dir, self.file)
+    }
+}
+
 /// The record held in a node's slot, with the file it lives in.
 pub struct Slot {
     /// The record's file name inside `.slot` (the grant's token).
@@ -134,26 +148,33 @@ impl Disk {
         Ok(Some(Slot { file, grant }))
     }
 
-    /// Writes `grant` in full under `tmp/`, then renames it into place as the
-    /// slot of `node`. Returns false, leaving nothing behind, when the slot
-    /// already holds a record.
-    pub fn commit(&self, node: &str, grant: &Grant) -> Result<bool, Error> {
-        let staged = format!("{TMP}/{}", grant.token);
-        self.make_dir(&staged)?;
-        let file = format!("{staged}/{}", grant.token);
-        let outcome = self
-            .write_new(&file, &record::encode(grant))
-            .and_then(|()| self.rename_slot(&staged, node));
-        if !matches!(outcome, Ok(true)) {
-            let _ = fs::remove_file(self.abs(&file));
-            let _ = fs::remove_dir(self.abs(&staged));
+    /// Writes `grant` in full as `tmp/<token>/<token>`, ready to be linked as
+    /// a marker and renamed into place.
+    pub fn stage(&self, grant: &Grant) -> Result<Staged, Error> {
+        let staged = Staged {
+            dir: format!("{TMP}/{}", grant.token),
+            file: grant.token.clone(),
+        };
+        self.make_dir(&staged.dir)?;
+        if let Err(err) = self.write_new(&staged.path(), &record::encode(grant)) {
+            self.discard(&staged);
+            return Err(err);
         }
-        outcome
+        Ok(staged)
     }
 
-    fn rename_slot(&self, staged: &str, node: &str) -> Result<bool, Error> {
+    /// Removes a staged record that was not committed (best effort).
+    pub fn discard(&self, staged: &Staged) {
+        let _ = fs::remove_file(self.abs(&staged.path()));
+        let _ = fs::remove_dir(self.abs(&staged.dir));
+    }
+
+    /// Renames the staged record's directory into place as `node`'s slot.
+    /// Returns false, leaving the staged record as it was, when the slot
+    /// already holds a record.
+    pub fn commit(&self, staged: &Staged, node: &str) -> Result<bool, Error> {
         let slot = format!("{node}/{SLOT}");
-        match fs::rename(self.abs(staged), self.abs(&slot)) {
+        match fs::rename(self.abs(&staged.dir), self.abs(&slot)) {
             Ok(()) => Ok(true),
             Err(err) => match self.read_slot(node)? {
                 Some(_) => Ok(false),
@@ -181,8 +202,9 @@ impl Disk {
         }
     }
 
-    /// The highest fencing number ever claimed on `node` (0 if none).
-    pub fn fence_max(&self, node: &str) -> Result<u64, Error> {
+    /// The fencing high-water mark of `node`: the highest number ever
+    /// granted there (0 if none).
+    pub fn fence_current(&self, node: &str) -> Result<u64, Error> {
         Ok(self.fences(node)?.into_iter().max().unwrap_or(0))
     }
 
@@ -203,20 +225,30 @@ impl Disk {
         Ok(out)
     }
 
-    /// Claims fencing number `n` on `node` by creating its marker file.
-    /// False when somebody claimed the same number first.
-    pub fn fence_claim(&self, node: &str, n: u64) -> Result<bool, Error> {
-        self.make_dir(&format!("{node}/{FENCE}"))?;
-        let path = format!("{node}/{FENCE}/{n}");
-        match fs::File::create_new(self.abs(&path)) {
-            Ok(_) => Ok(true),
-            Err(err) if err.kind() == ErrorKind::AlreadyExists => Ok(false),
-            Err(err) => Err(errors::storage("create", &path, &err)),
+    /// Moves the high-water mark of `node` from `from` to `to`: a rename of
+    /// the file `.fence/<from>` to `.fence/<to>`, which only one caller can
+    /// win. False when the mark is no longer `from`.
+    pub fn fence_advance(&self, node: &str, from: u64, to: u64) -> Result<bool, Error> {
+        let dir = format!("{node}/{FENCE}");
+        let target = format!("{dir}/{to}");
+        if from == 0 {
+            // First grant ever: create the mark. A racer that created and
+            // advanced it meanwhile leaves a higher mark, hence the re-read.
+            self.make_dir(&dir)?;
+            return match fs::File::create_new(self.abs(&target)) {
+                Ok(_) => Ok(self.fence_current(node)? == to),
+                Err(err) if err.kind() == ErrorKind::AlreadyExists => Ok(false),
+                Err(err) => Err(errors::storage("create", &target, &err)),
+            };
+        }
+        match fs::rename(self.abs(&format!("{dir}/{from}")), self.abs(&target)) {
+            Ok(()) => Ok(true),
+            Err(err) if gone(&err) => Ok(false),
+            Err(err) => Err(errors::storage("rename", &target, &err)),
         }
     }
 
-    /// Deletes the fencing marks below `keep` (best effort: they only repeat
-    /// what `keep` already says).
+    /// Deletes marks below `keep` left by a lost first-grant race (best effort).
     pub fn fence_prune(&self, node: &str, keep: u64) {
         if let Ok(all) = self.fences(node) {
             for n in all.into_iter().filter(|&n| n < keep) {
@@ -225,11 +257,14 @@ impl Disk {
         }
     }
 
-    /// Records in ancestor `node` that `descendant` is being locked with
-    /// lock-parents by the attempt `token`.
-    pub fn mark(&self, node: &str, token: &str, descendant: &Name) -> Result<(), Error> {
-        self.make_dir(&format!("{node}/{MARKS}"))?;
-        self.write_new(&format!("{node}/{MARKS}/{token}"), descendant.as_str())
+    /// Makes the staged record findable from ancestor `node`: a hard link
+    /// `.ix/<token>` to the record itself (no copy is written).
+    pub fn mark(&self, node: &str, staged: &Staged) -> Result<(), Error> {
+        let dir = format!("{node}/{MARKS}");
+        self.make_dir(&dir)?;
+        let marker = format!("{dir}/{}", staged.file);
+        fs::hard_link(self.abs(&staged.path()), self.abs(&marker))
+            .map_err(|err| errors::storage("link", &marker, &err))
     }
 
     /// Removes the marker of attempt `token` from ancestor `node` (best effort).
@@ -237,9 +272,9 @@ impl Disk {
         let _ = fs::remove_file(self.abs(&format!("{node}/{MARKS}/{token}")));
     }
 
-    /// The descendants named by the markers in `node`, each once. A marker that
-    /// cannot be read (being written, or left torn by a crash before its lock
-    /// was committed) names nothing.
+    /// The resources named by the markers in `node`, each once. A marker
+    /// is the record of a descendant's lock attempt; one that no longer
+    /// parses names nothing.
     pub fn marked(&self, node: &str) -> Result<Vec<String>, Error> {
         let dir = format!("{node}/{MARKS}");
         let entries = match fs::read_dir(self.abs(&dir)) {
@@ -250,9 +285,10 @@ impl Disk {
         let mut out = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| errors::storage("read", &dir, &e))?;
-            if let Ok(text) = fs::read_to_string(entry.path()) {
-                if !out.contains(&text) {
-                    out.push(text);
+            let Ok(text) = fs::read_to_string(entry.path()) else { continue };
+            if let Ok(grant) = record::decode(&text) {
+                if !out.contains(&grant.holder.resource) {
+                    out.push(grant.holder.resource);
                 }
             }
         }

@@ -74,30 +74,34 @@ impl Registry {
         if let Some(holder) = self.conflict(name, node, ancestors, options)? {
             return Ok(refused(&holder));
         }
+        let fence = self.disk.fence_current(node)?;
         let grant = Grant {
             holder: Holder {
                 resource: name.as_str().to_string(),
                 client: options.client.clone(),
-                fencing: self.disk.fence_max(node)? + 1,
+                fencing: fence + 1,
                 since_ms: now_ms(),
                 lock_parents: options.lock_parents,
                 lock_children: options.lock_children,
             },
             token: token::uuid_v4(),
         };
+        let staged = self.disk.stage(&grant)?;
         // (2) Make this attempt findable from every ancestor it may block.
         if options.lock_parents {
             for (i, ancestor) in ancestors.iter().enumerate() {
-                if let Err(err) = self.disk.mark(ancestor, &grant.token, name) {
+                if let Err(err) = self.disk.mark(ancestor, &staged) {
                     self.unmark(&ancestors[..i], &grant.token);
+                    self.disk.discard(&staged);
                     return Err(err);
                 }
             }
         }
         // (3) Commit: exclusive on this resource.
-        let committed = self.disk.commit(node, &grant);
+        let committed = self.disk.commit(&staged, node);
         if !matches!(committed, Ok(true)) {
             self.unmark(ancestors, &grant.token);
+            self.disk.discard(&staged);
             return match self.disk.read_slot(node)? {
                 Some(held) => Ok(refused(&held.grant.holder)),
                 None => committed.map(|_| Attempt::Retry),
@@ -109,12 +113,13 @@ impl Registry {
             return Ok(refused(&holder));
         }
         // (5) Claim the fencing number; lose it and the attempt starts over.
-        let fencing = grant.holder.fencing;
-        if !self.disk.fence_claim(node, fencing)? || self.disk.fence_max(node)? != fencing {
+        if !self.disk.fence_advance(node, fence, fence + 1)? {
             self.withdraw(node, ancestors, &grant);
             return Ok(Attempt::Retry);
         }
-        self.disk.fence_prune(node, fencing);
+        if fence == 0 {
+            self.disk.fence_prune(node, 1);
+        }
         Ok(Attempt::Granted(grant))
     }
 
@@ -188,7 +193,7 @@ impl Registry {
         }
         // The high-water mark must cover this grant before its slot empties,
         // even if its locker died before claiming it.
-        self.disk.fence_claim(&node, holder.fencing)?;
+        self.cover_fence(&node, holder.fencing, name.as_str())?;
         if !self.disk.release(&node, &held.file)? {
             return Err(errors::not_locked());
         }
@@ -197,6 +202,17 @@ impl Registry {
             self.unmark(&ancestors, &held.file);
         }
         Ok(held.grant.holder)
+    }
+
+    /// Raises the high-water mark of `node` to at least `fencing`.
+    fn cover_fence(&self, node: &str, fencing: u64, resource: &str) -> Result<(), Error> {
+        for _ in 0..RETRIES {
+            let current = self.disk.fence_current(node)?;
+            if current >= fencing || self.disk.fence_advance(node, current, fencing)? {
+                return Ok(());
+            }
+        }
+        Err(errors::busy(resource))
     }
 
     /// The lock on exactly `resource`; see `registry.status`.

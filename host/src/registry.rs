@@ -3,11 +3,12 @@
 
 use crate::bindings::{types as wit, Guest};
 use crate::error::Error;
-use crate::runtime::{runtime_error, Runtime, State};
+use crate::runtime::{runtime_error, HostTimer, Runtime, State};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 use wasmtime::component::{ResourceAny, ResourceTable};
-use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime::{CallHook, Store, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 /// Where the guest sees the lock directory (its only preopen).
@@ -92,6 +93,7 @@ pub struct Registry {
     runtime: Runtime,
     dir: PathBuf,
     live: Option<Live>,
+    time_host_calls: bool,
 }
 
 struct Live {
@@ -112,6 +114,7 @@ impl Registry {
             runtime: runtime.clone(),
             dir: dir.as_ref().to_path_buf(),
             live: None,
+            time_host_calls: false,
         };
         registry.live()?;
         Ok(registry)
@@ -179,6 +182,23 @@ impl Registry {
         Ok(held.into_iter().map(holder).collect())
     }
 
+    /// Starts measuring the time the guest spends in host functions (the
+    /// filesystem, clock and random calls of WASI). For benchmarks: it adds a
+    /// hook to every host call.
+    pub fn time_host_calls(&mut self) {
+        self.time_host_calls = true;
+        if let Some(live) = &mut self.live {
+            install_timer(&mut live.store);
+        }
+    }
+
+    /// Total time spent in host functions since [`Registry::time_host_calls`].
+    pub fn host_time(&self) -> std::time::Duration {
+        self.live
+            .as_ref()
+            .map_or_else(Default::default, |live| live.store.data().host_time.total)
+    }
+
     /// Runs one guest call under the runtime's limits. A trap drops the
     /// instance; the next call starts a fresh one.
     fn call<T>(
@@ -222,9 +242,13 @@ impl Registry {
                 .memory_size(limits.memory)
                 .instances(4)
                 .build(),
+            host_time: HostTimer::default(),
         };
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limits);
+        if self.time_host_calls {
+            install_timer(&mut store);
+        }
         store.set_epoch_deadline(self.runtime.deadline_ticks());
         let guest = self
             .runtime
@@ -243,6 +267,22 @@ impl Registry {
             handle,
         })
     }
+}
+
+fn install_timer(store: &mut Store<State>) {
+    store.call_hook(|mut ctx, hook| {
+        let timer = &mut ctx.data_mut().host_time;
+        match hook {
+            CallHook::CallingHost => timer.entered = Some(Instant::now()),
+            CallHook::ReturningFromHost => {
+                if let Some(start) = timer.entered.take() {
+                    timer.total += start.elapsed();
+                }
+            }
+            CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
+        }
+        Ok(())
+    });
 }
 
 fn holder(h: wit::Holder) -> Holder {

@@ -62,6 +62,16 @@ pub(crate) struct State {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub limits: StoreLimits,
+    /// Time spent in host functions (WASI: filesystem, clocks, random), when
+    /// measured; see `Registry::time_host_calls`.
+    pub host_time: HostTimer,
+}
+
+/// Accumulates the time the guest spends waiting on host functions.
+#[derive(Default)]
+pub(crate) struct HostTimer {
+    pub total: std::time::Duration,
+    pub entered: Option<std::time::Instant>,
 }
 
 impl WasiView for State {
