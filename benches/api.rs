@@ -49,12 +49,20 @@ fn main() {
     let open_median = opens[opens.len() / 2];
     let per_cycle = total / CYCLES as u32;
     let guest = total.saturating_sub(host);
-    println!("hasp Rust API, lock+unlock of distinct resources ({CYCLES} cycles, one reused instance)");
-    println!("  cycles/s                 {:>10.0}", CYCLES as f64 / total.as_secs_f64());
+    println!(
+        "hasp Rust API, lock+unlock of distinct resources ({CYCLES} cycles, one reused instance)"
+    );
+    println!(
+        "  cycles/s                 {:>10.0}",
+        CYCLES as f64 / total.as_secs_f64()
+    );
     println!("  time per cycle           {:>10.1} us", micros(per_cycle));
     println!("    in guest code          {:>9.1} %", share(guest, total));
     println!("    in host calls (fs etc) {:>9.1} %", share(host, total));
-    println!("  instantiation (median)   {:>10.1} us  (store + instance + registry.open)", micros(open_median));
+    println!(
+        "  instantiation (median)   {:>10.1} us  (store + instance + registry.open)",
+        micros(open_median)
+    );
     println!(
         "  fresh instance per cycle {:>10.0} cycles/s  ({FRESH} cycles)",
         FRESH as f64 / fresh.as_secs_f64()

@@ -66,7 +66,10 @@ fn ensure_wasm_target() {
         .args(["target", "list", "--installed"])
         .output();
     match installed {
-        Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == WASM_TARGET) => {}
+        Ok(out)
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == WASM_TARGET) => {}
         Ok(_) => {
             let status = Command::new("rustup")
                 .args(["target", "add", WASM_TARGET])

@@ -97,7 +97,9 @@ impl Disk {
         let full = name.node_path();
         let mut end = NODES.len();
         while end < full.len() {
-            end = full[end + 1..].find('/').map_or(full.len(), |at| end + 1 + at);
+            end = full[end + 1..]
+                .find('/')
+                .map_or(full.len(), |at| end + 1 + at);
             let level = &full[..end];
             match fs::create_dir(self.abs(level)) {
                 Ok(()) => {}
@@ -285,7 +287,9 @@ impl Disk {
         let mut out = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| errors::storage("read", &dir, &e))?;
-            let Ok(text) = fs::read_to_string(entry.path()) else { continue };
+            let Ok(text) = fs::read_to_string(entry.path()) else {
+                continue;
+            };
             if let Ok(grant) = record::decode(&text) {
                 if !out.contains(&grant.holder.resource) {
                     out.push(grant.holder.resource);
@@ -308,7 +312,9 @@ impl Disk {
         let mut children = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| errors::storage("read", node, &e))?;
-            let Ok(child) = entry.file_name().into_string() else { continue };
+            let Ok(child) = entry.file_name().into_string() else {
+                continue;
+            };
             let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
             if is_dir && name::decode_segment(&child).is_some() {
                 children.push(child);

@@ -109,7 +109,11 @@ fn io_reason(err: &io::Error) -> String {
 /// Shows user input safely: control characters escaped, long values cut.
 fn quoted(value: &str) -> String {
     const SHOWN: usize = 80;
-    let mut out: String = value.chars().take(SHOWN).flat_map(char::escape_debug).collect();
+    let mut out: String = value
+        .chars()
+        .take(SHOWN)
+        .flat_map(char::escape_debug)
+        .collect();
     if value.chars().count() > SHOWN {
         out.push_str("...");
     }

@@ -62,11 +62,9 @@ impl Name {
 
     /// The names of every ancestor, outermost first (`a`, `a/b` for `a/b/c`).
     pub fn ancestors(&self) -> impl Iterator<Item = Name> + '_ {
-        self.canonical
-            .match_indices('/')
-            .map(|(at, _)| Name {
-                canonical: self.canonical[..at].to_string(),
-            })
+        self.canonical.match_indices('/').map(|(at, _)| Name {
+            canonical: self.canonical[..at].to_string(),
+        })
     }
 
     /// The node directory of this resource, relative to the lock directory.

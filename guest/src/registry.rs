@@ -142,7 +142,9 @@ impl Registry {
         }
         if options.lock_children {
             for marked in self.disk.marked(node)? {
-                let Ok(descendant) = Name::parse(&marked) else { continue };
+                let Ok(descendant) = Name::parse(&marked) else {
+                    continue;
+                };
                 if !is_below(&descendant, name) {
                     continue;
                 }

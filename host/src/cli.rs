@@ -6,7 +6,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "hasp", version, about = "Named, hierarchical locks whose rules run in a WebAssembly component")]
+#[command(
+    name = "hasp",
+    version,
+    about = "Named, hierarchical locks whose rules run in a WebAssembly component"
+)]
 struct Cli {
     /// Lock directory [default: $XDG_STATE_HOME/hasp, else ~/.local/state/hasp]
     #[arg(long, global = true, env = "HASP_DIR", value_name = "DIR")]
@@ -143,7 +147,11 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
 
 /// `$XDG_STATE_HOME/hasp`, else `$HOME/.local/state/hasp`; created if missing.
 fn default_dir() -> anyhow::Result<PathBuf> {
-    let env = |key| std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |key| {
+        std::env::var_os(key)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let dir = env("XDG_STATE_HOME")
         .map(|d| d.join("hasp"))
         .or_else(|| env("HOME").map(|d| d.join(".local").join("state").join("hasp")))

@@ -203,7 +203,11 @@ impl Registry {
     /// instance; the next call starts a fresh one.
     fn call<T>(
         &mut self,
-        f: impl FnOnce(&Guest, ResourceAny, &mut Store<State>) -> wasmtime::Result<Result<T, wit::Error>>,
+        f: impl FnOnce(
+            &Guest,
+            ResourceAny,
+            &mut Store<State>,
+        ) -> wasmtime::Result<Result<T, wit::Error>>,
     ) -> Result<T, Error> {
         let ticks = self.runtime.deadline_ticks();
         let live = self.live()?;

@@ -159,7 +159,11 @@ fn spawn_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
 /// Where precompiled components are cached: `$HASP_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/hasp`, else `$HOME/.cache/hasp`.
 pub fn cache_dir() -> Option<PathBuf> {
-    let env = |key| std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |key| {
+        std::env::var_os(key)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     env("HASP_CACHE_DIR")
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("hasp")))
         .or_else(|| env("HOME").map(|d| d.join(".cache").join("hasp")))
