@@ -122,32 +122,34 @@ impl Disk {
     /// The record in `node`'s slot, or `None` when the resource is free.
     pub fn read_slot(&self, node: &str) -> Result<Option<Slot>, Error> {
         let slot = format!("{node}/{SLOT}");
-        let entries = match fs::read_dir(self.abs(&slot)) {
-            Ok(entries) => entries,
-            Err(err) if gone(&err) => return Ok(None),
-            Err(err) => return Err(errors::storage("read", &slot, &err)),
+        let Some(mut files) = self.names(&slot)? else {
+            return Ok(None);
         };
-        let mut files = Vec::with_capacity(1);
-        for entry in entries {
-            let entry = entry.map_err(|e| errors::storage("read", &slot, &e))?;
-            files.push(entry.file_name().to_string_lossy().into_owned());
-        }
         let file = match files.len() {
             0 => return Ok(None),
             1 => files.pop().unwrap_or_default(),
             _ => return Err(errors::corrupt(&slot, "it holds more than one record")),
         };
         let path = format!("{slot}/{file}");
-        let text = match fs::read_to_string(self.abs(&path)) {
-            Ok(text) => text,
-            Err(err) if gone(&err) => return Ok(None), // released meanwhile
-            Err(err) if err.kind() == ErrorKind::InvalidData => {
-                return Err(errors::corrupt(&path, "it is not UTF-8 text"))
-            }
-            Err(err) => return Err(errors::storage("read", &path, &err)),
+        let Some(grant) = self.read_record(&path)? else {
+            return Ok(None); // released meanwhile
         };
-        let grant = record::decode(&text).map_err(|why| errors::corrupt(&path, &why))?;
         Ok(Some(Slot { file, grant }))
+    }
+
+    /// Reads and parses the record file `path`; `None` if it is gone.
+    fn read_record(&self, path: &str) -> Result<Option<Grant>, Error> {
+        let text = match fs::read_to_string(self.abs(path)) {
+            Ok(text) => text,
+            Err(err) if gone(&err) => return Ok(None),
+            Err(err) if err.kind() == ErrorKind::InvalidData => {
+                return Err(errors::corrupt(path, "it is not UTF-8 text"))
+            }
+            Err(err) => return Err(errors::storage("read", path, &err)),
+        };
+        record::decode(&text)
+            .map(Some)
+            .map_err(|why| errors::corrupt(path, &why))
     }
 
     /// Writes `grant` in full as `tmp/<token>/<token>`, ready to be linked as
@@ -182,13 +184,7 @@ impl Disk {
                 Some(_) => Ok(false),
                 // Emptied between our rename and our look: report it as held
                 // all the same; the caller's retry will see it free.
-                None if matches!(
-                    err.kind(),
-                    ErrorKind::DirectoryNotEmpty | ErrorKind::AlreadyExists
-                ) =>
-                {
-                    Ok(false)
-                }
+                None if slot_was_taken(&err) => Ok(false),
                 None => Err(errors::storage("rename into", &slot, &err)),
             },
         }
@@ -211,20 +207,8 @@ impl Disk {
     }
 
     fn fences(&self, node: &str) -> Result<Vec<u64>, Error> {
-        let dir = format!("{node}/{FENCE}");
-        let entries = match fs::read_dir(self.abs(&dir)) {
-            Ok(entries) => entries,
-            Err(err) if gone(&err) => return Ok(Vec::new()),
-            Err(err) => return Err(errors::storage("read", &dir, &err)),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| errors::storage("read", &dir, &e))?;
-            if let Some(n) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
-                out.push(n);
-            }
-        }
-        Ok(out)
+        let names = self.names(&format!("{node}/{FENCE}"))?.unwrap_or_default();
+        Ok(names.iter().filter_map(|n| n.parse().ok()).collect())
     }
 
     /// Moves the high-water mark of `node` from `from` to `to`: a rename of
@@ -275,25 +259,18 @@ impl Disk {
     }
 
     /// The resources named by the markers in `node`, each once. A marker
-    /// is the record of a descendant's lock attempt; one that no longer
-    /// parses names nothing.
+    /// is a hard link to a complete record, so one that does not parse is
+    /// corrupt, and reported: skipping it could grant over its lock.
     pub fn marked(&self, node: &str) -> Result<Vec<String>, Error> {
         let dir = format!("{node}/{MARKS}");
-        let entries = match fs::read_dir(self.abs(&dir)) {
-            Ok(entries) => entries,
-            Err(err) if gone(&err) => return Ok(Vec::new()),
-            Err(err) => return Err(errors::storage("read", &dir, &err)),
-        };
         let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| errors::storage("read", &dir, &e))?;
-            let Ok(text) = fs::read_to_string(entry.path()) else {
-                continue;
+        for marker in self.names(&dir)?.unwrap_or_default() {
+            let path = format!("{dir}/{marker}");
+            let Some(grant) = self.read_record(&path)? else {
+                continue; // withdrawn or unlocked meanwhile
             };
-            if let Ok(grant) = record::decode(&text) {
-                if !out.contains(&grant.holder.resource) {
-                    out.push(grant.holder.resource);
-                }
+            if !out.contains(&grant.holder.resource) {
+                out.push(grant.holder.resource);
             }
         }
         Ok(out)
@@ -304,26 +281,43 @@ impl Disk {
         if let Some(slot) = self.read_slot(node)? {
             out.push(slot.grant);
         }
-        let entries = match fs::read_dir(self.abs(node)) {
-            Ok(entries) => entries,
-            Err(err) if gone(&err) => return Ok(()),
-            Err(err) => return Err(errors::storage("read", node, &err)),
-        };
-        let mut children = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| errors::storage("read", node, &e))?;
-            let Ok(child) = entry.file_name().into_string() else {
-                continue;
-            };
-            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if is_dir && name::decode_segment(&child).is_some() {
-                children.push(child);
+        for child in self.names(node)?.unwrap_or_default() {
+            if name::decode_segment(&child).is_none() {
+                continue; // `.slot`, `.fence`, `.ix`
+            }
+            let path = format!("{node}/{child}");
+            match fs::symlink_metadata(self.abs(&path)) {
+                Ok(meta) if meta.is_dir() => self.walk(&path, out)?,
+                Ok(_) => {}
+                Err(err) if gone(&err) => {}
+                Err(err) => return Err(errors::storage("inspect", &path, &err)),
             }
         }
-        for child in children {
-            self.walk(&format!("{node}/{child}"), out)?;
-        }
         Ok(())
+    }
+
+    /// The entry names of directory `rel`, or `None` if it does not exist.
+    /// An entry removed while the listing is read makes the listing start
+    /// over, so the result is a listing taken at one moment.
+    fn names(&self, rel: &str) -> Result<Option<Vec<String>>, Error> {
+        'listing: for _ in 0..LISTING_RETRIES {
+            let entries = match fs::read_dir(self.abs(rel)) {
+                Ok(entries) => entries,
+                Err(err) if gone(&err) => return Ok(None),
+                Err(err) => return Err(errors::storage("read", rel, &err)),
+            };
+            let mut names = Vec::new();
+            for entry in entries {
+                match entry {
+                    Ok(entry) => names.push(entry.file_name().to_string_lossy().into_owned()),
+                    Err(err) if gone(&err) => continue 'listing,
+                    Err(err) => return Err(errors::storage("read", rel, &err)),
+                }
+            }
+            return Ok(Some(names));
+        }
+        let churn = io::Error::other("entries kept changing while it was read");
+        Err(errors::storage("read", rel, &churn))
     }
 
     fn abs(&self, rel: &str) -> String {
@@ -345,6 +339,18 @@ impl Disk {
         };
         write().map_err(|err| errors::storage("write", rel, &err))
     }
+}
+
+/// How often a directory listing starts over because entries vanished.
+const LISTING_RETRIES: usize = 32;
+
+/// Whether a failed rename onto a slot means the slot held a record. WASI
+/// reports `notempty` (55) or `exist` (20); std may not name their kinds.
+fn slot_was_taken(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        ErrorKind::DirectoryNotEmpty | ErrorKind::AlreadyExists
+    ) || matches!(err.raw_os_error(), Some(55 | 20))
 }
 
 /// Whether an error means "not there" (also a missing parent directory).

@@ -27,6 +27,13 @@ pub struct Registry {
     disk: Disk,
 }
 
+/// How a committed attempt settled.
+enum Settled {
+    Granted,
+    Conflict(Holder),
+    FenceMoved,
+}
+
 /// How one lock attempt ended.
 enum Attempt {
     Granted(Grant),
@@ -107,20 +114,39 @@ impl Registry {
                 None => committed.map(|_| Attempt::Retry),
             };
         }
+        // (4), (5): on any error from here on, the attempt is withdrawn.
+        let settled = self.settle(name, node, ancestors, options, fence);
+        if !matches!(settled, Ok(Settled::Granted)) {
+            self.withdraw(node, ancestors, &grant);
+        }
+        Ok(match settled? {
+            Settled::Granted => Attempt::Granted(grant),
+            Settled::Conflict(holder) => refused(&holder),
+            Settled::FenceMoved => Attempt::Retry,
+        })
+    }
+
+    /// Steps (4) and (5) of a committed attempt.
+    fn settle(
+        &self,
+        name: &Name,
+        node: &str,
+        ancestors: &[String],
+        options: &LockOptions,
+        fence: u64,
+    ) -> Result<Settled, Error> {
         // (4) Re-check related resources now that this attempt is visible.
         if let Some(holder) = self.conflict(name, node, ancestors, options)? {
-            self.withdraw(node, ancestors, &grant);
-            return Ok(refused(&holder));
+            return Ok(Settled::Conflict(holder));
         }
         // (5) Claim the fencing number; lose it and the attempt starts over.
         if !self.disk.fence_advance(node, fence, fence + 1)? {
-            self.withdraw(node, ancestors, &grant);
-            return Ok(Attempt::Retry);
+            return Ok(Settled::FenceMoved);
         }
         if fence == 0 {
             self.disk.fence_prune(node, 1);
         }
-        Ok(Attempt::Granted(grant))
+        Ok(Settled::Granted)
     }
 
     /// A held lock that conflicts with locking `name` with `options`.

@@ -6,7 +6,10 @@ use crate::support::Locks;
 fn gocept_lockd_session_byte_exact() {
     let locks = Locks::new();
     let run = locks.run(&["lock", "resource1", "--client", "client1"]);
-    assert_eq!((run.code, run.stdout.as_str(), run.stderr.as_str()), (0, "", ""));
+    assert_eq!(
+        (run.code, run.stdout.as_str(), run.stderr.as_str()),
+        (0, "", "")
+    );
 
     let run = locks.run(&["lock", "resource1", "--client", "client2"]);
     assert_eq!(run.code, 1);

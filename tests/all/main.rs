@@ -3,4 +3,10 @@
 
 mod support;
 
+mod api;
+mod bad_input;
 mod cli;
+mod hierarchy;
+mod race;
+mod runtime;
+mod tokens;

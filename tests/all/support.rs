@@ -22,13 +22,31 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(out: Output) -> Run {
+    /// Asserts the run failed with `code` and printed exactly `line` (plus a
+    /// newline) on stderr and nothing on stdout.
+    #[track_caller]
+    pub fn assert_refused(&self, code: i32, line: &str) {
+        assert_eq!(
+            (self.code, self.stdout.as_str(), self.stderr.as_str()),
+            (code, "", format!("{line}\n").as_str()),
+            "{self:?}"
+        );
+    }
+
+    pub fn from(out: Output) -> Run {
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
+}
+
+/// Runs `hasp --dir DIR ARGS...` on any path (which may be broken on purpose).
+pub fn hasp_in(dir: &Path, args: &[&str]) -> Run {
+    let mut cmd = Command::new(hasp_bin());
+    cmd.arg("--dir").arg(dir).args(args).env_remove("HASP_DIR");
+    Run::from(cmd.output().expect("run hasp"))
 }
 
 impl Locks {
@@ -53,6 +71,28 @@ impl Locks {
     /// Runs `hasp --dir <this> ARGS...` to completion.
     pub fn run(&self, args: &[&str]) -> Run {
         Run::from(self.command(args).output().expect("run hasp"))
+    }
+
+    /// Runs `hasp --dir <this> ARGS...` and asserts it succeeded silently on
+    /// stderr; returns its stdout.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        let run = self.run(args);
+        assert_eq!(
+            (run.code, run.stderr.as_str()),
+            (0, ""),
+            "hasp {args:?}: {run:?}"
+        );
+        run.stdout
+    }
+
+    /// Runs a command that prints JSON (`--json`), asserts it succeeded and
+    /// parses its stdout.
+    #[track_caller]
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let stdout = self.ok(args);
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("hasp {args:?} printed no JSON ({e}): {stdout:?}"))
     }
 
     /// Every file and directory below the lock directory, sorted, relative.
