@@ -1,6 +1,7 @@
 //! Rust API throughput: lock+unlock cycles on distinct resources through one
 //! reused guest instance, and where the time goes (instantiation, guest code,
-//! host calls = filesystem/clock/random). Run: `cargo bench --bench api`.
+//! host calls = filesystem/clock/random). Run: `cargo bench --bench api`;
+//! `HASP_BENCH_DIR=/dev/shm cargo bench --bench api` measures on tmpfs.
 
 use hasp::{LockOptions, Registry, Runtime, UnlockKey};
 use std::time::{Duration, Instant};
@@ -9,7 +10,11 @@ const CYCLES: usize = 20_000;
 const FRESH: usize = 300;
 
 fn main() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = match std::env::var_os("HASP_BENCH_DIR") {
+        Some(base) => tempfile::tempdir_in(base),
+        None => tempfile::tempdir(),
+    }
+    .expect("temp dir");
     let runtime = Runtime::shared().expect("runtime");
     let options = LockOptions::client("bench");
     let key = UnlockKey::Client("bench".into());

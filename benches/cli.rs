@@ -1,6 +1,6 @@
 //! `hasp lock` and `hasp unlock` as separate processes (the precompiled
 //! component cached), beside `flock(1)` in the same run.
-//! Run: `cargo bench --bench cli`.
+//! Run: `cargo bench --bench cli` (`HASP_BENCH_DIR` picks the filesystem).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,7 +9,11 @@ const RUNS: usize = 300;
 
 fn main() {
     let hasp = env!("CARGO_BIN_EXE_hasp");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = match std::env::var_os("HASP_BENCH_DIR") {
+        Some(base) => tempfile::tempdir_in(base),
+        None => tempfile::tempdir(),
+    }
+    .expect("temp dir");
     let locks = dir.path().join("locks");
     std::fs::create_dir(&locks).expect("mkdir");
     let flock_file = dir.path().join("flock.lock");

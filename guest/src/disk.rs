@@ -1,20 +1,21 @@
-//! The atomic filesystem steps the registry is built from, all relative to
-//! the lock directory the host preopened. See docs/FORMAT.md for the layout
-//! and for why these steps never double-grant.
+//! The atomic filesystem steps the registry is built from, all inside the
+//! lock directory. See docs/FORMAT.md for the layout and for why these steps
+//! never double-grant.
 //!
-//! Each step is a single WASI filesystem call whose outcome is all-or-nothing:
-//! a record is written in full under `tmp/` and then *renamed* into place as a
+//! Each step is one WASI filesystem call whose outcome is all-or-nothing: a
+//! record is written in full under `tmp/` and then *renamed* into place as a
 //! node's `.slot` directory (a rename onto a non-empty directory fails, which
-//! is what makes a slot exclusive); a lock is released by unlinking its record,
-//! whose file name is the grant's unique token, so a late or repeated release
-//! can never remove somebody else's record.
+//! makes a slot exclusive); a lock is released by unlinking its record, whose
+//! file name is the grant's unique token; a fencing mark moves by renaming
+//! the one file that names it.
 
+use crate::dir::Dir;
 use crate::errors;
 use crate::hasp::lock::types::{Error, Grant};
 use crate::name::{self, Name};
 use crate::record;
-use std::fs;
-use std::io::{self, ErrorKind, Write};
+use std::collections::BTreeSet;
+use wasip2::filesystem::types::{DescriptorType, ErrorCode};
 
 /// Directory holding one node directory per resource, nested like the names.
 pub const NODES: &str = "nodes";
@@ -27,14 +28,14 @@ pub const FORMAT_LINE: &str = "hasp-lock-dir 1";
 
 /// Inside a node: the slot directory (empty or one record named by its token).
 const SLOT: &str = ".slot";
-/// Inside a node: fencing high-water marks, one empty file per number.
+/// Inside a node: the fencing mark, one empty file named `<n>-<token>`.
 const FENCE: &str = ".fence";
 /// Inside a node: markers of descendants locked with lock-parents.
 const MARKS: &str = ".ix";
 
-/// A lock directory, opened through its preopen path.
+/// The lock directory.
 pub struct Disk {
-    root: String,
+    dir: Dir,
 }
 
 /// A record written in full under `tmp/`, not yet committed.
@@ -51,7 +52,7 @@ impl Staged {
     }
 }
 
-/// The record held in a node's slot, with the file it lives in.
+/// The record found in a node's slot, with the file it lives in.
 pub struct Slot {
     /// The record's file name inside `.slot` (the grant's token).
     pub file: String,
@@ -59,32 +60,64 @@ pub struct Slot {
     pub grant: Grant,
 }
 
-impl Disk {
-    /// Opens the lock directory at preopen path `root`, laying it out if empty.
-    pub fn open(root: &str) -> Result<Disk, Error> {
-        let disk = Disk {
-            root: root.trim_end_matches('/').to_string(),
-        };
-        match fs::metadata(&disk.root) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => return Err(not_a_dir(".")),
-            Err(err) => return Err(errors::storage("open", ".", &err)),
+/// A node's fencing mark: the highest fencing number handed out there, and
+/// the token of the attempt that claimed it (`None` for the initial `0`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mark {
+    /// The number.
+    pub number: u64,
+    /// Who claimed it.
+    pub token: Option<String>,
+}
+
+impl Mark {
+    fn file_name(&self) -> String {
+        match &self.token {
+            Some(token) => format!("{}-{token}", self.number),
+            None => self.number.to_string(),
         }
-        match fs::read_to_string(disk.abs(FORMAT)) {
-            Ok(text) => {
+    }
+
+    fn parse(file: &str) -> Option<Mark> {
+        let (number, token) = match file.split_once('-') {
+            Some((n, t)) => (n, Some(t.to_string())),
+            None => (file, None),
+        };
+        Some(Mark {
+            number: number.parse().ok()?,
+            token,
+        })
+    }
+}
+
+impl Disk {
+    /// Opens the lock directory preopened as `root`, laying it out if it has
+    /// no `FORMAT` yet.
+    pub fn open(root: &str) -> Result<Disk, Error> {
+        let Some(dir) = Dir::preopened(root) else {
+            return Err(errors::io_failure(
+                "open",
+                root,
+                "no such preopened directory (the host must grant it)",
+            ));
+        };
+        let disk = Disk { dir };
+        match disk.dir.read(FORMAT).map_err(fail("read", FORMAT))? {
+            Some(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
                 let first = text.lines().next().unwrap_or("");
                 if first != FORMAT_LINE {
                     return Err(errors::wrong_format(FORMAT, first));
                 }
             }
-            Err(err) if err.kind() == ErrorKind::NotFound => {
+            None => {
                 disk.make_dir(TMP)?;
                 let staged = format!("{TMP}/{}.{FORMAT}", crate::token::uuid_v4());
-                disk.write_new(&staged, &format!("{FORMAT_LINE}\n"))?;
-                fs::rename(disk.abs(&staged), disk.abs(FORMAT))
-                    .map_err(|e| errors::storage("create", FORMAT, &e))?;
+                disk.write_new(&staged, format!("{FORMAT_LINE}\n").as_bytes())?;
+                disk.dir
+                    .rename(&staged, FORMAT)
+                    .map_err(fail("create", FORMAT))?;
             }
-            Err(err) => return Err(errors::storage("read", FORMAT, &err)),
         }
         disk.make_dir(NODES)?;
         disk.make_dir(TMP)?;
@@ -101,28 +134,23 @@ impl Disk {
                 .find('/')
                 .map_or(full.len(), |at| end + 1 + at);
             let level = &full[..end];
-            match fs::create_dir(self.abs(level)) {
-                Ok(()) => {}
-                Err(err) if err.kind() == ErrorKind::AlreadyExists => {
-                    let meta = fs::symlink_metadata(self.abs(level))
-                        .map_err(|e| errors::storage("inspect", level, &e))?;
-                    if meta.file_type().is_symlink() {
-                        return Err(errors::symlink(level));
-                    }
-                    if !meta.is_dir() {
-                        return Err(not_a_dir(level));
-                    }
-                }
-                Err(err) => return Err(errors::storage("create", level, &err)),
+            if self.dir.mkdir(level).map_err(fail("create", level))? {
+                continue;
+            }
+            match self.dir.kind(level).map_err(fail("inspect", level))? {
+                Some(DescriptorType::Directory) => {}
+                Some(DescriptorType::SymbolicLink) => return Err(errors::symlink(level)),
+                Some(_) => return Err(errors::storage("use", level, ErrorCode::NotDirectory)),
+                None => return Err(errors::storage("create", level, ErrorCode::NoEntry)),
             }
         }
         Ok(full)
     }
 
-    /// The record in `node`'s slot, or `None` when the resource is free.
+    /// The record in `node`'s slot, or `None` when the slot is empty.
     pub fn read_slot(&self, node: &str) -> Result<Option<Slot>, Error> {
         let slot = format!("{node}/{SLOT}");
-        let Some(mut files) = self.names(&slot)? else {
+        let Some(mut files) = self.dir.names(&slot).map_err(fail("read", &slot))? else {
             return Ok(None);
         };
         let file = match files.len() {
@@ -130,8 +158,7 @@ impl Disk {
             1 => files.pop().unwrap_or_default(),
             _ => return Err(errors::corrupt(&slot, "it holds more than one record")),
         };
-        let path = format!("{slot}/{file}");
-        let Some(grant) = self.read_record(&path)? else {
+        let Some(grant) = self.read_record(&format!("{slot}/{file}"))? else {
             return Ok(None); // released meanwhile
         };
         Ok(Some(Slot { file, grant }))
@@ -139,14 +166,11 @@ impl Disk {
 
     /// Reads and parses the record file `path`; `None` if it is gone.
     fn read_record(&self, path: &str) -> Result<Option<Grant>, Error> {
-        let text = match fs::read_to_string(self.abs(path)) {
-            Ok(text) => text,
-            Err(err) if gone(&err) => return Ok(None),
-            Err(err) if err.kind() == ErrorKind::InvalidData => {
-                return Err(errors::corrupt(path, "it is not UTF-8 text"))
-            }
-            Err(err) => return Err(errors::storage("read", path, &err)),
+        let Some(bytes) = self.dir.read(path).map_err(fail("read", path))? else {
+            return Ok(None);
         };
+        let text =
+            String::from_utf8(bytes).map_err(|_| errors::corrupt(path, "it is not UTF-8 text"))?;
         record::decode(&text)
             .map(Some)
             .map_err(|why| errors::corrupt(path, &why))
@@ -160,7 +184,7 @@ impl Disk {
             file: grant.token.clone(),
         };
         self.make_dir(&staged.dir)?;
-        if let Err(err) = self.write_new(&staged.path(), &record::encode(grant)) {
+        if let Err(err) = self.write_new(&staged.path(), record::encode(grant).as_bytes()) {
             self.discard(&staged);
             return Err(err);
         }
@@ -169,199 +193,132 @@ impl Disk {
 
     /// Removes a staged record that was not committed (best effort).
     pub fn discard(&self, staged: &Staged) {
-        let _ = fs::remove_file(self.abs(&staged.path()));
-        let _ = fs::remove_dir(self.abs(&staged.dir));
+        let _ = self.dir.unlink(&staged.path());
+        let _ = self.dir.rmdir(&staged.dir);
     }
 
     /// Renames the staged record's directory into place as `node`'s slot.
-    /// Returns false, leaving the staged record as it was, when the slot
-    /// already holds a record.
+    /// False, leaving the staged record as it was, when the slot is taken.
     pub fn commit(&self, staged: &Staged, node: &str) -> Result<bool, Error> {
         let slot = format!("{node}/{SLOT}");
-        match fs::rename(self.abs(&staged.dir), self.abs(&slot)) {
+        match self.dir.rename(&staged.dir, &slot) {
             Ok(()) => Ok(true),
-            Err(err) => match self.read_slot(node)? {
-                Some(_) => Ok(false),
-                // Emptied between our rename and our look: report it as held
-                // all the same; the caller's retry will see it free.
-                None if slot_was_taken(&err) => Ok(false),
-                None => Err(errors::storage("rename into", &slot, &err)),
-            },
+            Err(ErrorCode::NotEmpty | ErrorCode::Exist) => Ok(false),
+            Err(err) => Err(errors::storage("rename into", &slot, err)),
         }
     }
 
     /// Removes the record `file` from `node`'s slot. False if it was gone.
     pub fn release(&self, node: &str, file: &str) -> Result<bool, Error> {
         let path = format!("{node}/{SLOT}/{file}");
-        match fs::remove_file(self.abs(&path)) {
-            Ok(()) => Ok(true),
-            Err(err) if gone(&err) => Ok(false),
-            Err(err) => Err(errors::storage("remove", &path, &err)),
-        }
+        self.dir.unlink(&path).map_err(fail("remove", &path))
     }
 
-    /// The fencing high-water mark of `node`: the highest number ever
-    /// granted there (0 if none).
-    pub fn fence_current(&self, node: &str) -> Result<u64, Error> {
-        Ok(self.fences(node)?.into_iter().max().unwrap_or(0))
-    }
-
-    fn fences(&self, node: &str) -> Result<Vec<u64>, Error> {
-        let names = self.names(&format!("{node}/{FENCE}"))?.unwrap_or_default();
-        Ok(names.iter().filter_map(|n| n.parse().ok()).collect())
-    }
-
-    /// Moves the high-water mark of `node` from `from` to `to`: a rename of
-    /// the file `.fence/<from>` to `.fence/<to>`, which only one caller can
-    /// win. False when the mark is no longer `from`.
-    pub fn fence_advance(&self, node: &str, from: u64, to: u64) -> Result<bool, Error> {
+    /// The fencing mark of `node`, or `None` before its first lock attempt.
+    pub fn fence_mark(&self, node: &str) -> Result<Option<Mark>, Error> {
         let dir = format!("{node}/{FENCE}");
-        let target = format!("{dir}/{to}");
-        if from == 0 {
-            // First grant ever: create the mark. A racer that created and
-            // advanced it meanwhile leaves a higher mark, hence the re-read.
-            self.make_dir(&dir)?;
-            return match fs::File::create_new(self.abs(&target)) {
-                Ok(_) => Ok(self.fence_current(node)? == to),
-                Err(err) if err.kind() == ErrorKind::AlreadyExists => Ok(false),
-                Err(err) => Err(errors::storage("create", &target, &err)),
-            };
-        }
-        match fs::rename(self.abs(&format!("{dir}/{from}")), self.abs(&target)) {
-            Ok(()) => Ok(true),
-            Err(err) if gone(&err) => Ok(false),
-            Err(err) => Err(errors::storage("rename", &target, &err)),
+        let names = self.dir.names(&dir).map_err(fail("read", &dir))?;
+        Ok(names
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| Mark::parse(n))
+            .max_by_key(|m| m.number))
+    }
+
+    /// Creates the initial mark `0` of `node` unless it has one: a staged
+    /// directory renamed onto `.fence`, which fails once `.fence` holds a mark.
+    pub fn fence_init(&self, node: &str) -> Result<(), Error> {
+        let staged = Staged {
+            dir: format!("{TMP}/{}", crate::token::uuid_v4()),
+            file: "0".to_string(),
+        };
+        self.make_dir(&staged.dir)?;
+        self.write_new(&staged.path(), b"")?;
+        let target = format!("{node}/{FENCE}");
+        match self.dir.rename(&staged.dir, &target) {
+            Ok(()) => Ok(()),
+            Err(ErrorCode::NotEmpty | ErrorCode::Exist) => {
+                self.discard(&staged);
+                Ok(())
+            }
+            Err(err) => {
+                self.discard(&staged);
+                Err(errors::storage("rename into", &target, err))
+            }
         }
     }
 
-    /// Deletes marks below `keep` left by a lost first-grant race (best effort).
-    pub fn fence_prune(&self, node: &str, keep: u64) {
-        if let Ok(all) = self.fences(node) {
-            for n in all.into_iter().filter(|&n| n < keep) {
-                let _ = fs::remove_file(self.abs(&format!("{node}/{FENCE}/{n}")));
-            }
+    /// Moves the mark of `node` from `from` to `to`: a rename of the one mark
+    /// file, which only one caller can win. False when it is no longer `from`.
+    pub fn fence_advance(&self, node: &str, from: &Mark, to: &Mark) -> Result<bool, Error> {
+        let old = format!("{node}/{FENCE}/{}", from.file_name());
+        let new = format!("{node}/{FENCE}/{}", to.file_name());
+        match self.dir.rename(&old, &new) {
+            Ok(()) => Ok(true),
+            Err(ErrorCode::NoEntry) => Ok(false),
+            Err(err) => Err(errors::storage("rename", &old, err)),
         }
     }
 
     /// Makes the staged record findable from ancestor `node`: a hard link
     /// `.ix/<token>` to the record itself (no copy is written).
-    pub fn mark(&self, node: &str, staged: &Staged) -> Result<(), Error> {
+    pub fn link_marker(&self, node: &str, staged: &Staged) -> Result<(), Error> {
         let dir = format!("{node}/{MARKS}");
         self.make_dir(&dir)?;
         let marker = format!("{dir}/{}", staged.file);
-        fs::hard_link(self.abs(&staged.path()), self.abs(&marker))
-            .map_err(|err| errors::storage("link", &marker, &err))
+        self.dir
+            .link(&staged.path(), &marker)
+            .map_err(fail("link", &marker))
     }
 
     /// Removes the marker of attempt `token` from ancestor `node` (best effort).
     pub fn unmark(&self, node: &str, token: &str) {
-        let _ = fs::remove_file(self.abs(&format!("{node}/{MARKS}/{token}")));
+        let _ = self.dir.unlink(&format!("{node}/{MARKS}/{token}"));
     }
 
-    /// The resources named by the markers in `node`, each once. A marker
-    /// is a hard link to a complete record, so one that does not parse is
-    /// corrupt, and reported: skipping it could grant over its lock.
-    pub fn marked(&self, node: &str) -> Result<Vec<String>, Error> {
+    /// The resources named by the markers in `node`, each once. A marker is a
+    /// hard link to a complete record, so one that does not parse is corrupt
+    /// and reported: skipping it could grant over its lock.
+    pub fn marked(&self, node: &str) -> Result<BTreeSet<String>, Error> {
         let dir = format!("{node}/{MARKS}");
-        let mut out = Vec::new();
-        for marker in self.names(&dir)?.unwrap_or_default() {
-            let path = format!("{dir}/{marker}");
-            let Some(grant) = self.read_record(&path)? else {
-                continue; // withdrawn or unlocked meanwhile
-            };
-            if !out.contains(&grant.holder.resource) {
-                out.push(grant.holder.resource);
+        let mut out = BTreeSet::new();
+        for marker in self.dir.names(&dir).map_err(fail("read", &dir))?.unwrap_or_default() {
+            if let Some(grant) = self.read_record(&format!("{dir}/{marker}"))? {
+                out.insert(grant.holder.resource);
             }
         }
         Ok(out)
     }
 
-    /// Every held record at or below `node`, appended to `out`.
-    pub fn walk(&self, node: &str, out: &mut Vec<Grant>) -> Result<(), Error> {
-        if let Some(slot) = self.read_slot(node)? {
-            out.push(slot.grant);
-        }
-        for child in self.names(node)?.unwrap_or_default() {
+    /// `node` and every node below it, depth first.
+    pub fn walk(&self, node: &str, out: &mut Vec<String>) -> Result<(), Error> {
+        out.push(node.to_string());
+        let children = self.dir.names(node).map_err(fail("read", node))?;
+        for child in children.unwrap_or_default() {
             if name::decode_segment(&child).is_none() {
                 continue; // `.slot`, `.fence`, `.ix`
             }
             let path = format!("{node}/{child}");
-            match fs::symlink_metadata(self.abs(&path)) {
-                Ok(meta) if meta.is_dir() => self.walk(&path, out)?,
-                Ok(_) => {}
-                Err(err) if gone(&err) => {}
-                Err(err) => return Err(errors::storage("inspect", &path, &err)),
+            if self.dir.kind(&path).map_err(fail("inspect", &path))?
+                == Some(DescriptorType::Directory)
+            {
+                self.walk(&path, out)?;
             }
         }
         Ok(())
     }
 
-    /// The entry names of directory `rel`, or `None` if it does not exist.
-    /// An entry removed while the listing is read makes the listing start
-    /// over, so the result is a listing taken at one moment.
-    fn names(&self, rel: &str) -> Result<Option<Vec<String>>, Error> {
-        'listing: for _ in 0..LISTING_RETRIES {
-            let entries = match fs::read_dir(self.abs(rel)) {
-                Ok(entries) => entries,
-                Err(err) if gone(&err) => return Ok(None),
-                Err(err) => return Err(errors::storage("read", rel, &err)),
-            };
-            let mut names = Vec::new();
-            for entry in entries {
-                match entry {
-                    Ok(entry) => names.push(entry.file_name().to_string_lossy().into_owned()),
-                    Err(err) if gone(&err) => continue 'listing,
-                    Err(err) => return Err(errors::storage("read", rel, &err)),
-                }
-            }
-            return Ok(Some(names));
-        }
-        let churn = io::Error::other("entries kept changing while it was read");
-        Err(errors::storage("read", rel, &churn))
+    fn make_dir(&self, path: &str) -> Result<(), Error> {
+        self.dir.mkdir(path).map(|_| ()).map_err(fail("create", path))
     }
 
-    fn abs(&self, rel: &str) -> String {
-        format!("{}/{rel}", self.root)
-    }
-
-    fn make_dir(&self, rel: &str) -> Result<(), Error> {
-        match fs::create_dir(self.abs(rel)) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == ErrorKind::AlreadyExists => Ok(()),
-            Err(err) => Err(errors::storage("create", rel, &err)),
-        }
-    }
-
-    fn write_new(&self, rel: &str, text: &str) -> Result<(), Error> {
-        let write = || -> io::Result<()> {
-            let mut file = fs::File::create_new(self.abs(rel))?;
-            file.write_all(text.as_bytes())
-        };
-        write().map_err(|err| errors::storage("write", rel, &err))
+    fn write_new(&self, path: &str, bytes: &[u8]) -> Result<(), Error> {
+        self.dir.write_new(path, bytes).map_err(fail("write", path))
     }
 }
 
-/// How often a directory listing starts over because entries vanished.
-const LISTING_RETRIES: usize = 32;
-
-/// Whether a failed rename onto a slot means the slot held a record. WASI
-/// reports `notempty` (55) or `exist` (20); std may not name their kinds.
-fn slot_was_taken(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        ErrorKind::DirectoryNotEmpty | ErrorKind::AlreadyExists
-    ) || matches!(err.raw_os_error(), Some(55 | 20))
+/// Maps a failed call on `path` to a storage error.
+fn fail<'a>(action: &'a str, path: &'a str) -> impl FnOnce(ErrorCode) -> Error + 'a {
+    move |code| errors::storage(action, path, code)
 }
 
-/// Whether an error means "not there" (also a missing parent directory).
-fn gone(err: &io::Error) -> bool {
-    err.kind() == ErrorKind::NotFound
-}
-
-fn not_a_dir(path: &str) -> Error {
-    errors::storage(
-        "use",
-        path,
-        &io::Error::new(ErrorKind::NotADirectory, "not a directory"),
-    )
-}

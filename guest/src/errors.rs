@@ -4,7 +4,7 @@
 //! scripts written against it grep for them.
 
 use crate::hasp::lock::types::{Error, ErrorCode};
-use std::io;
+use wasip2::filesystem::types::ErrorCode as FsError;
 
 /// Shown for a client id or an anonymous lock: the id, or `?`.
 pub fn shown(client: Option<&str>) -> &str {
@@ -63,9 +63,14 @@ pub fn corrupt(path: &str, why: &str) -> Error {
 }
 
 /// A filesystem call on `path` (relative to the lock directory) failed.
-pub fn storage(action: &str, path: &str, err: &io::Error) -> Error {
+pub fn storage(action: &str, path: &str, code: FsError) -> Error {
+    io_failure(action, path, &crate::dir::reason(code))
+}
+
+/// Like [`storage`], with the reason given as text.
+pub fn io_failure(action: &str, path: &str, reason: &str) -> Error {
     Error {
-        message: format!("cannot {action} {path}: {}", io_reason(err)),
+        message: format!("cannot {action} {path}: {reason}"),
         code: ErrorCode::Storage(path.to_string()),
     }
 }
@@ -94,15 +99,6 @@ pub fn busy(resource: &str) -> Error {
     Error {
         message: format!("gave up on {resource} after repeated concurrent changes; try again"),
         code: ErrorCode::Busy,
-    }
-}
-
-/// The part of an I/O error a person needs, without the `(os error N)` tail.
-fn io_reason(err: &io::Error) -> String {
-    let text = err.to_string();
-    match text.find(" (os error") {
-        Some(at) => text[..at].to_string(),
-        None => text,
     }
 }
 

@@ -5,6 +5,7 @@
 //!
 //! - [`name`]: what a resource name or client id may be, and how it maps to disk;
 //! - [`record`]: the versioned on-disk record of one granted lock;
+//! - [`dir`]: the lock directory as a capability: the WASI calls hasp makes;
 //! - [`disk`]: the atomic filesystem steps (commit, fence, markers) of the protocol;
 //! - [`registry`]: the rules — ownership, tokens, hierarchy, fencing — built on them;
 //! - [`errors`]: every message text a user sees.
@@ -14,6 +15,7 @@ wit_bindgen::generate!({
     path: "../wit",
 });
 
+mod dir;
 mod disk;
 mod errors;
 mod name;

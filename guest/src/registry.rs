@@ -5,26 +5,39 @@
 //! lock-children *and* D with lock-parents (so "don't lock parents" on D means
 //! D never blocks, nor is blocked by, A — as in Locker's README).
 //!
-//! A lock attempt runs, in order: (1) a read-only pre-check, (2) markers in
-//! every ancestor when it locks parents, (3) the commit (rename into the slot),
-//! (4) a re-check of the related resources, withdrawing on a conflict, and
-//! (5) the claim of its fencing number. Because every attempt commits before
-//! it re-checks, of two racing related attempts at least one sees the other:
-//! at most one is granted. docs/FORMAT.md has the full argument.
+//! A lock attempt runs, in order: (1) a read-only pre-check, (2) staging its
+//! record and linking it as a marker into every ancestor when it locks
+//! parents, (3) the commit (rename into the slot), (4) a re-check of the
+//! related resources, withdrawing on a conflict, and (5) the claim of its
+//! fencing number, which acknowledges it. Because every attempt commits
+//! before it re-checks, of two racing related attempts at least one sees the
+//! other: at most one is granted. docs/FORMAT.md has the full argument.
 
-use crate::disk::Disk;
+use crate::disk::{Disk, Mark, Slot};
 use crate::errors;
 use crate::hasp::lock::types::{Error, Grant, Holder, LockOptions, UnlockKey};
 use crate::name::{self, Name};
 use crate::token;
 
-/// How often an attempt restarts after losing a fencing race before it
-/// reports `busy`. Each restart means another grant completed meanwhile.
+/// How often an attempt (or a look at a slot) starts over after losing a
+/// race before it reports `busy`. Each restart means another grant completed.
 const RETRIES: usize = 64;
+
+/// A record still unacknowledged after this long belongs to an attempt that
+/// died (or stalls): the next reader consumes its fencing number, so it can
+/// never be acknowledged, and removes it.
+const PENDING_LIMIT_MS: u64 = 5_000;
 
 /// A registry open on one lock directory.
 pub struct Registry {
     disk: Disk,
+}
+
+/// How one lock attempt ended.
+enum Attempt {
+    Granted(Grant),
+    Refused(Error),
+    Retry,
 }
 
 /// How a committed attempt settled.
@@ -34,11 +47,14 @@ enum Settled {
     FenceMoved,
 }
 
-/// How one lock attempt ended.
-enum Attempt {
-    Granted(Grant),
-    Refused(Error),
-    Retry,
+/// What a record in a slot is worth, judged against the node's mark.
+enum Standing {
+    /// Its fencing claim succeeded: a granted lock.
+    Granted,
+    /// Committed, claim not made yet: counts as held while it is young.
+    Pending,
+    /// Its number went to someone else: it can never be granted.
+    Dead,
 }
 
 impl Registry {
@@ -56,7 +72,7 @@ impl Registry {
             name::check_client(client)?;
         }
         let node = self.disk.ensure_node(&name)?;
-        let ancestors: Vec<String> = name.ancestors().map(|a| a.node_path()).collect();
+        let ancestors = ancestor_nodes(&name);
         for _ in 0..RETRIES {
             match self.attempt(&name, &node, &ancestors, options)? {
                 Attempt::Granted(grant) => return Ok(grant),
@@ -75,29 +91,35 @@ impl Registry {
         options: &LockOptions,
     ) -> Result<Attempt, Error> {
         // (1) Refuse without writing anything when the answer is already known.
-        if let Some(held) = self.disk.read_slot(node)? {
+        if let Some((held, _)) = self.holder_of(node)? {
             return Ok(refused(&held.grant.holder));
         }
         if let Some(holder) = self.conflict(name, node, ancestors, options)? {
             return Ok(refused(&holder));
         }
-        let fence = self.disk.fence_current(node)?;
+        let mark = match self.disk.fence_mark(node)? {
+            Some(mark) => mark,
+            None => {
+                self.disk.fence_init(node)?;
+                return Ok(Attempt::Retry);
+            }
+        };
         let grant = Grant {
             holder: Holder {
                 resource: name.as_str().to_string(),
                 client: options.client.clone(),
-                fencing: fence + 1,
+                fencing: mark.number + 1,
                 since_ms: now_ms(),
                 lock_parents: options.lock_parents,
                 lock_children: options.lock_children,
             },
             token: token::uuid_v4(),
         };
+        // (2) Stage the record; make it findable from every ancestor it may block.
         let staged = self.disk.stage(&grant)?;
-        // (2) Make this attempt findable from every ancestor it may block.
         if options.lock_parents {
             for (i, ancestor) in ancestors.iter().enumerate() {
-                if let Err(err) = self.disk.mark(ancestor, &staged) {
+                if let Err(err) = self.disk.link_marker(ancestor, &staged) {
                     self.unmark(&ancestors[..i], &grant.token);
                     self.disk.discard(&staged);
                     return Err(err);
@@ -109,15 +131,16 @@ impl Registry {
         if !matches!(committed, Ok(true)) {
             self.unmark(ancestors, &grant.token);
             self.disk.discard(&staged);
-            return match self.disk.read_slot(node)? {
-                Some(held) => Ok(refused(&held.grant.holder)),
-                None => committed.map(|_| Attempt::Retry),
-            };
+            committed?;
+            return Ok(match self.holder_of(node)? {
+                Some((held, _)) => refused(&held.grant.holder),
+                None => Attempt::Retry,
+            });
         }
         // (4), (5): on any error from here on, the attempt is withdrawn.
-        let settled = self.settle(name, node, ancestors, options, fence);
+        let settled = self.settle(name, node, ancestors, options, &mark, &grant);
         if !matches!(settled, Ok(Settled::Granted)) {
-            self.withdraw(node, ancestors, &grant);
+            self.withdraw(node, ancestors, &grant.token)?;
         }
         Ok(match settled? {
             Settled::Granted => Attempt::Granted(grant),
@@ -133,23 +156,25 @@ impl Registry {
         node: &str,
         ancestors: &[String],
         options: &LockOptions,
-        fence: u64,
+        mark: &Mark,
+        grant: &Grant,
     ) -> Result<Settled, Error> {
         // (4) Re-check related resources now that this attempt is visible.
         if let Some(holder) = self.conflict(name, node, ancestors, options)? {
             return Ok(Settled::Conflict(holder));
         }
         // (5) Claim the fencing number; lose it and the attempt starts over.
-        if !self.disk.fence_advance(node, fence, fence + 1)? {
+        let claim = Mark {
+            number: grant.holder.fencing,
+            token: Some(grant.token.clone()),
+        };
+        if !self.disk.fence_advance(node, mark, &claim)? {
             return Ok(Settled::FenceMoved);
-        }
-        if fence == 0 {
-            self.disk.fence_prune(node, 1);
         }
         Ok(Settled::Granted)
     }
 
-    /// A held lock that conflicts with locking `name` with `options`.
+    /// A held (or being granted) lock that conflicts with locking `name`.
     fn conflict(
         &self,
         name: &Name,
@@ -159,7 +184,7 @@ impl Registry {
     ) -> Result<Option<Holder>, Error> {
         if options.lock_parents {
             for ancestor in ancestors {
-                if let Some(held) = self.disk.read_slot(ancestor)? {
+                if let Some((held, _)) = self.holder_of(ancestor)? {
                     if held.grant.holder.lock_children {
                         return Ok(Some(held.grant.holder));
                     }
@@ -174,7 +199,7 @@ impl Registry {
                 if !is_below(&descendant, name) {
                     continue;
                 }
-                if let Some(held) = self.disk.read_slot(&descendant.node_path())? {
+                if let Some((held, _)) = self.holder_of(&descendant.node_path())? {
                     if held.grant.holder.lock_parents {
                         return Ok(Some(held.grant.holder));
                     }
@@ -184,9 +209,57 @@ impl Registry {
         Ok(None)
     }
 
-    fn withdraw(&self, node: &str, ancestors: &[String], grant: &Grant) {
-        let _ = self.disk.release(node, &grant.token);
-        self.unmark(ancestors, &grant.token);
+    /// The record holding `node`, and whether it is granted (`true`) or still
+    /// being granted (`false`). Records that can no longer be granted are
+    /// removed on the way.
+    fn holder_of(&self, node: &str) -> Result<Option<(Slot, bool)>, Error> {
+        for _ in 0..RETRIES {
+            let Some(slot) = self.disk.read_slot(node)? else {
+                return Ok(None);
+            };
+            let mark = self.disk.fence_mark(node)?;
+            match standing(&slot, mark.as_ref()) {
+                Standing::Granted => return Ok(Some((slot, true))),
+                Standing::Pending if age_ms(&slot) < PENDING_LIMIT_MS => {
+                    return Ok(Some((slot, false)))
+                }
+                Standing::Pending => {
+                    // Take its number first, so that it can never be granted.
+                    let Some(mark) = mark else {
+                        self.disk.fence_init(node)?;
+                        continue;
+                    };
+                    let void = Mark {
+                        number: slot.grant.holder.fencing,
+                        token: Some(token::uuid_v4()),
+                    };
+                    if self.disk.fence_advance(node, &mark, &void)? {
+                        self.clear(node, &slot)?;
+                    }
+                }
+                Standing::Dead => self.clear(node, &slot)?,
+            }
+        }
+        Err(errors::busy(node))
+    }
+
+    /// Removes a record that can never be granted, and its markers.
+    fn clear(&self, node: &str, slot: &Slot) -> Result<(), Error> {
+        self.disk.release(node, &slot.file)?;
+        if slot.grant.holder.lock_parents {
+            if let Ok(name) = Name::parse(&slot.grant.holder.resource) {
+                self.unmark(&ancestor_nodes(&name), &slot.file);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes back a committed attempt: its record, then its markers (a record
+    /// that cannot be removed keeps its markers, so it stays visible).
+    fn withdraw(&self, node: &str, ancestors: &[String], token: &str) -> Result<(), Error> {
+        self.disk.release(node, token)?;
+        self.unmark(ancestors, token);
+        Ok(())
     }
 
     fn unmark(&self, ancestors: &[String], token: &str) {
@@ -206,7 +279,8 @@ impl Registry {
             UnlockKey::Token(_) => {}
         }
         let node = name.node_path();
-        let Some(held) = self.disk.read_slot(&node)? else {
+        // A lock still being granted is not locked yet.
+        let Some((held, true)) = self.holder_of(&node)? else {
             return Err(errors::not_locked());
         };
         let holder = &held.grant.holder;
@@ -219,37 +293,19 @@ impl Registry {
             }
             _ => {}
         }
-        // The high-water mark must cover this grant before its slot empties,
-        // even if its locker died before claiming it.
-        self.cover_fence(&node, holder.fencing, name.as_str())?;
         if !self.disk.release(&node, &held.file)? {
             return Err(errors::not_locked());
         }
         if holder.lock_parents {
-            let ancestors: Vec<String> = name.ancestors().map(|a| a.node_path()).collect();
-            self.unmark(&ancestors, &held.file);
+            self.unmark(&ancestor_nodes(&name), &held.file);
         }
         Ok(held.grant.holder)
-    }
-
-    /// Raises the high-water mark of `node` to at least `fencing`.
-    fn cover_fence(&self, node: &str, fencing: u64, resource: &str) -> Result<(), Error> {
-        for _ in 0..RETRIES {
-            let current = self.disk.fence_current(node)?;
-            if current >= fencing || self.disk.fence_advance(node, current, fencing)? {
-                return Ok(());
-            }
-        }
-        Err(errors::busy(resource))
     }
 
     /// The lock on exactly `resource`; see `registry.status`.
     pub fn status(&self, resource: &str) -> Result<Option<Holder>, Error> {
         let name = Name::parse(resource)?;
-        Ok(self
-            .disk
-            .read_slot(&name.node_path())?
-            .map(|held| held.grant.holder))
+        Ok(self.granted(&name.node_path())?)
     }
 
     /// Every lock at or below `prefix`; see `registry.list`.
@@ -259,16 +315,42 @@ impl Registry {
         } else {
             Name::parse(prefix)?.node_path()
         };
-        let mut grants = Vec::new();
-        self.disk.walk(&root, &mut grants)?;
-        let mut holders: Vec<Holder> = grants.into_iter().map(|g| g.holder).collect();
+        let mut nodes = Vec::new();
+        self.disk.walk(&root, &mut nodes)?;
+        let mut holders = Vec::new();
+        for node in nodes {
+            holders.extend(self.granted(&node)?);
+        }
         holders.sort_by(|a, b| a.resource.cmp(&b.resource));
         Ok(holders)
+    }
+
+    /// The granted lock on `node`, if any (attempts in flight are not shown).
+    fn granted(&self, node: &str) -> Result<Option<Holder>, Error> {
+        Ok(match self.holder_of(node)? {
+            Some((held, true)) => Some(held.grant.holder),
+            _ => None,
+        })
+    }
+}
+
+fn standing(slot: &Slot, mark: Option<&Mark>) -> Standing {
+    let fencing = slot.grant.holder.fencing;
+    match mark {
+        Some(m) if m.number == fencing && m.token.as_deref() == Some(slot.file.as_str()) => {
+            Standing::Granted
+        }
+        Some(m) if m.number >= fencing => Standing::Dead,
+        _ => Standing::Pending,
     }
 }
 
 fn refused(holder: &Holder) -> Attempt {
     Attempt::Refused(errors::already_locked(holder.client.as_deref()))
+}
+
+fn ancestor_nodes(name: &Name) -> Vec<String> {
+    name.ancestors().map(|a| a.node_path()).collect()
 }
 
 /// Whether `descendant` lies strictly below `ancestor`.
@@ -277,6 +359,10 @@ fn is_below(descendant: &Name, ancestor: &Name) -> bool {
         .as_str()
         .strip_prefix(ancestor.as_str())
         .is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn age_ms(slot: &Slot) -> u64 {
+    now_ms().saturating_sub(slot.grant.holder.since_ms)
 }
 
 fn now_ms() -> u64 {

@@ -2,7 +2,7 @@
 
 /// A fresh, unguessable UUID v4 in its usual 8-4-4-4-12 hex form.
 pub fn uuid_v4() -> String {
-    let mut b = wasi::random::random::get_random_bytes(16);
+    let mut b = wasip2::random::random::get_random_bytes(16);
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();

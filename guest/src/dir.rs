@@ -1,0 +1,171 @@
+//! The lock directory as a capability: the WASI descriptor of one preopened
+//! directory, and the filesystem calls hasp makes, every path relative to it.
+//!
+//! Calls go straight to `wasi:filesystem/types` (no libc path resolution, no
+//! streams): one WASI call per step. Symlinks are never followed in the last
+//! path component; the host keeps every path inside the preopen.
+
+use wasip2::filesystem::preopens::get_directories;
+use wasip2::filesystem::types::{
+    Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags,
+};
+
+/// A filesystem call's outcome.
+pub type Io<T> = Result<T, ErrorCode>;
+
+/// How often a listing starts over because an entry vanished while read.
+const LISTING_RETRIES: usize = 32;
+const READ_CHUNK: u64 = 64 * 1024;
+
+/// One preopened directory.
+pub struct Dir {
+    root: Descriptor,
+}
+
+impl Dir {
+    /// The preopen the host named `name`, if there is one.
+    pub fn preopened(name: &str) -> Option<Dir> {
+        let name = name.trim_end_matches('/');
+        get_directories()
+            .into_iter()
+            .find(|(_, n)| n.trim_end_matches('/') == name)
+            .map(|(root, _)| Dir { root })
+    }
+
+    /// The type of `path` itself (a symlink is reported as one), or `None`.
+    pub fn kind(&self, path: &str) -> Io<Option<DescriptorType>> {
+        match self.root.stat_at(PathFlags::empty(), path) {
+            Ok(stat) => Ok(Some(stat.type_)),
+            Err(ErrorCode::NoEntry) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Creates directory `path`; false if something already has that name.
+    pub fn mkdir(&self, path: &str) -> Io<bool> {
+        match self.root.create_directory_at(path) {
+            Ok(()) => Ok(true),
+            Err(ErrorCode::Exist) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The whole content of file `path`, or `None` if it does not exist.
+    pub fn read(&self, path: &str) -> Io<Option<Vec<u8>>> {
+        let file = match self.root.open_at(
+            PathFlags::empty(),
+            path,
+            OpenFlags::empty(),
+            DescriptorFlags::READ,
+        ) {
+            Ok(file) => file,
+            Err(ErrorCode::NoEntry) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let mut out = Vec::new();
+        loop {
+            let (chunk, end) = file.read(READ_CHUNK, out.len() as u64)?;
+            out.extend_from_slice(&chunk);
+            if end || chunk.is_empty() {
+                return Ok(Some(out));
+            }
+        }
+    }
+
+    /// Creates file `path`, which must not exist, holding `bytes`.
+    pub fn write_new(&self, path: &str, bytes: &[u8]) -> Io<()> {
+        let file = self.root.open_at(
+            PathFlags::empty(),
+            path,
+            OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
+            DescriptorFlags::WRITE,
+        )?;
+        let mut written = 0;
+        while written < bytes.len() {
+            written += file.write(&bytes[written..], written as u64)? as usize;
+        }
+        Ok(())
+    }
+
+    /// Renames `from` to `to` (replacing a file, or an empty directory).
+    pub fn rename(&self, from: &str, to: &str) -> Io<()> {
+        self.root.rename_at(from, &self.root, to)
+    }
+
+    /// Makes `to` a hard link to file `from`.
+    pub fn link(&self, from: &str, to: &str) -> Io<()> {
+        self.root.link_at(PathFlags::empty(), from, &self.root, to)
+    }
+
+    /// Removes file `path`; false if it was not there.
+    pub fn unlink(&self, path: &str) -> Io<bool> {
+        match self.root.unlink_file_at(path) {
+            Ok(()) => Ok(true),
+            Err(ErrorCode::NoEntry) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Removes the empty directory `path`; false if it was not there.
+    pub fn rmdir(&self, path: &str) -> Io<bool> {
+        match self.root.remove_directory_at(path) {
+            Ok(()) => Ok(true),
+            Err(ErrorCode::NoEntry) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The names in directory `path`, or `None` if it does not exist. A
+    /// listing during which an entry vanished starts over, so every entry
+    /// present throughout is in the result. `Busy` if it never settles.
+    pub fn names(&self, path: &str) -> Io<Option<Vec<String>>> {
+        'listing: for _ in 0..LISTING_RETRIES {
+            let dir = match self.root.open_at(
+                PathFlags::empty(),
+                path,
+                OpenFlags::DIRECTORY,
+                DescriptorFlags::READ,
+            ) {
+                Ok(dir) => dir,
+                Err(ErrorCode::NoEntry) => return Ok(None),
+                Err(err) => return Err(err),
+            };
+            let entries = dir.read_directory()?;
+            let mut names = Vec::new();
+            loop {
+                match entries.read_directory_entry() {
+                    Ok(Some(entry)) => names.push(entry.name),
+                    Ok(None) => return Ok(Some(names)),
+                    Err(ErrorCode::NoEntry) => continue 'listing,
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        Err(ErrorCode::Busy)
+    }
+}
+
+/// What a failed call means, for people.
+pub fn reason(code: ErrorCode) -> String {
+    let text = match code {
+        ErrorCode::Access => "permission denied",
+        ErrorCode::NotPermitted => "operation not permitted",
+        ErrorCode::ReadOnly => "read-only filesystem",
+        ErrorCode::NoEntry => "no such file or directory",
+        ErrorCode::Exist => "already exists",
+        ErrorCode::NotDirectory => "not a directory",
+        ErrorCode::IsDirectory => "is a directory",
+        ErrorCode::NotEmpty => "directory not empty",
+        ErrorCode::InsufficientSpace => "no space left on the device",
+        ErrorCode::Quota => "disk quota exceeded",
+        ErrorCode::NameTooLong => "file name too long",
+        ErrorCode::Loop => "too many levels of symbolic links",
+        ErrorCode::CrossDevice => "crosses a filesystem boundary",
+        ErrorCode::TooManyLinks => "too many links",
+        ErrorCode::Busy => "kept changing while it was read",
+        ErrorCode::Unsupported => "not supported by this filesystem",
+        ErrorCode::Io => "input/output error",
+        other => return format!("{other:?}"),
+    };
+    text.to_string()
+}
