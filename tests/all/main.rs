@@ -8,5 +8,6 @@ mod bad_input;
 mod cli;
 mod hierarchy;
 mod race;
+mod recovery;
 mod runtime;
 mod tokens;
