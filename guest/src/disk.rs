@@ -282,7 +282,12 @@ impl Disk {
     pub fn marked(&self, node: &str) -> Result<BTreeSet<String>, Error> {
         let dir = format!("{node}/{MARKS}");
         let mut out = BTreeSet::new();
-        for marker in self.dir.names(&dir).map_err(fail("read", &dir))?.unwrap_or_default() {
+        for marker in self
+            .dir
+            .names(&dir)
+            .map_err(fail("read", &dir))?
+            .unwrap_or_default()
+        {
             if let Some(grant) = self.read_record(&format!("{dir}/{marker}"))? {
                 out.insert(grant.holder.resource);
             }
@@ -309,7 +314,10 @@ impl Disk {
     }
 
     fn make_dir(&self, path: &str) -> Result<(), Error> {
-        self.dir.mkdir(path).map(|_| ()).map_err(fail("create", path))
+        self.dir
+            .mkdir(path)
+            .map(|_| ())
+            .map_err(fail("create", path))
     }
 
     fn write_new(&self, path: &str, bytes: &[u8]) -> Result<(), Error> {
@@ -321,4 +329,3 @@ impl Disk {
 fn fail<'a>(action: &'a str, path: &'a str) -> impl FnOnce(ErrorCode) -> Error + 'a {
     move |code| errors::storage(action, path, code)
 }
-

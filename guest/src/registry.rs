@@ -305,7 +305,7 @@ impl Registry {
     /// The lock on exactly `resource`; see `registry.status`.
     pub fn status(&self, resource: &str) -> Result<Option<Holder>, Error> {
         let name = Name::parse(resource)?;
-        Ok(self.granted(&name.node_path())?)
+        self.granted(&name.node_path())
     }
 
     /// Every lock at or below `prefix`; see `registry.list`.
