@@ -210,6 +210,8 @@ impl Registry {
         ) -> wasmtime::Result<Result<T, wit::Error>>,
     ) -> Result<T, Error> {
         let ticks = self.runtime.deadline_ticks();
+        let runtime = self.runtime.clone();
+        let _tokio = runtime.enter();
         let live = self.live()?;
         live.store.set_epoch_deadline(ticks);
         match f(&live.guest, live.handle, &mut live.store) {
@@ -248,6 +250,7 @@ impl Registry {
                 .build(),
             host_time: HostTimer::default(),
         };
+        let _tokio = self.runtime.enter();
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limits);
         if self.time_host_calls {

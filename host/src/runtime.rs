@@ -45,6 +45,10 @@ pub struct Runtime {
 }
 
 struct Inner {
+    /// A thread-less Tokio runtime: wasmtime-wasi's synchronous bindings run
+    /// their (immediately ready) futures on whatever runtime is entered, and
+    /// otherwise start a multi-threaded one of their own.
+    tokio: tokio::runtime::Runtime,
     engine: Engine,
     pre: GuestPre<State>,
     limits: Limits,
@@ -113,14 +117,23 @@ impl Runtime {
         let pre = GuestPre::new(pre).map_err(runtime_error)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.weak(), ticker_stop.clone());
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(runtime_error)?;
         Ok(Runtime {
             inner: Arc::new(Inner {
+                tokio,
                 engine,
                 pre,
                 limits,
                 ticker_stop,
             }),
         })
+    }
+
+    /// Enters the runtime's Tokio context for the duration of the guard.
+    pub(crate) fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.inner.tokio.enter()
     }
 
     pub(crate) fn engine(&self) -> &Engine {
