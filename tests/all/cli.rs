@@ -32,3 +32,45 @@ fn gocept_lockd_session_byte_exact() {
     assert_eq!(run.code, 1);
     assert_eq!(run.stderr, "Resource not locked\n");
 }
+
+#[test]
+fn default_lock_dir_is_per_user_and_created_on_first_use() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let state = home.path().join("state");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(crate::support::hasp_bin())
+            .args(args)
+            .env_remove("HASP_DIR")
+            .env("XDG_STATE_HOME", &state)
+            .env("HOME", home.path())
+            .output()
+            .expect("run hasp");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(
+        run(&["lock", "deploy", "--client", "a"]),
+        (Some(0), String::new())
+    );
+    assert!(state.join("hasp").join("FORMAT").is_file());
+    assert_eq!(
+        run(&["lock", "deploy", "--client", "b"]),
+        (Some(1), "Resource already locked by 'a'\n".to_string())
+    );
+}
+
+#[test]
+fn hasp_dir_environment_variable_picks_the_lock_dir() {
+    let locks = Locks::new();
+    let out = std::process::Command::new(crate::support::hasp_bin())
+        .args(["lock", "deploy", "--client", "a"])
+        .env("HASP_DIR", locks.path())
+        .output()
+        .expect("run hasp");
+    assert!(out.status.success(), "{out:?}");
+    locks
+        .run(&["lock", "deploy", "--client", "b"])
+        .assert_refused(1, "Resource already locked by 'a'");
+}
