@@ -3,9 +3,9 @@
 use crate::bindings::types as wit;
 use std::path::PathBuf;
 
-/// Why a hasp call failed. The lock-rule variants carry the guest's message
-/// (the exact gocept.lockd texts) and the holder it names; match on the
-/// variant, show the `Display` text to people.
+/// Why a hasp call failed. The lock-rule variants carry the message the guest
+/// wrote (gocept.lockd's texts, byte for byte) and the holder it names: match
+/// on the variant, show the `Display` text to people.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The resource, or a related parent or child, is held by `holder`
@@ -14,7 +14,7 @@ pub enum Error {
     AlreadyLocked {
         /// Who holds the conflicting lock.
         holder: String,
-        /// `Resource already locked by '<holder>'`.
+        /// The guest's message, naming the holder.
         message: String,
     },
     /// The lock belongs to `holder`, not to the client or token presented.
@@ -22,13 +22,13 @@ pub enum Error {
     NotOwner {
         /// Who holds the lock.
         holder: String,
-        /// `Resource locked by '<holder>' cannot be unlocked by '<client>'`.
+        /// The guest's message, naming the holder and the client refused.
         message: String,
     },
     /// There is no lock to release.
     #[error("{message}")]
     NotLocked {
-        /// `Resource not locked`.
+        /// The guest's message.
         message: String,
     },
     /// A resource name, client id or token was malformed; nothing changed.

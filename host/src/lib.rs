@@ -17,8 +17,10 @@
 //! assert_eq!(grant.holder.fencing, 1);
 //!
 //! // Taken: a second lock, or one on a parent or child, is refused at once.
-//! let err = registry.lock("deploy", &LockOptions::client("ci-43")).unwrap_err();
-//! assert_eq!(err.to_string(), "Resource already locked by 'ci-42'");
+//! match registry.lock("deploy", &LockOptions::client("ci-43")) {
+//!     Err(hasp::Error::AlreadyLocked { holder, .. }) => assert_eq!(holder, "ci-42"),
+//!     other => panic!("expected a refusal, got {other:?}"),
+//! }
 //!
 //! registry.unlock("deploy/prod", &UnlockKey::Token(grant.token))?;
 //! assert_eq!(registry.status("deploy/prod")?, None);
