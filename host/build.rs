@@ -23,31 +23,47 @@ fn main() {
     let target_dir = guest_target_dir(&out_dir);
     ensure_wasm_target();
 
+    // Two components from one crate: the registry, and (feature `process`)
+    // the lock-file rules that import the host's file-lock.
+    for (features, artifact, hash_var) in [
+        (None, "hasp_guest.wasm", "HASP_GUEST_HASH"),
+        (Some("process"), "hasp_process.wasm", "HASP_PROCESS_HASH"),
+    ] {
+        let bytes = build_guest(&guest, &target_dir, features);
+        fs::write(out_dir.join(artifact), &bytes).expect("copy the component into OUT_DIR");
+        println!("cargo:rustc-env={hash_var}={:016x}", fnv1a(&bytes));
+    }
+}
+
+/// Builds the guest crate for `wasm32-wasip2` and returns the component.
+fn build_guest(guest: &Path, target_dir: &Path, features: Option<&str>) -> Vec<u8> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    command
         .args(["build", "--release", "--locked", "--target", WASM_TARGET])
         .arg("--manifest-path")
         .arg(guest.join("Cargo.toml"))
         .arg("--target-dir")
-        .arg(&target_dir)
+        .arg(target_dir)
         // Flags and wrappers meant for the host build must not leak into the guest's.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_MAKEFLAGS")
+        .env_remove("CARGO_MAKEFLAGS");
+    if let Some(features) = features {
+        command.args(["--features", features]);
+    }
+    let status = command
         .status()
         .expect("run cargo to build the guest component");
     assert!(status.success(), "building the guest component failed");
-
     let built = target_dir
         .join(WASM_TARGET)
         .join("release")
         .join("hasp_guest.wasm");
-    let bytes = fs::read(&built).unwrap_or_else(|e| panic!("read {}: {e}", built.display()));
-    fs::write(out_dir.join("hasp_guest.wasm"), &bytes).expect("copy the guest into OUT_DIR");
-    println!("cargo:rustc-env=HASP_GUEST_HASH={:016x}", fnv1a(&bytes));
+    fs::read(&built).unwrap_or_else(|e| panic!("read {}: {e}", built.display()))
 }
 
 /// `<target>/guest`: the target root is the ancestor of OUT_DIR holding cargo's

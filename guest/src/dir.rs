@@ -72,6 +72,18 @@ impl Dir {
         }
     }
 
+    #[cfg(feature = "process")]
+    /// Opens file `path` for reading and writing, creating it (empty) if it
+    /// is missing, never truncating it, never following a symlink there.
+    pub fn open_file(&self, path: &str) -> Io<Descriptor> {
+        self.root.open_at(
+            PathFlags::empty(),
+            path,
+            OpenFlags::CREATE,
+            DescriptorFlags::READ | DescriptorFlags::WRITE,
+        )
+    }
+
     /// Creates file `path`, which must not exist, holding `bytes`.
     pub fn write_new(&self, path: &str, bytes: &[u8]) -> Io<()> {
         let file = self.root.open_at(

@@ -115,3 +115,35 @@ fn quoted(value: &str) -> String {
     }
     format!("'{out}'")
 }
+
+#[cfg(feature = "process")]
+/// A lock file held by another process (`pid`, if its record says) that was
+/// not released in the time allowed.
+pub fn file_held(path: &str, owner: Option<(u32, &str, &str)>) -> Error {
+    match owner {
+        Some((pid, host, command)) => {
+            let running = if command.is_empty() {
+                String::new()
+            } else {
+                format!(", running {}", quoted(command))
+            };
+            Error {
+                message: format!("Lock file {path} is held by pid {pid} on {host}{running}"),
+                code: ErrorCode::WouldBlock(pid.to_string()),
+            }
+        }
+        None => Error {
+            message: format!("Lock file {path} is held by another process"),
+            code: ErrorCode::WouldBlock("?".to_string()),
+        },
+    }
+}
+
+#[cfg(feature = "process")]
+/// A lock file path that is not a regular file.
+pub fn not_a_regular_file(path: &str, what: &str) -> Error {
+    Error {
+        message: format!("cannot use {path} as a lock file: it is {what}"),
+        code: ErrorCode::InvalidInput,
+    }
+}

@@ -1,57 +1,85 @@
-//! The hasp guest: every lock rule of hasp, compiled to a WebAssembly component.
+//! The hasp guest: every lock rule of hasp, compiled to WebAssembly components.
 //!
-//! The host hands this component a preopened directory and carries requests in;
-//! everything that decides whether a lock is granted lives here:
+//! The host hands a component a preopened directory and carries requests in;
+//! everything that decides whether a lock is granted lives here. One crate,
+//! two components:
 //!
-//! - [`name`]: what a resource name or client id may be, and how it maps to disk;
-//! - [`record`]: the versioned on-disk record of one granted lock;
-//! - [`dir`]: the lock directory as a capability: the WASI calls hasp makes;
-//! - [`disk`]: the atomic filesystem steps (commit, fence, markers) of the protocol;
-//! - [`registry`]: the rules — ownership, tokens, hierarchy, fencing — built on them;
-//! - [`errors`]: every message text a user sees.
+//! - the registry (world `guest`, the default build): named, hierarchical
+//!   locks kept as records — [`name`] (what a resource name or client id may
+//!   be), [`record`] (the on-disk record), [`disk`] (the atomic filesystem
+//!   steps), [`registry`] (ownership, tokens, hierarchy, fencing);
+//! - process locks (world `process`, feature `process`): lock files held with
+//!   the host's OS locks — [`process`] (which file, what it records, messages).
+//!
+//! Both reach the disk only through [`dir`] (the preopen as a capability) and
+//! say everything a user reads through [`errors`].
 
+#[cfg(not(feature = "process"))]
 wit_bindgen::generate!({
     world: "guest",
     path: "../wit",
 });
 
+#[cfg(feature = "process")]
+wit_bindgen::generate!({
+    world: "process",
+    path: "../wit",
+});
+
+// The process world uses only part of the filesystem layer and messages.
+#[cfg_attr(feature = "process", allow(dead_code))]
 mod dir;
-mod disk;
+#[cfg_attr(feature = "process", allow(dead_code))]
 mod errors;
-mod name;
-mod record;
-mod registry;
+
+#[cfg(not(feature = "process"))]
 mod token;
 
-use exports::hasp::lock::registry::{Guest, GuestRegistry, Registry as RegistryHandle};
-use hasp::lock::types::{Error, Grant, Holder, LockOptions, UnlockKey};
+#[cfg(not(feature = "process"))]
+mod disk;
+#[cfg(not(feature = "process"))]
+mod name;
+#[cfg(not(feature = "process"))]
+mod record;
+#[cfg(not(feature = "process"))]
+mod registry;
 
-struct Component;
+#[cfg(feature = "process")]
+mod process;
 
-impl Guest for Component {
-    type Registry = registry::Registry;
+#[cfg(not(feature = "process"))]
+mod export {
+    use crate::exports::hasp::lock::registry::{Guest, GuestRegistry, Registry as Handle};
+    use crate::hasp::lock::types::{Error, Grant, Holder, LockOptions, UnlockKey};
+    use crate::registry::Registry;
+
+    struct Component;
+
+    impl Guest for Component {
+        type Registry = Registry;
+    }
+
+    impl GuestRegistry for Registry {
+        fn open(dir: String) -> Result<Handle, Error> {
+            Ok(Handle::new(Registry::open(&dir)?))
+        }
+
+        fn lock(&self, resource: String, options: LockOptions) -> Result<Grant, Error> {
+            Registry::lock(self, &resource, &options)
+        }
+
+        fn unlock(&self, resource: String, key: UnlockKey) -> Result<Holder, Error> {
+            Registry::unlock(self, &resource, &key)
+        }
+
+        fn status(&self, resource: String) -> Result<Option<Holder>, Error> {
+            Registry::status(self, &resource)
+        }
+
+        fn list(&self, prefix: String) -> Result<Vec<Holder>, Error> {
+            Registry::list(self, &prefix)
+        }
+    }
+
+    crate::export!(Component with_types_in crate);
 }
-
-impl GuestRegistry for registry::Registry {
-    fn open(dir: String) -> Result<RegistryHandle, Error> {
-        Ok(RegistryHandle::new(registry::Registry::open(&dir)?))
-    }
-
-    fn lock(&self, resource: String, options: LockOptions) -> Result<Grant, Error> {
-        registry::Registry::lock(self, &resource, &options)
-    }
-
-    fn unlock(&self, resource: String, key: UnlockKey) -> Result<Holder, Error> {
-        registry::Registry::unlock(self, &resource, &key)
-    }
-
-    fn status(&self, resource: String) -> Result<Option<Holder>, Error> {
-        registry::Registry::status(self, &resource)
-    }
-
-    fn list(&self, prefix: String) -> Result<Vec<Holder>, Error> {
-        registry::Registry::list(self, &prefix)
-    }
-}
-
-export!(Component);

@@ -1,8 +1,26 @@
-//! Host bindings of the `hasp:lock` WIT package (world `guest`).
+//! Host bindings of the `hasp:lock` WIT package, one module per world.
 
-wasmtime::component::bindgen!({
-    world: "guest",
-    path: "../wit",
-});
+/// World `guest`: the registry component.
+pub mod registry {
+    wasmtime::component::bindgen!({
+        world: "guest",
+        path: "../wit",
+    });
 
-pub use self::hasp::lock::types;
+    pub use self::hasp::lock::types;
+}
+
+/// World `process`: the lock-file component, which imports `file-lock`.
+pub mod process {
+    wasmtime::component::bindgen!({
+        world: "process",
+        path: "../wit",
+        imports: { default: trappable },
+        with: {
+            "hasp:lock/file-lock.file": crate::file_lock::LockHandle,
+            "hasp:lock/types": crate::bindings::registry::types,
+        },
+    });
+
+    pub use self::hasp::lock::file_lock;
+}

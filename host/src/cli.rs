@@ -1,9 +1,10 @@
 //! Command-line front door: parses arguments, calls the registry, prints.
 
 use clap::{Args, Parser, Subcommand};
-use hasp::{Error, Grant, Holder, LockOptions, Registry, UnlockKey};
+use hasp::{Error, FileHolder, FileLock, Grant, Holder, LockOptions, Registry, UnlockKey, Wait};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +46,16 @@ enum Command {
         #[arg(long)]
         token: Option<String>,
     },
+    /// Run COMMAND while holding an OS lock on a lock file; exit with its code
+    Run(RunArgs),
+    /// Show who holds a lock file: pid, host, since, command — or "not held"
+    Who {
+        /// Lock file, relative to the lock directory (or absolute inside it)
+        path: String,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
     /// Show held locks: all of them, or the one on RESOURCE
     Status {
         /// Resource name; without it, every held lock
@@ -53,6 +64,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Wait at most SECONDS for the lock (0: fail at once) [default: wait for ever]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_negative_numbers = true)]
+    timeout: Option<Duration>,
+    /// Take the lock shared with other --shared holders
+    #[arg(long)]
+    shared: bool,
+    /// Lock file, relative to the lock directory (or an absolute path inside it)
+    path: String,
+    /// The command to run while holding the lock
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -72,7 +98,7 @@ struct LockArgs {
 pub fn run() -> i32 {
     let cli = Cli::parse();
     match execute(cli) {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("{err}");
             match err.downcast_ref::<Error>() {
@@ -83,14 +109,34 @@ pub fn run() -> i32 {
     }
 }
 
-fn execute(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command line and returns the exit code.
+fn execute(cli: Cli) -> anyhow::Result<i32> {
     let dir = match cli.dir {
         Some(dir) => dir,
         None => default_dir()?,
     };
-    let mut registry = Registry::open(&dir)?;
     let mut out = std::io::stdout().lock();
     match cli.command {
+        Command::Run(run) => {
+            let mut lock = FileLock::open(&dir, &inside(&dir, &run.path))?;
+            let wait = match run.timeout {
+                None => Wait::Forever,
+                Some(d) if d.is_zero() => Wait::No,
+                Some(d) => Wait::For(d),
+            };
+            let _guard = lock.acquire(run.shared, wait, run.command.join(" "))?;
+            return Ok(crate::child::run(&run.command));
+        }
+        Command::Who { path, json } => {
+            let holder = FileLock::open(&dir, &inside(&dir, &path))?.holder()?;
+            print_who(&mut out, &holder, json)?;
+            return Ok(0);
+        }
+        _ => {}
+    }
+    let mut registry = Registry::open(&dir)?;
+    match cli.command {
+        Command::Run(_) | Command::Who { .. } => unreachable!("handled above"),
         Command::Lock {
             resource,
             options,
@@ -141,6 +187,54 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         },
+    }
+    Ok(0)
+}
+
+/// A lock file path as the guest sees it: an absolute path inside `dir`
+/// becomes relative to it; anything else is passed on for the guest to judge.
+fn inside(dir: &Path, path: &str) -> String {
+    let absolute = Path::new(path);
+    if absolute.is_absolute() {
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        if let Ok(rest) = absolute.strip_prefix(&dir) {
+            return rest.to_string_lossy().into_owned();
+        }
+    }
+    path.to_string()
+}
+
+/// Seconds as a number, 0 or more (fractions allowed).
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!("'{text}' is not a number of seconds (0 or more)")),
+    }
+}
+
+fn print_who(out: &mut impl Write, holder: &FileHolder, json: bool) -> anyhow::Result<()> {
+    match (holder, json) {
+        (FileHolder::Free, false) => writeln!(out, "not held")?,
+        (FileHolder::Unrecorded, false) => {
+            writeln!(out, "held (shared, or by a holder that recorded nothing)")?
+        }
+        (FileHolder::Owner(o), false) => writeln!(
+            out,
+            "pid {} on {} since {}: {}",
+            o.pid,
+            o.host,
+            utc(o.since_ms),
+            o.command
+        )?,
+        (FileHolder::Free, true) => writeln!(out, "{}", serde_json::json!({ "held": false }))?,
+        (FileHolder::Unrecorded, true) => writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "held": true, "owner": null })
+        )?,
+        (FileHolder::Owner(o), true) => {
+            writeln!(out, "{}", serde_json::json!({ "held": true, "owner": o }))?
+        }
     }
     Ok(())
 }

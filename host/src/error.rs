@@ -1,6 +1,6 @@
 //! The one error type of the hasp library.
 
-use crate::bindings::types as wit;
+use crate::bindings::registry::types as wit;
 use std::path::PathBuf;
 
 /// Why a hasp call failed. The lock-rule variants carry the message the guest
@@ -63,6 +63,15 @@ pub enum Error {
         /// Which resource, and that a retry may succeed.
         message: String,
     },
+    /// A lock file is held by another process (`holder`: its pid, or `?`)
+    /// and was not released in the time allowed.
+    #[error("{message}")]
+    WouldBlock {
+        /// The holder's pid as recorded in the lock file, or `?`.
+        holder: String,
+        /// The guest's message, naming the file and its holder.
+        message: String,
+    },
     /// The lock directory itself could not be opened.
     #[error("cannot open the lock directory {}: {source}", dir.display())]
     Directory {
@@ -91,6 +100,7 @@ impl Error {
                 | Error::NotOwner { .. }
                 | Error::NotLocked { .. }
                 | Error::Busy { .. }
+                | Error::WouldBlock { .. }
         )
     }
 
@@ -114,6 +124,7 @@ impl Error {
                 message,
             },
             wit::ErrorCode::Busy => Error::Busy { message },
+            wit::ErrorCode::WouldBlock(holder) => Error::WouldBlock { holder, message },
         }
     }
 }

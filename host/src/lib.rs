@@ -29,9 +29,12 @@
 
 mod bindings;
 mod error;
+mod file_lock;
+mod lock_file;
 mod registry;
 mod runtime;
 
 pub use error::Error;
+pub use lock_file::{FileGuard, FileHolder, FileLock, Owner, Wait};
 pub use registry::{Grant, Holder, LockOptions, Registry, UnlockKey};
-pub use runtime::{cache_dir, Limits, Runtime, GUEST_WASM};
+pub use runtime::{cache_dir, Limits, Runtime, GUEST_WASM, PROCESS_WASM};

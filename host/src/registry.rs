@@ -1,18 +1,18 @@
 //! The Rust API: a lock registry on a directory, served by one reused
 //! instance of the guest component.
 
-use crate::bindings::{types as wit, Guest};
+use crate::bindings::registry::{types as wit, Guest};
 use crate::error::Error;
-use crate::runtime::{runtime_error, HostTimer, Runtime, State};
+use crate::file_lock::LockDirs;
+use crate::runtime::{runtime_error, Runtime, State};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use wasmtime::component::{ResourceAny, ResourceTable};
-use wasmtime::{CallHook, Store, StoreLimitsBuilder};
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime::component::ResourceAny;
+use wasmtime::{CallHook, Store};
 
 /// Where the guest sees the lock directory (its only preopen).
-const GUEST_DIR: &str = "/locks";
+pub(crate) const GUEST_DIR: &str = "/locks";
 
 /// How to take a lock. The default is Locker's: anonymous, and conflicting
 /// with locks on both parents and children.
@@ -232,31 +232,12 @@ impl Registry {
     }
 
     fn instantiate(&self) -> Result<Live, Error> {
-        let limits = self.runtime.limits();
-        let wasi = WasiCtxBuilder::new()
-            .allow_blocking_current_thread(true)
-            .preopened_dir(&self.dir, GUEST_DIR, FsPerms::ReadWrite)
-            .map_err(|e| Error::Directory {
-                dir: self.dir.clone(),
-                source: std::io::Error::other(format!("{e}")),
-            })?
-            .build();
-        let state = State {
-            wasi,
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory)
-                .instances(4)
-                .build(),
-            host_time: HostTimer::default(),
-        };
+        let wasi = Runtime::wasi_for(&self.dir, GUEST_DIR)?;
         let _tokio = self.runtime.enter();
-        let mut store = Store::new(self.runtime.engine(), state);
-        store.limiter(|s| &mut s.limits);
+        let mut store = self.runtime.new_store(wasi, LockDirs::default());
         if self.time_host_calls {
             install_timer(&mut store);
         }
-        store.set_epoch_deadline(self.runtime.deadline_ticks());
         let guest = self
             .runtime
             .pre()

@@ -1,19 +1,25 @@
 //! The WebAssembly side of the host: one engine, the guest component compiled
 //! once and cached on disk, and the limits every guest call runs under.
 
-use crate::bindings::GuestPre;
+use crate::bindings::process::ProcessPre;
+use crate::bindings::registry::GuestPre;
 use crate::error::Error;
+use crate::file_lock::LockDirs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, StoreLimits};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// The guest component, built by `build.rs` from `guest/`.
 pub const GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hasp_guest.wasm"));
 const GUEST_HASH: &str = env!("HASP_GUEST_HASH");
+/// The process-lock component (lock files), built from `guest/` with the
+/// `process` feature. It imports `hasp:lock/file-lock` from this host.
+pub const PROCESS_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hasp_process.wasm"));
+const PROCESS_HASH: &str = env!("HASP_PROCESS_HASH");
 
 /// How often the epoch advances; the unit of [`Limits::call_timeout`].
 const TICK: Duration = Duration::from_millis(50);
@@ -51,6 +57,8 @@ struct Inner {
     tokio: tokio::runtime::Runtime,
     engine: Engine,
     pre: GuestPre<State>,
+    /// Loaded on first use: registry commands never pay for it.
+    process: OnceLock<ProcessPre<State>>,
     limits: Limits,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -69,6 +77,11 @@ pub(crate) struct State {
     /// Time spent in host functions (WASI: filesystem, clocks, random), when
     /// measured; see `Registry::time_host_calls`.
     pub host_time: HostTimer,
+    /// Directories the process-lock component may lock files in.
+    pub lock_dirs: LockDirs,
+    /// Set by a host call that blocked on a lock: that wait does not count
+    /// against the call's time limit.
+    pub waited: bool,
 }
 
 /// Accumulates the time the guest spends waiting on host functions.
@@ -87,7 +100,7 @@ impl WasiView for State {
     }
 }
 
-impl crate::bindings::types::Host for State {}
+impl crate::bindings::registry::types::Host for State {}
 
 impl Runtime {
     /// The process-wide runtime with default limits, created on first use.
@@ -108,11 +121,14 @@ impl Runtime {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(runtime_error)?;
-        let component = load_component(&engine)?;
+        let component = load_component(&engine, GUEST_WASM, "guest", GUEST_HASH)?;
         let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_error)?;
-        crate::bindings::Guest::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
-            .map_err(runtime_error)?;
+        crate::bindings::registry::Guest::add_to_linker::<State, HasSelf<State>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(runtime_error)?;
         let pre = linker.instantiate_pre(&component).map_err(runtime_error)?;
         let pre = GuestPre::new(pre).map_err(runtime_error)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -125,27 +141,82 @@ impl Runtime {
                 tokio,
                 engine,
                 pre,
+                process: OnceLock::new(),
                 limits,
                 ticker_stop,
             }),
         })
     }
 
-    /// Enters the runtime's Tokio context for the duration of the guard.
     pub(crate) fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
         self.inner.tokio.enter()
     }
 
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.inner.engine
+    /// The process-lock component, compiled (or loaded from the cache) on
+    /// first use.
+    pub(crate) fn process_pre(&self) -> Result<&ProcessPre<State>, Error> {
+        if let Some(pre) = self.inner.process.get() {
+            return Ok(pre);
+        }
+        let engine = &self.inner.engine;
+        let component = load_component(engine, PROCESS_WASM, "process", PROCESS_HASH)?;
+        let mut linker = Linker::<State>::new(engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_error)?;
+        crate::bindings::process::Process::add_to_linker::<State, HasSelf<State>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(runtime_error)?;
+        let pre = linker.instantiate_pre(&component).map_err(runtime_error)?;
+        let pre = ProcessPre::new(pre).map_err(runtime_error)?;
+        Ok(self.inner.process.get_or_init(|| pre))
     }
 
+    /// A WASI context whose only capability is `dir`, preopened read-write
+    /// as `guest_dir`.
+    pub(crate) fn wasi_for(dir: &Path, guest_dir: &str) -> Result<WasiCtx, Error> {
+        let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
+        builder
+            .allow_blocking_current_thread(true)
+            .preopened_dir(dir, guest_dir, wasmtime_wasi::FsPerms::ReadWrite)
+            .map_err(|e| Error::Directory {
+                dir: dir.to_path_buf(),
+                source: std::io::Error::other(format!("{e}")),
+            })?;
+        Ok(builder.build())
+    }
+
+    /// A store for one instance, with the runtime's limits: memory cap and
+    /// a call time limit that waits for locks do not use up.
+    pub(crate) fn new_store(&self, wasi: WasiCtx, lock_dirs: LockDirs) -> Store<State> {
+        let state = State {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.inner.limits.memory)
+                .instances(4)
+                .build(),
+            host_time: HostTimer::default(),
+            lock_dirs,
+            waited: false,
+        };
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let ticks = self.deadline_ticks();
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_callback(move |mut ctx| {
+            if std::mem::take(&mut ctx.data_mut().waited) {
+                Ok(UpdateDeadline::Continue(ticks))
+            } else {
+                Err(wasmtime::Error::msg("the call ran past its time limit"))
+            }
+        });
+        store
+    }
+
+    /// Enters the runtime's Tokio context for the duration of the guard.
     pub(crate) fn pre(&self) -> &GuestPre<State> {
         &self.inner.pre
-    }
-
-    pub(crate) fn limits(&self) -> &Limits {
-        &self.inner.limits
     }
 
     /// Epoch ticks a call may run for.
@@ -183,11 +254,16 @@ pub fn cache_dir() -> Option<PathBuf> {
 }
 
 /// Loads the compiled guest from the cache, or compiles and caches it.
-fn load_component(engine: &Engine) -> Result<Component, Error> {
+fn load_component(
+    engine: &Engine,
+    wasm: &[u8],
+    name: &str,
+    hash: &str,
+) -> Result<Component, Error> {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
-    let name = format!("guest-{GUEST_HASH}-{:016x}.cwasm", hasher.finish());
+    let name = format!("{name}-{hash}-{:016x}.cwasm", hasher.finish());
     let cached = cache_dir().map(|dir| dir.join(name));
     if let Some(path) = &cached {
         if path.is_file() {
@@ -200,9 +276,7 @@ fn load_component(engine: &Engine) -> Result<Component, Error> {
             }
         }
     }
-    let compiled = engine
-        .precompile_component(GUEST_WASM)
-        .map_err(runtime_error)?;
+    let compiled = engine.precompile_component(wasm).map_err(runtime_error)?;
     if let Some(path) = &cached {
         store(path, &compiled); // a cache that cannot be written only costs time
     }

@@ -1,0 +1,221 @@
+//! Lock files for processes: which file, what the holder records in it, and
+//! what a refused locker is told. The OS lock itself comes from the host's
+//! `hasp:lock/file-lock`.
+//!
+//! The record is one line, readable with `cat`:
+//!
+//! ```text
+//! 4242 build-host 1795450452162 ./deploy.sh --prod
+//! ```
+//!
+//! pid, host name, start time (milliseconds since the Unix epoch), then the
+//! command as the rest of the line. Only an exclusive holder writes it; the
+//! file stays behind after release (never unlinked, so there is no inode
+//! race), and the next exclusive holder overwrites it.
+
+use crate::dir::Dir;
+use crate::errors;
+use crate::exports::hasp::lock::process_lock::{
+    Guest, GuestLockFile, LockFile as Handle, LockMode, Owner,
+};
+use crate::hasp::lock::file_lock::{File as OsLock, LockError};
+use crate::hasp::lock::types::Error;
+use wasip2::filesystem::types::{Descriptor, DescriptorType};
+
+/// Longest accepted lock file path, in bytes.
+const MAX_PATH: usize = 1024;
+/// Entries of a hasp lock directory that are not lock files.
+const RESERVED: [&str; 3] = ["FORMAT", "nodes", "tmp"];
+/// Longest owner record read back.
+const MAX_RECORD: u64 = 8 * 1024;
+
+struct Component;
+
+impl Guest for Component {
+    type LockFile = LockFile;
+}
+
+/// An open lock file: the host's handle for the OS lock, and our own WASI
+/// descriptor of the same file for the owner record.
+pub struct LockFile {
+    lock: OsLock,
+    file: Descriptor,
+    path: String,
+}
+
+impl GuestLockFile for LockFile {
+    fn open(dir: String, path: String) -> Result<Handle, Error> {
+        check_path(&path)?;
+        let Some(root) = Dir::preopened(&dir) else {
+            return Err(errors::io_failure(
+                "open",
+                &dir,
+                "no such preopened directory (the host must grant it)",
+            ));
+        };
+        let what = |kind| match kind {
+            DescriptorType::RegularFile => None,
+            DescriptorType::Directory => Some("a directory"),
+            DescriptorType::SymbolicLink => Some("a symlink"),
+            DescriptorType::Fifo => Some("a FIFO"),
+            DescriptorType::CharacterDevice | DescriptorType::BlockDevice => Some("a device"),
+            DescriptorType::Socket => Some("a socket"),
+            DescriptorType::Unknown => Some("not a regular file"),
+        };
+        // Look before opening: opening a FIFO or a device may block or act.
+        let existing = root
+            .kind(&path)
+            .map_err(|e| errors::storage("inspect", &path, e))?;
+        if let Some(bad) = existing.and_then(what) {
+            return Err(errors::not_a_regular_file(&path, bad));
+        }
+        let file = root
+            .open_file(&path)
+            .map_err(|e| errors::storage("open", &path, e))?;
+        let kind = file
+            .get_type()
+            .map_err(|e| errors::storage("inspect", &path, e))?;
+        if let Some(bad) = what(kind) {
+            return Err(errors::not_a_regular_file(&path, bad));
+        }
+        let lock = OsLock::open(&dir, &path).map_err(|e| failure(&path, "open", e))?;
+        Ok(Handle::new(LockFile { lock, file, path }))
+    }
+
+    fn acquire(&self, mode: LockMode, timeout_ms: Option<u64>, owner: Owner) -> Result<(), Error> {
+        match self.lock.lock(mode, timeout_ms) {
+            Ok(()) => {}
+            Err(LockError::WouldBlock) => return Err(self.held()),
+            Err(err) => return Err(failure(&self.path, "lock", err)),
+        }
+        if mode == LockMode::Exclusive {
+            if let Err(err) = self.record(&owner) {
+                let _ = self.lock.unlock();
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&self) -> Result<(), Error> {
+        self.lock
+            .unlock()
+            .map_err(|e| failure(&self.path, "unlock", e))
+    }
+
+    fn holder(&self) -> Result<Option<Option<Owner>>, Error> {
+        match self.lock.lock(LockMode::Exclusive, Some(0)) {
+            Ok(()) => {
+                self.release()?;
+                Ok(None)
+            }
+            Err(LockError::WouldBlock) => Ok(Some(self.exclusive_owner()?)),
+            Err(err) => Err(failure(&self.path, "probe", err)),
+        }
+    }
+}
+
+impl LockFile {
+    /// The refusal for a lock somebody else holds, naming them if known.
+    fn held(&self) -> Error {
+        match self.exclusive_owner() {
+            Ok(Some(o)) => errors::file_held(&self.path, Some((o.pid, &o.host, &o.command))),
+            _ => errors::file_held(&self.path, None),
+        }
+    }
+
+    /// The recorded owner, if the lock is held exclusively (a shared holder
+    /// leaves the previous exclusive holder's record in place).
+    fn exclusive_owner(&self) -> Result<Option<Owner>, Error> {
+        if self.lock.lock(LockMode::Shared, Some(0)).is_ok() {
+            self.release()?;
+            return Ok(None);
+        }
+        let (bytes, _) = self
+            .file
+            .read(MAX_RECORD, 0)
+            .map_err(|e| errors::storage("read", &self.path, e))?;
+        Ok(parse_owner(&String::from_utf8_lossy(&bytes)))
+    }
+
+    fn record(&self, owner: &Owner) -> Result<(), Error> {
+        let command: String = owner
+            .command
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let host: String = owner.host.split_whitespace().collect::<Vec<_>>().join("-");
+        let line = format!("{} {} {} {}\n", owner.pid, host, owner.since_ms, command);
+        let write = || {
+            self.file.set_size(0)?;
+            let mut written = 0;
+            while written < line.len() {
+                written += self
+                    .file
+                    .write(&line.as_bytes()[written..], written as u64)?
+                    as usize;
+            }
+            Ok(())
+        };
+        write().map_err(|e| errors::storage("write", &self.path, e))
+    }
+}
+
+/// A failed OS-lock call on `path`.
+fn failure(path: &str, action: &str, err: LockError) -> Error {
+    let reason = match err {
+        LockError::WouldBlock => "held by another process".to_string(),
+        LockError::NoSuchDirectory => "no such preopened directory".to_string(),
+        LockError::NotAFile => "not a regular file inside the directory".to_string(),
+        LockError::Io(reason) => reason,
+    };
+    errors::io_failure(action, path, &reason)
+}
+
+/// Parses `pid host since-ms command...`; `None` for anything else.
+fn parse_owner(text: &str) -> Option<Owner> {
+    let line = text.lines().next()?;
+    let mut parts = line.splitn(4, ' ');
+    let pid = parts.next()?.parse().ok()?;
+    let host = parts.next()?.to_string();
+    let since_ms = parts.next()?.parse().ok()?;
+    let command = parts.next().unwrap_or("").to_string();
+    Some(Owner {
+        pid,
+        host,
+        since_ms,
+        command,
+    })
+}
+
+/// A lock file path: relative, inside the directory, no `.`/`..` segments,
+/// no control characters, not one of the registry's own entries.
+fn check_path(path: &str) -> Result<(), Error> {
+    let bad = |why: &str| errors::invalid("lock file path", path, why);
+    if path.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if path.starts_with('/') {
+        return Err(bad("it is absolute and outside the lock directory"));
+    }
+    if path.len() > MAX_PATH {
+        return Err(bad(&format!("it is longer than {MAX_PATH} bytes")));
+    }
+    if let Some(c) = path.chars().find(|c| c.is_control()) {
+        return Err(bad(&format!("it contains the control character {c:?}")));
+    }
+    for segment in path.split('/') {
+        match segment {
+            "" => return Err(bad("it has an empty segment (`//` or a trailing `/`)")),
+            "." | ".." => return Err(bad("`.` and `..` would leave or blur the lock directory")),
+            _ => {}
+        }
+    }
+    let first = path.split('/').next().unwrap_or("");
+    if RESERVED.contains(&first) {
+        return Err(bad("it names the lock registry's own files"));
+    }
+    Ok(())
+}
+
+crate::export!(Component with_types_in crate);

@@ -1,0 +1,207 @@
+//! `hasp:lock/file-lock`: advisory OS locks (flock(2)) for the guest, on
+//! files the host opens with cap-std beneath the directories it preopened
+//! for that very instance. A path can never leave its directory: cap-std
+//! resolves it beneath the directory handle, and a symlink at the end is
+//! refused.
+
+use crate::bindings::process::file_lock::{Host, HostFile, LockError, LockMode};
+use crate::runtime::State;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Once};
+use std::time::Duration;
+use wasmtime::component::Resource;
+
+/// The host side of a `file-lock.file`: the open file whose lock it is.
+pub struct LockHandle {
+    file: Arc<File>,
+}
+
+/// The directories an instance may lock files in, by the name it knows them.
+#[derive(Default)]
+pub struct LockDirs {
+    dirs: Vec<(String, cap_std::fs::Dir)>,
+}
+
+impl LockDirs {
+    /// Grants `dir` under the guest-visible `name`.
+    pub fn grant(&mut self, name: &str, dir: cap_std::fs::Dir) {
+        self.dirs.push((name.to_string(), dir));
+    }
+
+    fn get(&self, name: &str) -> Option<&cap_std::fs::Dir> {
+        let name = name.trim_end_matches('/');
+        self.dirs
+            .iter()
+            .find(|(n, _)| n.trim_end_matches('/') == name)
+            .map(|(_, d)| d)
+    }
+}
+
+impl Host for State {}
+
+impl HostFile for State {
+    fn open(
+        &mut self,
+        dir: String,
+        path: String,
+    ) -> wasmtime::Result<Result<Resource<LockHandle>, LockError>> {
+        let Some(dir) = self.lock_dirs.get(&dir) else {
+            return Ok(Err(LockError::NoSuchDirectory));
+        };
+        let file = match open_beneath(dir, &path) {
+            Ok(file) => file,
+            Err(err) => return Ok(Err(err)),
+        };
+        let handle = LockHandle {
+            file: Arc::new(file),
+        };
+        Ok(Ok(self.table.push(handle)?))
+    }
+
+    fn lock(
+        &mut self,
+        handle: Resource<LockHandle>,
+        mode: LockMode,
+        timeout_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<(), LockError>> {
+        let file = self.table.get(&handle)?.file.clone();
+        let timeout = timeout_ms.map(Duration::from_millis);
+        if timeout != Some(Duration::ZERO) {
+            // The guest's own time limit should not count this wait.
+            self.waited = true;
+        }
+        Ok(acquire(&file, mode, timeout))
+    }
+
+    fn unlock(&mut self, handle: Resource<LockHandle>) -> wasmtime::Result<Result<(), LockError>> {
+        let file = &self.table.get(&handle)?.file;
+        Ok(file.unlock().map_err(io_error))
+    }
+
+    fn drop(&mut self, handle: Resource<LockHandle>) -> wasmtime::Result<()> {
+        // Closing the file releases its lock.
+        self.table.delete(handle)?;
+        Ok(())
+    }
+}
+
+/// Opens `path` beneath `dir` for locking: a regular file, created if
+/// missing, never truncated, never a symlink.
+fn open_beneath(dir: &cap_std::fs::Dir, path: &str) -> Result<File, LockError> {
+    match dir.symlink_metadata(path) {
+        Ok(meta) if !meta.is_file() => return Err(LockError::NotAFile),
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(io_error(err)),
+    }
+    let mut options = cap_std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true);
+    let file = dir.open_with(path, &options).map_err(io_error)?.into_std();
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => Ok(file),
+        Ok(_) => Err(LockError::NotAFile),
+        Err(err) => Err(io_error(err)),
+    }
+}
+
+/// Takes the lock, waiting at most `timeout` (`None`: for ever).
+fn acquire(file: &Arc<File>, mode: LockMode, timeout: Option<Duration>) -> Result<(), LockError> {
+    let attempt = match mode {
+        LockMode::Shared => file.try_lock_shared(),
+        LockMode::Exclusive => file.try_lock(),
+    };
+    match attempt {
+        Ok(()) => return Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(err)) => return Err(io_error(err)),
+    }
+    match timeout {
+        Some(Duration::ZERO) => Err(LockError::WouldBlock),
+        None => match mode {
+            LockMode::Shared => file.lock_shared(),
+            LockMode::Exclusive => file.lock(),
+        }
+        .map_err(io_error),
+        Some(limit) => acquire_within(file, mode, limit),
+    }
+}
+
+/// The signal that interrupts a helper thread's wait. Its default action is
+/// to ignore it, and the handler installed for it does nothing.
+const WAKE: libc::c_int = libc::SIGURG;
+
+/// Waits for the lock on a helper thread blocked in flock(2), so that the
+/// release wakes it; at the deadline the thread is interrupted with [`WAKE`]
+/// and joined, so no wait outlives the call.
+fn acquire_within(file: &Arc<File>, mode: LockMode, limit: Duration) -> Result<(), LockError> {
+    install_wake_handler();
+    let operation = match mode {
+        LockMode::Shared => libc::LOCK_SH,
+        LockMode::Exclusive => libc::LOCK_EX,
+    };
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let (done, outcome) = mpsc::channel();
+    let waiter = {
+        let (file, cancelled) = (file.clone(), cancelled.clone());
+        std::thread::Builder::new()
+            .name("hasp-flock".into())
+            .spawn(move || loop {
+                // SAFETY: flock on a descriptor this thread keeps open (`file`).
+                if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+                    let _ = done.send(Ok(()));
+                    return;
+                }
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::Interrupted {
+                    let _ = done.send(Err(io_error(err)));
+                    return;
+                }
+                if cancelled.load(Ordering::SeqCst) {
+                    let _ = done.send(Err(LockError::WouldBlock));
+                    return;
+                }
+            })
+            .map_err(io_error)?
+    };
+    let result = match outcome.recv_timeout(limit) {
+        Ok(result) => result,
+        Err(_) => {
+            cancelled.store(true, Ordering::SeqCst);
+            loop {
+                use std::os::unix::thread::JoinHandleExt;
+                // SAFETY: the thread is alive until it has sent its outcome,
+                // and it is joined below, so its pthread_t is valid here.
+                unsafe { libc::pthread_kill(waiter.as_pthread_t(), WAKE) };
+                match outcome.recv_timeout(Duration::from_millis(5)) {
+                    // Granted just as the time ran out: keep it.
+                    Ok(result) => break result,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break Err(LockError::WouldBlock),
+                }
+            }
+        }
+    };
+    let _ = waiter.join();
+    result
+}
+
+fn install_wake_handler() {
+    static ONCE: Once = Once::new();
+    extern "C" fn wake(_: libc::c_int) {}
+    ONCE.call_once(|| {
+        // SAFETY: a handler that does nothing is async-signal-safe; no
+        // SA_RESTART, so a blocked flock(2) returns EINTR.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = wake as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(WAKE, &action, std::ptr::null_mut());
+        }
+    });
+}
+
+fn io_error(err: std::io::Error) -> LockError {
+    LockError::Io(err.to_string())
+}

@@ -1,0 +1,259 @@
+//! The Rust API for lock files: OS-level locks that die with their holder,
+//! with the holder recorded in the file (zc.lockfile, locket, flock(1)).
+
+use crate::bindings::process::exports::hasp::lock::process_lock::{LockMode, Owner as WitOwner};
+use crate::bindings::process::Process;
+use crate::error::Error;
+use crate::file_lock::LockDirs;
+use crate::registry::GUEST_DIR;
+use crate::runtime::{runtime_error, Runtime, State};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use wasmtime::component::ResourceAny;
+use wasmtime::Store;
+
+/// How long to wait for a lock held by someone else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Fail at once with [`Error::WouldBlock`].
+    No,
+    /// Wait at most this long, then fail with [`Error::WouldBlock`].
+    For(Duration),
+    /// Wait until the holder releases it (or dies).
+    Forever,
+}
+
+/// Who holds a lock file, as recorded in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    /// Process id of the holder.
+    pub pid: u32,
+    /// Host name of its machine.
+    pub host: String,
+    /// When it took the lock, milliseconds since the Unix epoch.
+    pub since_ms: u64,
+    /// The command it runs under the lock.
+    pub command: String,
+}
+
+/// Whether a lock file is held right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileHolder {
+    /// Nobody holds it.
+    Free,
+    /// Held exclusively by the recorded owner.
+    Owner(Owner),
+    /// Held, but not by an exclusive holder with a readable record (shared
+    /// holders record nothing).
+    Unrecorded,
+}
+
+/// A lock file in a directory, opened for locking.
+///
+/// ```
+/// use hasp::{FileLock, Wait};
+/// use std::time::Duration;
+/// # let dir = tempfile::tempdir()?;
+/// let mut lock = FileLock::open(dir.path(), "deploy.lock")?;
+/// let guard = lock.lock(Wait::For(Duration::from_secs(30)))?;
+/// // ... the work the lock protects ...
+/// drop(guard); // released; deploy.lock stays, holding the last owner's pid
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// Two `FileLock`s on one path contend, in one process (two threads) or in
+/// two; a lock is not re-entrant. The OS releases it if the process dies.
+pub struct FileLock {
+    runtime: Runtime,
+    dir: PathBuf,
+    store: Store<State>,
+    guest: Process,
+    handle: ResourceAny,
+}
+
+/// A held lock; released when dropped.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct FileGuard<'a> {
+    lock: &'a mut FileLock,
+}
+
+impl FileGuard<'_> {
+    /// Releases the lock now, reporting a failure instead of ignoring it.
+    pub fn release(self) -> Result<(), Error> {
+        let mut guard = std::mem::ManuallyDrop::new(self);
+        guard.lock.release()
+    }
+}
+
+impl Drop for FileGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.lock.release();
+    }
+}
+
+impl FileLock {
+    /// Opens (creating if missing) the lock file `path`, relative to `dir`,
+    /// with the shared runtime. `path` must stay inside `dir`.
+    pub fn open(dir: impl AsRef<Path>, path: &str) -> Result<FileLock, Error> {
+        FileLock::open_with(&Runtime::shared()?, dir, path)
+    }
+
+    /// Opens the lock file `path` in `dir` with a given runtime.
+    pub fn open_with(
+        runtime: &Runtime,
+        dir: impl AsRef<Path>,
+        path: &str,
+    ) -> Result<FileLock, Error> {
+        let dir = dir.as_ref().to_path_buf();
+        let wasi = Runtime::wasi_for(&dir, GUEST_DIR)?;
+        let granted = cap_std::fs::Dir::open_ambient_dir(&dir, cap_std::ambient_authority())
+            .map_err(|source| Error::Directory {
+                dir: dir.clone(),
+                source,
+            })?;
+        let mut lock_dirs = LockDirs::default();
+        lock_dirs.grant(GUEST_DIR, granted);
+        let _tokio = runtime.enter();
+        let mut store = runtime.new_store(wasi, lock_dirs);
+        let guest = runtime
+            .process_pre()?
+            .instantiate(&mut store)
+            .map_err(runtime_error)?;
+        let opened = guest
+            .hasp_lock_process_lock()
+            .lock_file()
+            .call_open(&mut store, GUEST_DIR, path)
+            .map_err(trap)?;
+        let handle = opened.map_err(|err| Error::from_guest(err, &dir))?;
+        Ok(FileLock {
+            runtime: runtime.clone(),
+            dir,
+            store,
+            guest,
+            handle,
+        })
+    }
+
+    /// Takes the lock exclusively, recording this process as its owner.
+    pub fn lock(&mut self, wait: Wait) -> Result<FileGuard<'_>, Error> {
+        self.acquire(false, wait, current_command())
+    }
+
+    /// Takes the lock shared with other shared holders.
+    pub fn lock_shared(&mut self, wait: Wait) -> Result<FileGuard<'_>, Error> {
+        self.acquire(true, wait, String::new())
+    }
+
+    /// Takes the lock exclusively if nobody holds it; otherwise fails at once
+    /// with [`Error::WouldBlock`] naming the holder.
+    pub fn try_lock(&mut self) -> Result<FileGuard<'_>, Error> {
+        self.lock(Wait::No)
+    }
+
+    /// Takes the lock, recording `command` as what the owner runs.
+    pub fn acquire(
+        &mut self,
+        shared: bool,
+        wait: Wait,
+        command: String,
+    ) -> Result<FileGuard<'_>, Error> {
+        let mode = if shared {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        };
+        let timeout_ms = match wait {
+            Wait::No => Some(0),
+            Wait::For(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
+            Wait::Forever => None,
+        };
+        let owner = WitOwner {
+            pid: std::process::id(),
+            host: host_name(),
+            since_ms: now_ms(),
+            command,
+        };
+        self.call(|guest, handle, store| {
+            guest
+                .hasp_lock_process_lock()
+                .lock_file()
+                .call_acquire(store, handle, mode, timeout_ms, &owner)
+        })?;
+        Ok(FileGuard { lock: self })
+    }
+
+    /// Who holds the lock right now (call it on a `FileLock` that does not
+    /// hold it itself).
+    pub fn holder(&mut self) -> Result<FileHolder, Error> {
+        let held = self.call(|guest, handle, store| {
+            guest
+                .hasp_lock_process_lock()
+                .lock_file()
+                .call_holder(store, handle)
+        })?;
+        Ok(match held {
+            None => FileHolder::Free,
+            Some(None) => FileHolder::Unrecorded,
+            Some(Some(o)) => FileHolder::Owner(Owner {
+                pid: o.pid,
+                host: o.host,
+                since_ms: o.since_ms,
+                command: o.command,
+            }),
+        })
+    }
+
+    fn release(&mut self) -> Result<(), Error> {
+        self.call(|guest, handle, store| {
+            guest
+                .hasp_lock_process_lock()
+                .lock_file()
+                .call_release(store, handle)
+        })
+    }
+
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(
+            &Process,
+            ResourceAny,
+            &mut Store<State>,
+        ) -> wasmtime::Result<Result<T, crate::bindings::registry::types::Error>>,
+    ) -> Result<T, Error> {
+        let _tokio = self.runtime.enter();
+        self.store.set_epoch_deadline(self.runtime.deadline_ticks());
+        match f(&self.guest, self.handle, &mut self.store) {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(Error::from_guest(err, &self.dir)),
+            Err(err) => Err(trap(err)),
+        }
+    }
+}
+
+fn trap(err: wasmtime::Error) -> Error {
+    Error::Trap(format!("{err:#}"))
+}
+
+/// This process's command line, as recorded for an exclusive holder.
+fn current_command() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// The machine's host name (`?` if it cannot be read).
+pub(crate) fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if ok && !name.is_empty() => name.to_string(),
+        _ => "?".to_string(),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
