@@ -146,8 +146,9 @@ impl LockFile {
             .collect();
         let host: String = owner.host.split_whitespace().collect::<Vec<_>>().join("-");
         let line = format!("{} {} {} {}\n", owner.pid, host, owner.since_ms, command);
+        // Overwrite in place, then cut what an older, longer record left:
+        // the file never passes through empty, and its page is reused.
         let write = || {
-            self.file.set_size(0)?;
             let mut written = 0;
             while written < line.len() {
                 written += self
@@ -155,7 +156,7 @@ impl LockFile {
                     .write(&line.as_bytes()[written..], written as u64)?
                     as usize;
             }
-            Ok(())
+            self.file.set_size(line.len() as u64)
         };
         write().map_err(|e| errors::storage("write", &self.path, e))
     }

@@ -66,6 +66,9 @@ pub enum FileHolder {
 /// two; a lock is not re-entrant. The OS releases it if the process dies.
 pub struct FileLock {
     runtime: Runtime,
+    /// This machine's name and this process's command line, read once.
+    host: String,
+    command: String,
     dir: PathBuf,
     store: Store<State>,
     guest: Process,
@@ -128,6 +131,8 @@ impl FileLock {
         let handle = opened.map_err(|err| Error::from_guest(err, &dir))?;
         Ok(FileLock {
             runtime: runtime.clone(),
+            host: host_name(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
             dir,
             store,
             guest,
@@ -137,7 +142,7 @@ impl FileLock {
 
     /// Takes the lock exclusively, recording this process as its owner.
     pub fn lock(&mut self, wait: Wait) -> Result<FileGuard<'_>, Error> {
-        self.acquire(false, wait, current_command())
+        self.acquire(false, wait, self.command.clone())
     }
 
     /// Takes the lock shared with other shared holders.
@@ -170,7 +175,7 @@ impl FileLock {
         };
         let owner = WitOwner {
             pid: std::process::id(),
-            host: host_name(),
+            host: self.host.clone(),
             since_ms: now_ms(),
             command,
         };
@@ -235,13 +240,8 @@ fn trap(err: wasmtime::Error) -> Error {
     Error::Trap(format!("{err:#}"))
 }
 
-/// This process's command line, as recorded for an exclusive holder.
-fn current_command() -> String {
-    std::env::args().collect::<Vec<_>>().join(" ")
-}
-
 /// The machine's host name (`?` if it cannot be read).
-pub(crate) fn host_name() -> String {
+fn host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
     let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;

@@ -1,0 +1,290 @@
+//! Process locks: hasp's `FileLock` (through the process-lock component and
+//! the host's flock) beside native `std::fs::File::lock` in the same run.
+//! Run: `cargo bench --bench process`. Prints one table:
+//!
+//! - in-process acquire+release on a file kept open;
+//! - handoff: one process releases, a waiting process holds it (median);
+//! - contended throughput of 4 processes for a fixed time;
+//! - release after `kill -9` of the holder, until a waiter holds it.
+//!
+//! The bench re-executes itself for the other processes (`--role ...`).
+
+use hasp::{FileLock, Wait};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CYCLES: usize = 200_000;
+const HANDOFFS: usize = 200;
+const CONTENDERS: usize = 4;
+const CONTENTION: Duration = Duration::from_secs(2);
+const KILLS: usize = 30;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Native,
+    Hasp,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Native => "native",
+            Kind::Hasp => "hasp",
+        }
+    }
+
+    fn parse(s: &str) -> Kind {
+        if s == "hasp" {
+            Kind::Hasp
+        } else {
+            Kind::Native
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--role") {
+        return role(&args[at + 1..]);
+    }
+    let dir = match std::env::var_os("HASP_BENCH_DIR") {
+        Some(base) => tempfile::tempdir_in(base),
+        None => tempfile::tempdir(),
+    }
+    .expect("temp dir");
+    let dir = dir.path();
+
+    println!("process locks, hasp beside native flock (same run)");
+    println!("{:<44} {:>14} {:>14}", "", "native", "hasp");
+    let (n, h) = (in_process(Kind::Native, dir), in_process(Kind::Hasp, dir));
+    row("acquire+release, file kept open (ops/s)", n, h, 0);
+    let (n, h) = (handoff(Kind::Native, dir), handoff(Kind::Hasp, dir));
+    row("handoff between processes, median (ms)", n, h, 3);
+    let (n, h) = (contended(Kind::Native, dir), contended(Kind::Hasp, dir));
+    row(
+        &format!("contended, {CONTENDERS} processes (ops/s)"),
+        n,
+        h,
+        0,
+    );
+    let (n, h) = (after_kill(Kind::Native, dir), after_kill(Kind::Hasp, dir));
+    row("held again after kill -9, median (ms)", n, h, 3);
+}
+
+fn row(what: &str, native: f64, hasp: f64, decimals: usize) {
+    println!("{what:<44} {native:>14.decimals$} {hasp:>14.decimals$}");
+}
+
+/// A lock taken and released over and over on one open file.
+fn in_process(kind: Kind, dir: &Path) -> f64 {
+    let path = dir.join(format!("inproc-{}.lock", kind.name()));
+    let start;
+    match kind {
+        Kind::Native => {
+            let file = File::create(&path).expect("create");
+            start = Instant::now();
+            for _ in 0..CYCLES {
+                file.lock().expect("lock");
+                file.unlock().expect("unlock");
+            }
+        }
+        Kind::Hasp => {
+            let mut lock = FileLock::open(dir, file_name(&path)).expect("open");
+            start = Instant::now();
+            for _ in 0..CYCLES / 10 {
+                drop(lock.lock(Wait::Forever).expect("lock"));
+            }
+            return (CYCLES / 10) as f64 / start.elapsed().as_secs_f64();
+        }
+    }
+    CYCLES as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Median time from a release in this process to the moment a waiting
+/// process holds the lock (CLOCK_MONOTONIC is shared by processes).
+fn handoff(kind: Kind, dir: &Path) -> f64 {
+    let path = dir.join(format!("handoff-{}.lock", kind.name()));
+    let native = File::create(&path).expect("create");
+    let mut lock = FileLock::open(dir, file_name(&path)).expect("open");
+    let mut gaps = Vec::with_capacity(HANDOFFS);
+    for _ in 0..HANDOFFS {
+        let guard = match kind {
+            Kind::Native => {
+                native.lock().expect("lock");
+                None
+            }
+            Kind::Hasp => Some(lock.lock(Wait::Forever).expect("lock")),
+        };
+        let mut waiter = spawn_role(kind, "wait-once", &path);
+        let mut lines = BufReader::new(waiter.stdout.take().expect("stdout")).lines();
+        assert_eq!(lines.next().expect("line").expect("read"), "waiting");
+        let released = monotonic_ns();
+        match guard {
+            Some(guard) => drop(guard),
+            None => native.unlock().expect("unlock"),
+        }
+        let held: u64 = lines
+            .next()
+            .expect("line")
+            .expect("read")
+            .parse()
+            .expect("ns");
+        waiter.wait().expect("wait");
+        gaps.push(held.saturating_sub(released) as f64 / 1e6);
+    }
+    median(&mut gaps)
+}
+
+/// Total acquire+release cycles per second of several processes at once.
+fn contended(kind: Kind, dir: &Path) -> f64 {
+    let path = dir.join(format!("contended-{}.lock", kind.name()));
+    let children: Vec<Child> = (0..CONTENDERS)
+        .map(|_| spawn_role(kind, "contend", &path))
+        .collect();
+    let mut total = 0u64;
+    for mut child in children {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
+            .expect("read");
+        child.wait().expect("wait");
+        total += out.trim().parse::<u64>().expect("count");
+    }
+    total as f64 / CONTENTION.as_secs_f64()
+}
+
+/// Median time from `kill -9` of a holding process to a waiter holding it.
+fn after_kill(kind: Kind, dir: &Path) -> f64 {
+    let path = dir.join(format!("kill-{}.lock", kind.name()));
+    let mut gaps = Vec::with_capacity(KILLS);
+    for _ in 0..KILLS {
+        let mut holder = spawn_role(kind, "hold", &path);
+        let mut held = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+        assert_eq!(held.next().expect("line").expect("read"), "held");
+        let mut waiter = spawn_role(kind, "wait-once", &path);
+        let mut lines = BufReader::new(waiter.stdout.take().expect("stdout")).lines();
+        assert_eq!(lines.next().expect("line").expect("read"), "waiting");
+        let killed = monotonic_ns();
+        holder.kill().expect("kill -9");
+        holder.wait().expect("reap");
+        let got: u64 = lines
+            .next()
+            .expect("line")
+            .expect("read")
+            .parse()
+            .expect("ns");
+        waiter.wait().expect("wait");
+        gaps.push(got.saturating_sub(killed) as f64 / 1e6);
+    }
+    median(&mut gaps)
+}
+
+fn spawn_role(kind: Kind, role: &str, path: &Path) -> Child {
+    Command::new(std::env::current_exe().expect("exe"))
+        .args(["--role", role, kind.name()])
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn")
+}
+
+/// The other processes: `wait-once` (print "waiting", block for the lock,
+/// print the monotonic time it was granted), `hold` (take it, print "held",
+/// wait to be killed) and `contend` (lock/unlock until the time is up).
+fn role(args: &[String]) {
+    let (role, kind, path) = (&args[0], Kind::parse(&args[1]), PathBuf::from(&args[2]));
+    let dir = path.parent().expect("dir").to_path_buf();
+    let mut out = std::io::stdout();
+    let native = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .expect("open")
+    };
+    match (role.as_str(), kind) {
+        ("wait-once", Kind::Native) => {
+            let file = native();
+            assert!(file.try_lock().is_err(), "the lock should be held");
+            writeln!(out, "waiting")
+                .and_then(|_| out.flush())
+                .expect("say");
+            file.lock().expect("lock");
+            writeln!(out, "{}", monotonic_ns()).expect("say");
+        }
+        ("wait-once", Kind::Hasp) => {
+            let mut lock = FileLock::open(&dir, file_name(&path)).expect("open");
+            writeln!(out, "waiting")
+                .and_then(|_| out.flush())
+                .expect("say");
+            let _guard = lock.lock(Wait::Forever).expect("lock");
+            writeln!(out, "{}", monotonic_ns()).expect("say");
+        }
+        ("hold", Kind::Native) => {
+            let file = native();
+            file.lock().expect("lock");
+            writeln!(out, "held")
+                .and_then(|_| out.flush())
+                .expect("say");
+            loop {
+                std::thread::park();
+            }
+        }
+        ("hold", Kind::Hasp) => {
+            let mut lock = FileLock::open(&dir, file_name(&path)).expect("open");
+            let _guard = lock.lock(Wait::Forever).expect("lock");
+            writeln!(out, "held")
+                .and_then(|_| out.flush())
+                .expect("say");
+            loop {
+                std::thread::park();
+            }
+        }
+        ("contend", Kind::Native) => {
+            let file = native();
+            let (start, mut n) = (Instant::now(), 0u64);
+            while start.elapsed() < CONTENTION {
+                file.lock().expect("lock");
+                file.unlock().expect("unlock");
+                n += 1;
+            }
+            writeln!(out, "{n}").expect("say");
+        }
+        ("contend", Kind::Hasp) => {
+            let mut lock = FileLock::open(&dir, file_name(&path)).expect("open");
+            let (start, mut n) = (Instant::now(), 0u64);
+            while start.elapsed() < CONTENTION {
+                drop(lock.lock(Wait::Forever).expect("lock"));
+                n += 1;
+            }
+            writeln!(out, "{n}").expect("say");
+        }
+        _ => panic!("unknown role {role}"),
+    }
+}
+
+fn file_name(path: &Path) -> &str {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .expect("file name")
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
