@@ -59,8 +59,16 @@ fn main() {
 
     println!("process locks, hasp beside native flock (same run)");
     println!("{:<44} {:>14} {:>14}", "", "native", "hasp");
-    let (n, h) = (in_process(Kind::Native, dir), in_process(Kind::Hasp, dir));
-    row("acquire+release, file kept open (ops/s)", n, h, 0);
+    let (n, h) = (
+        in_process(Kind::Native, dir, false),
+        in_process(Kind::Hasp, dir, false),
+    );
+    row("exclusive acquire+release, kept open (ops/s)", n, h, 0);
+    let (n, h) = (
+        in_process(Kind::Native, dir, true),
+        in_process(Kind::Hasp, dir, true),
+    );
+    row("shared acquire+release, kept open (ops/s)", n, h, 0);
     let (n, h) = (handoff(Kind::Native, dir), handoff(Kind::Hasp, dir));
     row("handoff between processes, median (ms)", n, h, 3);
     let (n, h) = (contended(Kind::Native, dir), contended(Kind::Hasp, dir));
@@ -78,16 +86,21 @@ fn row(what: &str, native: f64, hasp: f64, decimals: usize) {
     println!("{what:<44} {native:>14.decimals$} {hasp:>14.decimals$}");
 }
 
-/// A lock taken and released over and over on one open file.
-fn in_process(kind: Kind, dir: &Path) -> f64 {
-    let path = dir.join(format!("inproc-{}.lock", kind.name()));
+/// A lock taken and released over and over on one open file. An exclusive
+/// hasp holder also writes its owner line each time; a shared one does not.
+fn in_process(kind: Kind, dir: &Path, shared: bool) -> f64 {
+    let path = dir.join(format!("inproc-{}-{shared}.lock", kind.name()));
     let start;
     match kind {
         Kind::Native => {
             let file = File::create(&path).expect("create");
             start = Instant::now();
             for _ in 0..CYCLES {
-                file.lock().expect("lock");
+                if shared {
+                    file.lock_shared().expect("lock");
+                } else {
+                    file.lock().expect("lock");
+                }
                 file.unlock().expect("unlock");
             }
         }
@@ -95,7 +108,11 @@ fn in_process(kind: Kind, dir: &Path) -> f64 {
             let mut lock = FileLock::open(dir, file_name(&path)).expect("open");
             start = Instant::now();
             for _ in 0..CYCLES / 10 {
-                drop(lock.lock(Wait::Forever).expect("lock"));
+                if shared {
+                    drop(lock.lock_shared(Wait::Forever).expect("lock"));
+                } else {
+                    drop(lock.lock(Wait::Forever).expect("lock"));
+                }
             }
             return (CYCLES / 10) as f64 / start.elapsed().as_secs_f64();
         }
