@@ -57,33 +57,65 @@ fn main() {
     .expect("temp dir");
     let dir = dir.path();
 
-    println!("process locks, hasp beside native flock (same run)");
-    println!("{:<44} {:>14} {:>14}", "", "native", "hasp");
-    let (n, h) = (
-        in_process(Kind::Native, dir, false),
-        in_process(Kind::Hasp, dir, false),
+    let python = python_figures(dir);
+    let py = |i: usize| python.iter().map(|(_, v)| v[i]).collect::<Vec<f64>>();
+    print!(
+        "process locks, same run\n{:<44} {:>12} {:>12}",
+        "", "native", "hasp"
     );
-    row("exclusive acquire+release, kept open (ops/s)", n, h, 0);
-    let (n, h) = (
-        in_process(Kind::Native, dir, true),
-        in_process(Kind::Hasp, dir, true),
-    );
-    row("shared acquire+release, kept open (ops/s)", n, h, 0);
-    let (n, h) = (handoff(Kind::Native, dir), handoff(Kind::Hasp, dir));
-    row("handoff between processes, median (ms)", n, h, 3);
-    let (n, h) = (contended(Kind::Native, dir), contended(Kind::Hasp, dir));
+    for (name, _) in &python {
+        print!(" {name:>12}");
+    }
+    println!();
+    let n = in_process(Kind::Native, dir, false);
+    let h = in_process(Kind::Hasp, dir, false);
     row(
-        &format!("contended, {CONTENDERS} processes (ops/s)"),
+        "exclusive acquire+release, kept open (ops/s)",
         n,
         h,
+        &py(0),
         0,
     );
+    let n = in_process(Kind::Native, dir, true);
+    let h = in_process(Kind::Hasp, dir, true);
+    row("shared acquire+release, kept open (ops/s)", n, h, &[], 0);
+    let (n, h) = (handoff(Kind::Native, dir), handoff(Kind::Hasp, dir));
+    row("handoff between processes, median (ms)", n, h, &py(1), 3);
+    let (n, h) = (contended(Kind::Native, dir), contended(Kind::Hasp, dir));
+    row("contended, 4 processes (ops/s)", n, h, &py(2), 0);
     let (n, h) = (after_kill(Kind::Native, dir), after_kill(Kind::Hasp, dir));
-    row("held again after kill -9, median (ms)", n, h, 3);
+    row("held again after kill -9, median (ms)", n, h, &py(3), 3);
+    if python.is_empty() {
+        println!("(python3 with locket and filelock not found: no Python columns)");
+    }
 }
 
-fn row(what: &str, native: f64, hasp: f64, decimals: usize) {
-    println!("{what:<44} {native:>14.decimals$} {hasp:>14.decimals$}");
+fn row(what: &str, native: f64, hasp: f64, others: &[f64], decimals: usize) {
+    print!("{what:<44} {native:>12.decimals$} {hasp:>12.decimals$}");
+    for v in others {
+        print!(" {v:>12.decimals$}");
+    }
+    println!();
+}
+
+/// locket's and filelock's figures from benches/process.py, when python3
+/// has both; empty otherwise.
+fn python_figures(dir: &Path) -> Vec<(String, Vec<f64>)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/process.py");
+    let Ok(out) = Command::new("python3").arg(script).arg(dir).output() else {
+        return Vec::new();
+    };
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return Vec::new();
+    };
+    ["locket", "filelock"]
+        .iter()
+        .filter_map(|name| {
+            let values = json[*name].as_array()?;
+            let values: Option<Vec<f64>> = values.iter().map(|v| v.as_f64()).collect();
+            Some((name.to_string(), values?))
+        })
+        .collect()
 }
 
 /// A lock taken and released over and over on one open file. An exclusive
