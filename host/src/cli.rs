@@ -115,28 +115,35 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
         Some(dir) => dir,
         None => default_dir()?,
     };
-    let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Run(run) => {
-            let mut lock = FileLock::open(&dir, &inside(&dir, &run.path))?;
-            let wait = match run.timeout {
-                None => Wait::Forever,
-                Some(d) if d.is_zero() => Wait::No,
-                Some(d) => Wait::For(d),
-            };
-            let _guard = lock.acquire(run.shared, wait, run.command.join(" "))?;
-            return Ok(crate::child::run(&run.command));
-        }
+        Command::Run(run) => run_locked(&dir, run),
         Command::Who { path, json } => {
             let holder = FileLock::open(&dir, &inside(&dir, &path))?.holder()?;
-            print_who(&mut out, &holder, json)?;
-            return Ok(0);
+            print_who(&mut std::io::stdout().lock(), &holder, json)?;
+            Ok(0)
         }
-        _ => {}
+        command => registry_command(&dir, command).map(|()| 0),
     }
-    let mut registry = Registry::open(&dir)?;
-    match cli.command {
-        Command::Run(_) | Command::Who { .. } => unreachable!("handled above"),
+}
+
+/// `hasp run`: hold the lock file while the command runs; its exit code.
+fn run_locked(dir: &Path, run: RunArgs) -> anyhow::Result<i32> {
+    let mut lock = FileLock::open(dir, &inside(dir, &run.path))?;
+    let wait = match run.timeout {
+        None => Wait::Forever,
+        Some(d) if d.is_zero() => Wait::No,
+        Some(d) => Wait::For(d),
+    };
+    let _guard = lock.acquire(run.shared, wait, run.command.join(" "))?;
+    Ok(crate::child::run(&run.command))
+}
+
+/// The registry commands: lock, unlock, status.
+fn registry_command(dir: &Path, command: Command) -> anyhow::Result<()> {
+    let mut registry = Registry::open(dir)?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Run(_) | Command::Who { .. } => unreachable!("not registry commands"),
         Command::Lock {
             resource,
             options,
@@ -188,7 +195,7 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
             }
         },
     }
-    Ok(0)
+    Ok(())
 }
 
 /// A lock file path as the guest sees it: an absolute path inside `dir`
