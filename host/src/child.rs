@@ -5,15 +5,28 @@ use std::io;
 use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-/// The running child's pid, read by the signal handler (0: none).
+/// The running child's pid, read by the signal handler (0: none yet).
 static CHILD: AtomicI32 = AtomicI32::new(0);
+/// A signal received and not yet forwarded (0: none).
+static PENDING: AtomicI32 = AtomicI32::new(0);
 const FORWARDED: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
 
+/// Records the signal, then forwards it if the child is known. Whichever of
+/// this handler and [`run`] (after it learns the pid) takes the pending
+/// signal first forwards it, so a signal arriving on any thread at any
+/// moment reaches the child exactly once.
 extern "C" fn forward(signal: libc::c_int) {
-    let pid = CHILD.load(Ordering::SeqCst);
+    PENDING.store(signal, Ordering::SeqCst);
+    deliver(CHILD.load(Ordering::SeqCst));
+}
+
+fn deliver(pid: i32) {
     if pid > 0 {
-        // SAFETY: kill(2) is async-signal-safe.
-        unsafe { libc::kill(pid, signal) };
+        let signal = PENDING.swap(0, Ordering::SeqCst);
+        if signal != 0 {
+            // SAFETY: kill(2) is async-signal-safe.
+            unsafe { libc::kill(pid, signal) };
+        }
     }
 }
 
@@ -23,16 +36,11 @@ pub fn run(argv: &[String]) -> i32 {
     let Some((program, args)) = argv.split_first() else {
         return 127;
     };
-    // Block the forwarded signals until the child's pid is known, so that
-    // none arriving in between is lost; the child starts with an empty mask.
-    let blocked = mask(libc::SIG_BLOCK);
     install_forwarding();
     let spawned = Command::new(program).args(args).spawn();
     if let Ok(child) = &spawned {
         CHILD.store(child.id() as i32, Ordering::SeqCst);
-    }
-    if blocked {
-        mask(libc::SIG_UNBLOCK);
+        deliver(child.id() as i32); // one that arrived while it started
     }
     let mut child = match spawned {
         Ok(child) => child,
@@ -79,17 +87,5 @@ fn install_forwarding() {
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(signal, &action, std::ptr::null_mut());
         }
-    }
-}
-
-fn mask(how: libc::c_int) -> bool {
-    // SAFETY: plain signal-mask manipulation of the calling thread.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in FORWARDED {
-            libc::sigaddset(&mut set, signal);
-        }
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut()) == 0
     }
 }

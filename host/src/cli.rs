@@ -203,9 +203,12 @@ fn registry_command(dir: &Path, command: Command) -> anyhow::Result<()> {
 fn inside(dir: &Path, path: &str) -> String {
     let absolute = Path::new(path);
     if absolute.is_absolute() {
-        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        if let Ok(rest) = absolute.strip_prefix(&dir) {
-            return rest.to_string_lossy().into_owned();
+        // The directory as given (it may be a symlink), then as it resolves.
+        let resolved = dir.canonicalize().ok();
+        for dir in std::iter::once(dir).chain(resolved.as_deref()) {
+            if let Ok(rest) = absolute.strip_prefix(dir) {
+                return rest.to_string_lossy().into_owned();
+            }
         }
     }
     path.to_string()

@@ -1,7 +1,8 @@
 //! Shared helpers: run the real binary in a fresh lock directory.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 
 /// The `hasp` binary cargo built for these tests.
 pub fn hasp_bin() -> &'static str {
@@ -111,5 +112,208 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
         if path.is_dir() && !path.is_symlink() {
             walk(root, &path, out);
         }
+    }
+}
+
+/// The machine's host name, as the kernel reports it.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("read /proc/sys/kernel/hostname")
+        .trim()
+        .to_string()
+}
+
+/// The script a [`Holder`] runs by default: says `held`, then keeps the lock
+/// until a line (or end of file) arrives on its stdin, then says `released`.
+pub const HOLD: &str = "echo held; read -r _; echo released";
+
+/// A `hasp run ... -- sh -c SCRIPT` that holds its lock until told to stop:
+/// SCRIPT's first line on stdout must be `held`, and it reads its stdin (the
+/// test's pipe) to know when to finish.
+pub struct Holder {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    done: bool,
+}
+
+impl Holder {
+    /// Starts `hasp --dir <locks> run OPTIONS... PATH -- sh -c SCRIPT` and
+    /// returns once SCRIPT has printed `held`, i.e. hasp holds the lock.
+    #[track_caller]
+    pub fn start(locks: &Locks, options: &[&str], path: &str, script: &str) -> Holder {
+        let mut args = vec!["run"];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&[path, "--", "sh", "-c", script]);
+        let mut child = locks
+            .command(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hasp run");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut holder = Holder {
+            child,
+            stdin,
+            stdout,
+            done: false,
+        };
+        let line = holder.line();
+        if line != "held\n" {
+            holder.stdin.take();
+            let rest = holder.finish();
+            panic!("hasp {args:?} did not hold the lock: first line {line:?}, then {rest:?}");
+        }
+        holder
+    }
+
+    /// The pid of the `hasp` process (the one recorded in the lock file).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The command line hasp records for `sh -c SCRIPT`.
+    pub fn command_line(script: &str) -> String {
+        format!("sh -c {script}")
+    }
+
+    /// The next line SCRIPT prints (empty at end of output).
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("read holder stdout");
+        line
+    }
+
+    /// Lets SCRIPT go on (one line on its stdin, then end of file) and waits
+    /// for hasp; returns the rest of the output and the exit code.
+    pub fn release(mut self) -> Run {
+        if let Some(mut stdin) = self.stdin.take() {
+            // SCRIPT may already be gone (killed); then there is no reader.
+            let _ = stdin.write_all(b"\n");
+        }
+        self.finish()
+    }
+
+    /// SCRIPT's stdin, to hand to a [`Watchdog`] (then `release` writes
+    /// nothing).
+    pub fn take_stdin(&mut self) -> ChildStdin {
+        self.stdin.take().expect("stdin not taken yet")
+    }
+
+    /// The `hasp` process itself, e.g. to signal or kill it.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Waits for the remaining output (until every writer, SCRIPT included,
+    /// has closed it) and for hasp's exit.
+    fn finish(&mut self) -> Run {
+        self.stdin.take();
+        let mut stdout = String::new();
+        self.stdout
+            .read_to_string(&mut stdout)
+            .expect("read holder stdout");
+        let mut stderr = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            err.read_to_string(&mut stderr).expect("read holder stderr");
+        }
+        let status = self.child.wait().expect("wait for hasp run");
+        self.done = true;
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if !self.done {
+            // A failed test: do not leave the holder (or its SCRIPT) behind.
+            let _ = self.child.kill();
+            self.stdin.take();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Returns once process `pid` is blocked in the kernel waiting for a lock on
+/// `file` (a `->` line in /proc/locks). Panics if `gone` reports that the
+/// waiter finished instead, or if it has not blocked after 30 s (a guard
+/// against hanging, not a measure of speed).
+#[track_caller]
+pub fn wait_until_blocked(file: &Path, pid: u32, mut gone: impl FnMut() -> Option<String>) {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(file).expect("lock file exists").ino();
+    let suffix = format!(":{inode}");
+    let pid = pid.to_string();
+    let guard = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let table = std::fs::read_to_string("/proc/locks").expect("read /proc/locks");
+        let blocked = table.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 6
+                && fields[1] == "->"
+                && fields[5] == pid
+                && fields[6].ends_with(&suffix)
+        });
+        if blocked {
+            return;
+        }
+        if let Some(how) = gone() {
+            panic!("pid {pid} {how} instead of waiting for {file:?}");
+        }
+        assert!(
+            std::time::Instant::now() < guard,
+            "pid {pid} never blocked on {file:?}:\n{table}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// [`wait_until_blocked`] for a child process.
+#[track_caller]
+pub fn child_blocked(file: &Path, child: &mut Child) {
+    let pid = child.id();
+    wait_until_blocked(file, pid, || {
+        child
+            .try_wait()
+            .expect("poll waiter")
+            .map(|status| format!("exited ({status})"))
+    });
+}
+
+/// Holds a script's stdin open until told to stop, or until 5 s have
+/// passed; then closes it, so that a script blocked in `read` finishes even
+/// when the event the test waits for never comes. A guard against hanging,
+/// not a measure of speed.
+pub struct Watchdog {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<bool>,
+}
+
+impl Watchdog {
+    pub fn new(stdin: ChildStdin) -> Watchdog {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let fired = matches!(
+                stopped.recv_timeout(std::time::Duration::from_secs(5)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            );
+            drop(stdin);
+            fired
+        });
+        Watchdog { stop, thread }
+    }
+
+    /// Closes the stdin now; returns whether the 5 s ran out first.
+    pub fn stop(self) -> bool {
+        let _ = self.stop.send(());
+        self.thread.join().expect("watchdog thread")
     }
 }
