@@ -74,12 +74,18 @@ impl Dir {
 
     #[cfg(feature = "process")]
     /// Opens file `path` for reading and writing, creating it (empty) if it
-    /// is missing, never truncating it, never following a symlink there.
-    pub fn open_file(&self, path: &str) -> Io<Descriptor> {
+    /// is missing and `create` is set, never truncating it, never following
+    /// a symlink there.
+    pub fn open_file(&self, path: &str, create: bool) -> Io<Descriptor> {
+        let flags = if create {
+            OpenFlags::CREATE
+        } else {
+            OpenFlags::empty()
+        };
         self.root.open_at(
             PathFlags::empty(),
             path,
-            OpenFlags::CREATE,
+            flags,
             DescriptorFlags::READ | DescriptorFlags::WRITE,
         )
     }

@@ -20,7 +20,7 @@ use crate::exports::hasp::lock::process_lock::{
 };
 use crate::hasp::lock::file_lock::{File as OsLock, LockError};
 use crate::hasp::lock::types::Error;
-use wasip2::filesystem::types::{Descriptor, DescriptorType};
+use wasip2::filesystem::types::{Descriptor, DescriptorType, ErrorCode};
 
 /// Longest accepted lock file path, in bytes.
 const MAX_PATH: usize = 1024;
@@ -45,41 +45,15 @@ pub struct LockFile {
 
 impl GuestLockFile for LockFile {
     fn open(dir: String, path: String) -> Result<Handle, Error> {
-        check_path(&path)?;
-        let Some(root) = Dir::preopened(&dir) else {
-            return Err(errors::io_failure(
+        let shown = path.clone();
+        match LockFile::new(&dir, path, true)? {
+            Some(file) => Ok(Handle::new(file)),
+            None => Err(errors::io_failure(
                 "open",
-                &dir,
-                "no such preopened directory (the host must grant it)",
-            ));
-        };
-        let what = |kind| match kind {
-            DescriptorType::RegularFile => None,
-            DescriptorType::Directory => Some("a directory"),
-            DescriptorType::SymbolicLink => Some("a symlink"),
-            DescriptorType::Fifo => Some("a FIFO"),
-            DescriptorType::CharacterDevice | DescriptorType::BlockDevice => Some("a device"),
-            DescriptorType::Socket => Some("a socket"),
-            DescriptorType::Unknown => Some("not a regular file"),
-        };
-        // Look before opening: opening a FIFO or a device may block or act.
-        let existing = root
-            .kind(&path)
-            .map_err(|e| errors::storage("inspect", &path, e))?;
-        if let Some(bad) = existing.and_then(what) {
-            return Err(errors::not_a_regular_file(&path, bad));
+                &shown,
+                "it vanished while it was created",
+            )),
         }
-        let file = root
-            .open_file(&path)
-            .map_err(|e| errors::storage("open", &path, e))?;
-        let kind = file
-            .get_type()
-            .map_err(|e| errors::storage("inspect", &path, e))?;
-        if let Some(bad) = what(kind) {
-            return Err(errors::not_a_regular_file(&path, bad));
-        }
-        let lock = OsLock::open(&dir, &path).map_err(|e| failure(&path, "open", e))?;
-        Ok(Handle::new(LockFile { lock, file, path }))
     }
 
     fn acquire(&self, mode: LockMode, timeout_ms: Option<u64>, owner: Owner) -> Result<(), Error> {
@@ -103,6 +77,13 @@ impl GuestLockFile for LockFile {
             .map_err(|e| failure(&self.path, "unlock", e))
     }
 
+    fn who(dir: String, path: String) -> Result<Option<Option<Owner>>, Error> {
+        match LockFile::new(&dir, path, false)? {
+            Some(file) => file.holder(),
+            None => Ok(None),
+        }
+    }
+
     fn holder(&self) -> Result<Option<Option<Owner>>, Error> {
         match self.lock.lock(LockMode::Exclusive, Some(0)) {
             Ok(()) => {
@@ -116,6 +97,58 @@ impl GuestLockFile for LockFile {
 }
 
 impl LockFile {
+    /// Opens the lock file `path` in preopen `dir`; `None` if it is missing
+    /// and not to be created. Refuses what is not a regular file inside.
+    fn new(dir: &str, path: String, create: bool) -> Result<Option<LockFile>, Error> {
+        check_path(&path)?;
+        let Some(root) = Dir::preopened(dir) else {
+            return Err(errors::io_failure(
+                "open",
+                dir,
+                "no such preopened directory (the host must grant it)",
+            ));
+        };
+        let what = |kind| match kind {
+            DescriptorType::RegularFile => None,
+            DescriptorType::Directory => Some("a directory"),
+            DescriptorType::SymbolicLink => Some("a symlink"),
+            DescriptorType::Fifo => Some("a FIFO"),
+            DescriptorType::CharacterDevice | DescriptorType::BlockDevice => Some("a device"),
+            DescriptorType::Socket => Some("a socket"),
+            DescriptorType::Unknown => Some("not a regular file"),
+        };
+        // Look before opening: opening a FIFO or a device may block or act.
+        match root
+            .kind(&path)
+            .map_err(|e| errors::storage("inspect", &path, e))?
+        {
+            None if !create => return Ok(None),
+            Some(kind) => {
+                if let Some(bad) = what(kind) {
+                    return Err(errors::not_a_regular_file(&path, bad));
+                }
+            }
+            None => {}
+        }
+        let file = match root.open_file(&path, create) {
+            Ok(file) => file,
+            Err(ErrorCode::NoEntry) if !create => return Ok(None),
+            Err(e) => return Err(errors::storage("open", &path, e)),
+        };
+        let kind = file
+            .get_type()
+            .map_err(|e| errors::storage("inspect", &path, e))?;
+        if let Some(bad) = what(kind) {
+            return Err(errors::not_a_regular_file(&path, bad));
+        }
+        let lock = match OsLock::open(dir, &path, create) {
+            Ok(lock) => lock,
+            Err(LockError::NoSuchFile) => return Ok(None),
+            Err(e) => return Err(failure(&path, "open", e)),
+        };
+        Ok(Some(LockFile { lock, file, path }))
+    }
+
     /// The refusal for a lock somebody else holds, naming them if known.
     fn held(&self) -> Error {
         match self.exclusive_owner() {
@@ -167,6 +200,7 @@ fn failure(path: &str, action: &str, err: LockError) -> Error {
     let reason = match err {
         LockError::WouldBlock => "held by another process".to_string(),
         LockError::NoSuchDirectory => "no such preopened directory".to_string(),
+        LockError::NoSuchFile => "no such file".to_string(),
         LockError::NotAFile => "not a regular file inside the directory".to_string(),
         LockError::Io(reason) => reason,
     };

@@ -118,7 +118,7 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run(run) => run_locked(&dir, run),
         Command::Who { path, json } => {
-            let holder = FileLock::open(&dir, &inside(&dir, &path))?.holder()?;
+            let holder = FileLock::holder_of(&dir, &inside(&dir, &path))?;
             print_who(&mut std::io::stdout().lock(), &holder, json)?;
             Ok(0)
         }

@@ -46,11 +46,12 @@ impl HostFile for State {
         &mut self,
         dir: String,
         path: String,
+        create: bool,
     ) -> wasmtime::Result<Result<Resource<LockHandle>, LockError>> {
         let Some(dir) = self.lock_dirs.get(&dir) else {
             return Ok(Err(LockError::NoSuchDirectory));
         };
-        let file = match open_beneath(dir, &path) {
+        let file = match open_beneath(dir, &path, create) {
             Ok(file) => file,
             Err(err) => return Ok(Err(err)),
         };
@@ -88,16 +89,19 @@ impl HostFile for State {
 }
 
 /// Opens `path` beneath `dir` for locking: a regular file, created if
-/// missing, never truncated, never a symlink.
-fn open_beneath(dir: &cap_std::fs::Dir, path: &str) -> Result<File, LockError> {
+/// missing and `create` is set, never truncated, never a symlink.
+fn open_beneath(dir: &cap_std::fs::Dir, path: &str, create: bool) -> Result<File, LockError> {
     match dir.symlink_metadata(path) {
         Ok(meta) if !meta.is_file() => return Err(LockError::NotAFile),
         Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !create => {
+            return Err(LockError::NoSuchFile)
+        }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(io_error(err)),
     }
     let mut options = cap_std::fs::OpenOptions::new();
-    options.read(true).write(true).create(true);
+    options.read(true).write(true).create(create);
     let file = dir.open_with(path, &options).map_err(io_error)?.into_std();
     match file.metadata() {
         Ok(meta) if meta.is_file() => Ok(file),

@@ -140,6 +140,22 @@ impl FileLock {
         })
     }
 
+    /// Who holds the lock file `path` in `dir` right now, without creating
+    /// it: a missing file is [`FileHolder::Free`].
+    pub fn holder_of(dir: impl AsRef<Path>, path: &str) -> Result<FileHolder, Error> {
+        let runtime = Runtime::shared()?;
+        let dir = dir.as_ref();
+        let (mut store, guest) = instantiate(&runtime, dir)?;
+        let _tokio = runtime.enter();
+        let held = guest
+            .hasp_lock_process_lock()
+            .lock_file()
+            .call_who(&mut store, GUEST_DIR, path)
+            .map_err(trap)?
+            .map_err(|err| Error::from_guest(err, dir))?;
+        Ok(file_holder(held))
+    }
+
     /// Takes the lock exclusively, recording this process as its owner.
     pub fn lock(&mut self, wait: Wait) -> Result<FileGuard<'_>, Error> {
         self.acquire(false, wait, self.command.clone())
@@ -197,16 +213,7 @@ impl FileLock {
                 .lock_file()
                 .call_holder(store, handle)
         })?;
-        Ok(match held {
-            None => FileHolder::Free,
-            Some(None) => FileHolder::Unrecorded,
-            Some(Some(o)) => FileHolder::Owner(Owner {
-                pid: o.pid,
-                host: o.host,
-                since_ms: o.since_ms,
-                command: o.command,
-            }),
-        })
+        Ok(file_holder(held))
     }
 
     fn release(&mut self) -> Result<(), Error> {
@@ -233,6 +240,40 @@ impl FileLock {
             Ok(Err(err)) => Err(Error::from_guest(err, &self.dir)),
             Err(err) => Err(trap(err)),
         }
+    }
+}
+
+/// A process-lock instance whose only capability is `dir`: preopened for
+/// WASI, and granted to the host's file-lock.
+fn instantiate(runtime: &Runtime, dir: &Path) -> Result<(Store<State>, Process), Error> {
+    let wasi = Runtime::wasi_for(dir, GUEST_DIR)?;
+    let granted = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()).map_err(
+        |source| Error::Directory {
+            dir: dir.to_path_buf(),
+            source,
+        },
+    )?;
+    let mut lock_dirs = LockDirs::default();
+    lock_dirs.grant(GUEST_DIR, granted);
+    let _tokio = runtime.enter();
+    let mut store = runtime.new_store(wasi, lock_dirs);
+    let guest = runtime
+        .process_pre()?
+        .instantiate(&mut store)
+        .map_err(runtime_error)?;
+    Ok((store, guest))
+}
+
+fn file_holder(held: Option<Option<WitOwner>>) -> FileHolder {
+    match held {
+        None => FileHolder::Free,
+        Some(None) => FileHolder::Unrecorded,
+        Some(Some(o)) => FileHolder::Owner(Owner {
+            pid: o.pid,
+            host: o.host,
+            since_ms: o.since_ms,
+            command: o.command,
+        }),
     }
 }
 

@@ -772,3 +772,16 @@ fn an_absolute_path_through_the_lock_dir_as_given_is_inside_it() {
     succeeded(&run, "ran\n");
     assert_eq!(locks.tree(), [Path::new("x.lock")]);
 }
+
+#[test]
+fn who_on_a_missing_lock_file_says_not_held_and_creates_nothing() {
+    let locks = Locks::new();
+    let run = locks.run(&["who", "never-used.lock"]);
+    assert_eq!(
+        (run.code, run.stdout.as_str(), run.stderr.as_str()),
+        (0, "not held\n", "")
+    );
+    assert!(!locks.path().join("never-used.lock").exists());
+    let run = locks.run(&["who", "never-used.lock", "--json"]);
+    assert_eq!(run.stdout, "{\"held\":false}\n");
+}
