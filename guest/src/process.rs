@@ -57,18 +57,13 @@ impl GuestLockFile for LockFile {
     }
 
     fn acquire(&self, mode: LockMode, timeout_ms: Option<u64>, owner: Owner) -> Result<(), Error> {
-        match self.lock.lock(mode, timeout_ms) {
-            Ok(()) => {}
-            Err(LockError::WouldBlock) => return Err(self.held()),
-            Err(err) => return Err(failure(&self.path, "lock", err)),
+        // An exclusive holder records itself, in the same host call.
+        let content = (mode == LockMode::Exclusive).then(|| owner_line(&owner).into_bytes());
+        match self.lock.lock(mode, timeout_ms, content.as_deref()) {
+            Ok(()) => Ok(()),
+            Err(LockError::WouldBlock) => Err(self.held()),
+            Err(err) => Err(failure(&self.path, "lock", err)),
         }
-        if mode == LockMode::Exclusive {
-            if let Err(err) = self.record(&owner) {
-                let _ = self.lock.unlock();
-                return Err(err);
-            }
-        }
-        Ok(())
     }
 
     fn release(&self) -> Result<(), Error> {
@@ -85,7 +80,7 @@ impl GuestLockFile for LockFile {
     }
 
     fn holder(&self) -> Result<Option<Option<Owner>>, Error> {
-        match self.lock.lock(LockMode::Exclusive, Some(0)) {
+        match self.lock.lock(LockMode::Exclusive, Some(0), None) {
             Ok(()) => {
                 self.release()?;
                 Ok(None)
@@ -160,7 +155,7 @@ impl LockFile {
     /// The recorded owner, if the lock is held exclusively (a shared holder
     /// leaves the previous exclusive holder's record in place).
     fn exclusive_owner(&self) -> Result<Option<Owner>, Error> {
-        if self.lock.lock(LockMode::Shared, Some(0)).is_ok() {
+        if self.lock.lock(LockMode::Shared, Some(0), None).is_ok() {
             self.release()?;
             return Ok(None);
         }
@@ -170,29 +165,17 @@ impl LockFile {
             .map_err(|e| errors::storage("read", &self.path, e))?;
         Ok(parse_owner(&String::from_utf8_lossy(&bytes)))
     }
+}
 
-    fn record(&self, owner: &Owner) -> Result<(), Error> {
-        let command: String = owner
-            .command
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        let host: String = owner.host.split_whitespace().collect::<Vec<_>>().join("-");
-        let line = format!("{} {} {} {}\n", owner.pid, host, owner.since_ms, command);
-        // Overwrite in place, then cut what an older, longer record left:
-        // the file never passes through empty, and its page is reused.
-        let write = || {
-            let mut written = 0;
-            while written < line.len() {
-                written += self
-                    .file
-                    .write(&line.as_bytes()[written..], written as u64)?
-                    as usize;
-            }
-            self.file.set_size(line.len() as u64)
-        };
-        write().map_err(|e| errors::storage("write", &self.path, e))
-    }
+/// The one-line record of an exclusive holder: `pid host since-ms command`.
+fn owner_line(owner: &Owner) -> String {
+    let command: String = owner
+        .command
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let host: String = owner.host.split_whitespace().collect::<Vec<_>>().join("-");
+    format!("{} {} {} {}\n", owner.pid, host, owner.since_ms, command)
 }
 
 /// A failed OS-lock call on `path`.

@@ -66,6 +66,7 @@ impl HostFile for State {
         handle: Resource<LockHandle>,
         mode: LockMode,
         timeout_ms: Option<u64>,
+        content: Option<Vec<u8>>,
     ) -> wasmtime::Result<Result<(), LockError>> {
         let file = self.table.get(&handle)?.file.clone();
         let timeout = timeout_ms.map(Duration::from_millis);
@@ -73,7 +74,16 @@ impl HostFile for State {
             // The guest's own time limit should not count this wait.
             self.waited = true;
         }
-        Ok(acquire(&file, mode, timeout))
+        if let Err(err) = acquire(&file, mode, timeout) {
+            return Ok(Err(err));
+        }
+        if let Some(content) = content {
+            if let Err(err) = replace_content(&file, &content) {
+                let _ = file.unlock();
+                return Ok(Err(io_error(err)));
+            }
+        }
+        Ok(Ok(()))
     }
 
     fn unlock(&mut self, handle: Resource<LockHandle>) -> wasmtime::Result<Result<(), LockError>> {
@@ -108,6 +118,19 @@ fn open_beneath(dir: &cap_std::fs::Dir, path: &str, create: bool) -> Result<File
         Ok(_) => Err(LockError::NotAFile),
         Err(err) => Err(io_error(err)),
     }
+}
+
+/// Writes `content` over the start of the file, then cuts the file to its
+/// length if it was longer: the file never passes through empty, and its
+/// pages are reused.
+fn replace_content(file: &File, content: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(content, 0)?;
+    let len = content.len() as u64;
+    if file.metadata()?.len() != len {
+        file.set_len(len)?;
+    }
+    Ok(())
 }
 
 /// Takes the lock, waiting at most `timeout` (`None`: for ever).
