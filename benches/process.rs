@@ -313,6 +313,14 @@ fn role(args: &[String]) {
             }
             writeln!(out, "{n}").expect("say");
         }
+        ("shared-loop", Kind::Hasp) => {
+            // For profiling the component boundary: shared cycles, no record.
+            let mut lock = FileLock::open(&dir, file_name(&path)).expect("open");
+            let start = Instant::now();
+            while start.elapsed() < CONTENTION {
+                drop(lock.lock_shared(Wait::Forever).expect("lock"));
+            }
+        }
         _ => panic!("unknown role {role}"),
     }
 }

@@ -66,7 +66,9 @@ pub enum FileHolder {
 /// two; a lock is not re-entrant. The OS releases it if the process dies.
 pub struct FileLock {
     runtime: Runtime,
-    /// This machine's name and this process's command line, read once.
+    /// This process's id, this machine's name and this process's command
+    /// line, read once.
+    pid: u32,
     host: String,
     command: String,
     dir: PathBuf,
@@ -131,6 +133,7 @@ impl FileLock {
         let handle = opened.map_err(|err| Error::from_guest(err, &dir))?;
         Ok(FileLock {
             runtime: runtime.clone(),
+            pid: std::process::id(),
             host: host_name(),
             command: std::env::args().collect::<Vec<_>>().join(" "),
             dir,
@@ -190,7 +193,7 @@ impl FileLock {
             Wait::Forever => None,
         };
         let owner = WitOwner {
-            pid: std::process::id(),
+            pid: self.pid,
             host: self.host.clone(),
             since_ms: now_ms(),
             command,
