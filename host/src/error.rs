@@ -104,6 +104,19 @@ impl Error {
         )
     }
 
+    /// Maps the outcome of a guest call on `dir`: the guest's own error, or
+    /// a trap.
+    pub(crate) fn from_call<T>(
+        outcome: wasmtime::Result<Result<T, wit::Error>>,
+        dir: &std::path::Path,
+    ) -> Result<T, Error> {
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(Error::from_guest(err, dir)),
+            Err(trap) => Err(Error::Trap(format!("{trap:#}"))),
+        }
+    }
+
     /// Maps an error returned by the guest, in the registry on `dir`.
     pub(crate) fn from_guest(err: wit::Error, dir: &std::path::Path) -> Error {
         let message = err.message;

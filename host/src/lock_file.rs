@@ -111,20 +111,8 @@ impl FileLock {
         path: &str,
     ) -> Result<FileLock, Error> {
         let dir = dir.as_ref().to_path_buf();
-        let wasi = Runtime::wasi_for(&dir, GUEST_DIR)?;
-        let granted = cap_std::fs::Dir::open_ambient_dir(&dir, cap_std::ambient_authority())
-            .map_err(|source| Error::Directory {
-                dir: dir.clone(),
-                source,
-            })?;
-        let mut lock_dirs = LockDirs::default();
-        lock_dirs.grant(GUEST_DIR, granted);
+        let (mut store, guest) = instantiate(runtime, &dir)?;
         let _tokio = runtime.enter();
-        let mut store = runtime.new_store(wasi, lock_dirs);
-        let guest = runtime
-            .process_pre()?
-            .instantiate(&mut store)
-            .map_err(runtime_error)?;
         let opened = guest
             .hasp_lock_process_lock()
             .lock_file()
@@ -238,11 +226,7 @@ impl FileLock {
     ) -> Result<T, Error> {
         let _tokio = self.runtime.enter();
         self.store.set_epoch_deadline(self.runtime.deadline_ticks());
-        match f(&self.guest, self.handle, &mut self.store) {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(Error::from_guest(err, &self.dir)),
-            Err(err) => Err(trap(err)),
-        }
+        Error::from_call(f(&self.guest, self.handle, &mut self.store), &self.dir)
     }
 }
 

@@ -214,14 +214,11 @@ impl Registry {
         let _tokio = runtime.enter();
         let live = self.live()?;
         live.store.set_epoch_deadline(ticks);
-        match f(&live.guest, live.handle, &mut live.store) {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(Error::from_guest(err, &self.dir)),
-            Err(trap) => {
-                self.live = None;
-                Err(Error::Trap(format!("{trap:#}")))
-            }
+        let outcome = f(&live.guest, live.handle, &mut live.store);
+        if outcome.is_err() {
+            self.live = None; // trapped: the next call gets a fresh instance
         }
+        Error::from_call(outcome, &self.dir)
     }
 
     fn live(&mut self) -> Result<&mut Live, Error> {
