@@ -80,13 +80,10 @@ impl GuestLockFile for LockFile {
     }
 
     fn holder(&self) -> Result<Option<Option<Owner>>, Error> {
-        match self.lock.lock(LockMode::Exclusive, Some(0), None) {
-            Ok(()) => {
-                self.release()?;
-                Ok(None)
-            }
-            Err(LockError::WouldBlock) => Ok(Some(self.exclusive_owner()?)),
-            Err(err) => Err(failure(&self.path, "probe", err)),
+        match self.lock.held() {
+            Ok(None) => Ok(None),
+            Ok(Some(_)) => Ok(Some(self.exclusive_owner()?)),
+            Err(err) => Err(failure(&self.path, "inspect", err)),
         }
     }
 }
@@ -155,8 +152,7 @@ impl LockFile {
     /// The recorded owner, if the lock is held exclusively (a shared holder
     /// leaves the previous exclusive holder's record in place).
     fn exclusive_owner(&self) -> Result<Option<Owner>, Error> {
-        if self.lock.lock(LockMode::Shared, Some(0), None).is_ok() {
-            self.release()?;
+        if !matches!(self.lock.held(), Ok(Some(LockMode::Exclusive))) {
             return Ok(None);
         }
         let (bytes, _) = self

@@ -91,6 +91,14 @@ impl HostFile for State {
         Ok(file.unlock().map_err(io_error))
     }
 
+    fn held(
+        &mut self,
+        handle: Resource<LockHandle>,
+    ) -> wasmtime::Result<Result<Option<LockMode>, LockError>> {
+        let file = &self.table.get(&handle)?.file;
+        Ok(held_mode(file).map_err(io_error))
+    }
+
     fn drop(&mut self, handle: Resource<LockHandle>) -> wasmtime::Result<()> {
         // Closing the file releases its lock.
         self.table.delete(handle)?;
@@ -131,6 +139,56 @@ fn replace_content(file: &File, content: &[u8]) -> std::io::Result<()> {
         file.set_len(len)?;
     }
     Ok(())
+}
+
+/// The strongest flock held on `file` by anyone, read from `/proc/locks`
+/// (Linux) so that asking takes no lock. Elsewhere, a non-blocking try.
+fn held_mode(file: &File) -> std::io::Result<Option<LockMode>> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(table) = std::fs::read_to_string("/proc/locks") else {
+        return held_by_trying(file);
+    };
+    let meta = file.metadata()?;
+    let wanted = (
+        u64::from(libc::major(meta.dev())),
+        u64::from(libc::minor(meta.dev())),
+        meta.ino(),
+    );
+    let mut strongest = None;
+    for line in table.lines() {
+        // "1: FLOCK  ADVISORY  WRITE 4242 08:01:123456 0 EOF"; waiters
+        // ("1: -> FLOCK ...") hold nothing.
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 6 || fields[1] != "FLOCK" {
+            continue;
+        }
+        let mut id = fields[5].split(':');
+        let mut hex = || id.next().and_then(|x| u64::from_str_radix(x, 16).ok());
+        let (major, minor) = (hex(), hex());
+        let inode = id.next().and_then(|x| x.parse().ok());
+        if (major, minor, inode) != (Some(wanted.0), Some(wanted.1), Some(wanted.2)) {
+            continue;
+        }
+        match fields[3] {
+            "WRITE" => return Ok(Some(LockMode::Exclusive)),
+            _ => strongest = Some(LockMode::Shared),
+        }
+    }
+    Ok(strongest)
+}
+
+/// Whether `file` is held, found by trying to lock it without waiting.
+fn held_by_trying(file: &File) -> std::io::Result<Option<LockMode>> {
+    use std::fs::TryLockError;
+    match file.try_lock() {
+        Ok(()) => file.unlock().map(|()| None),
+        Err(TryLockError::Error(err)) => Err(err),
+        Err(TryLockError::WouldBlock) => match file.try_lock_shared() {
+            Ok(()) => file.unlock().map(|()| Some(LockMode::Shared)),
+            Err(TryLockError::WouldBlock) => Ok(Some(LockMode::Exclusive)),
+            Err(TryLockError::Error(err)) => Err(err),
+        },
+    }
 }
 
 /// Takes the lock, waiting at most `timeout` (`None`: for ever).
