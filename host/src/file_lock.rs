@@ -1,8 +1,9 @@
 //! `hasp:lock/file-lock`: advisory OS locks (flock(2)) for the guest, on
 //! files the host opens with cap-std beneath the directories it preopened
 //! for that very instance. A path can never leave its directory: cap-std
-//! resolves it beneath the directory handle, and a symlink at the end is
-//! refused.
+//! resolves every component beneath the directory handle. A symlink or any
+//! other non-regular file at the end is refused when looked at before the
+//! open, and the opened file is checked again.
 
 use crate::bindings::process::file_lock::{Host, HostFile, LockError, LockMode};
 use crate::runtime::State;
