@@ -170,6 +170,7 @@ fn handoff(kind: Kind, dir: &Path) -> f64 {
         let mut waiter = spawn_role(kind, "wait-once", &path);
         let mut lines = BufReader::new(waiter.stdout.take().expect("stdout")).lines();
         assert_eq!(lines.next().expect("line").expect("read"), "waiting");
+        wait_until_blocked(&path, waiter.id());
         let released = monotonic_ns();
         match guard {
             Some(guard) => drop(guard),
@@ -215,6 +216,7 @@ fn after_kill(kind: Kind, dir: &Path) -> f64 {
         let mut waiter = spawn_role(kind, "wait-once", &path);
         let mut lines = BufReader::new(waiter.stdout.take().expect("stdout")).lines();
         assert_eq!(lines.next().expect("line").expect("read"), "waiting");
+        wait_until_blocked(&path, waiter.id());
         let killed = monotonic_ns();
         holder.kill().expect("kill -9");
         holder.wait().expect("reap");
@@ -228,6 +230,25 @@ fn after_kill(kind: Kind, dir: &Path) -> f64 {
         gaps.push(got.saturating_sub(killed) as f64 / 1e6);
     }
     median(&mut gaps)
+}
+
+/// Returns once `pid` is blocked in flock(2) on `path` (a `->` entry in
+/// /proc/locks), so that every handoff measures a waiter that really sleeps.
+fn wait_until_blocked(path: &Path, pid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let inode = format!(":{}", std::fs::metadata(path).expect("stat").ino());
+    let pid = pid.to_string();
+    loop {
+        let table = std::fs::read_to_string("/proc/locks").expect("read /proc/locks");
+        let blocked = table.lines().any(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 6 && f[1] == "->" && f[5] == pid && f[6].ends_with(&inode)
+        });
+        if blocked {
+            return;
+        }
+        std::thread::yield_now();
+    }
 }
 
 fn spawn_role(kind: Kind, role: &str, path: &Path) -> Child {
