@@ -140,11 +140,12 @@ fn in_process(kind: Kind, dir: &Path, shared: bool) -> f64 {
             let mut lock = FileLock::open(dir, file_name(&path)).expect("open");
             start = Instant::now();
             for _ in 0..CYCLES / 10 {
-                if shared {
-                    drop(lock.lock_shared(Wait::Forever).expect("lock"));
+                let guard = if shared {
+                    lock.lock_shared(Wait::Forever)
                 } else {
-                    drop(lock.lock(Wait::Forever).expect("lock"));
-                }
+                    lock.lock(Wait::Forever)
+                };
+                lock = guard.expect("lock").release().expect("release");
             }
             return (CYCLES / 10) as f64 / start.elapsed().as_secs_f64();
         }
@@ -157,7 +158,7 @@ fn in_process(kind: Kind, dir: &Path, shared: bool) -> f64 {
 fn handoff(kind: Kind, dir: &Path) -> f64 {
     let path = dir.join(format!("handoff-{}.lock", kind.name()));
     let native = File::create(&path).expect("create");
-    let mut lock = FileLock::open(dir, file_name(&path)).expect("open");
+    let mut lock = Some(FileLock::open(dir, file_name(&path)).expect("open"));
     let mut gaps = Vec::with_capacity(HANDOFFS);
     for _ in 0..HANDOFFS {
         let guard = match kind {
@@ -165,7 +166,12 @@ fn handoff(kind: Kind, dir: &Path) -> f64 {
                 native.lock().expect("lock");
                 None
             }
-            Kind::Hasp => Some(lock.lock(Wait::Forever).expect("lock")),
+            Kind::Hasp => Some(
+                lock.take()
+                    .expect("open")
+                    .lock(Wait::Forever)
+                    .expect("lock"),
+            ),
         };
         let mut waiter = spawn_role(kind, "wait-once", &path);
         let mut lines = BufReader::new(waiter.stdout.take().expect("stdout")).lines();
@@ -173,7 +179,7 @@ fn handoff(kind: Kind, dir: &Path) -> f64 {
         wait_until_blocked(&path, waiter.id());
         let released = monotonic_ns();
         match guard {
-            Some(guard) => drop(guard),
+            Some(guard) => lock = Some(guard.release().expect("release")),
             None => native.unlock().expect("unlock"),
         }
         let held: u64 = lines
@@ -288,7 +294,7 @@ fn role(args: &[String]) {
             writeln!(out, "{}", monotonic_ns()).expect("say");
         }
         ("wait-once", Kind::Hasp) => {
-            let mut lock = FileLock::open(&dir, file_name(&path)).expect("open");
+            let lock = FileLock::open(&dir, file_name(&path)).expect("open");
             writeln!(out, "waiting")
                 .and_then(|_| out.flush())
                 .expect("say");
@@ -306,7 +312,7 @@ fn role(args: &[String]) {
             }
         }
         ("hold", Kind::Hasp) => {
-            let mut lock = FileLock::open(&dir, file_name(&path)).expect("open");
+            let lock = FileLock::open(&dir, file_name(&path)).expect("open");
             let _guard = lock.lock(Wait::Forever).expect("lock");
             writeln!(out, "held")
                 .and_then(|_| out.flush())
@@ -329,7 +335,11 @@ fn role(args: &[String]) {
             let mut lock = FileLock::open(&dir, file_name(&path)).expect("open");
             let (start, mut n) = (Instant::now(), 0u64);
             while start.elapsed() < CONTENTION {
-                drop(lock.lock(Wait::Forever).expect("lock"));
+                lock = lock
+                    .lock(Wait::Forever)
+                    .expect("lock")
+                    .release()
+                    .expect("release");
                 n += 1;
             }
             writeln!(out, "{n}").expect("say");
@@ -339,7 +349,11 @@ fn role(args: &[String]) {
             let mut lock = FileLock::open(&dir, file_name(&path)).expect("open");
             let start = Instant::now();
             while start.elapsed() < CONTENTION {
-                drop(lock.lock_shared(Wait::Forever).expect("lock"));
+                lock = lock
+                    .lock_shared(Wait::Forever)
+                    .expect("lock")
+                    .release()
+                    .expect("release");
             }
         }
         _ => panic!("unknown role {role}"),

@@ -128,13 +128,15 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
 
 /// `hasp run`: hold the lock file while the command runs; its exit code.
 fn run_locked(dir: &Path, run: RunArgs) -> anyhow::Result<i32> {
-    let mut lock = FileLock::open(dir, &inside(dir, &run.path))?;
+    let lock = FileLock::open(dir, &inside(dir, &run.path))?;
     let wait = match run.timeout {
         None => Wait::Forever,
         Some(d) if d.is_zero() => Wait::No,
         Some(d) => Wait::For(d),
     };
-    let _guard = lock.acquire(run.shared, wait, run.command.join(" "))?;
+    let _guard = lock
+        .acquire(run.shared, wait, run.command.join(" "))
+        .map_err(Error::from)?;
     Ok(crate::child::run(&run.command))
 }
 

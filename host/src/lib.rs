@@ -35,6 +35,6 @@ mod registry;
 mod runtime;
 
 pub use error::Error;
-pub use lock_file::{FileGuard, FileHolder, FileLock, Owner, Wait};
+pub use lock_file::{FileGuard, FileHolder, FileLock, LockFailed, Owner, Wait};
 pub use registry::{Grant, Holder, LockOptions, Registry, UnlockKey};
 pub use runtime::{cache_dir, Limits, Runtime, GUEST_WASM, PROCESS_WASM};

@@ -55,10 +55,10 @@ pub enum FileHolder {
 /// use hasp::{FileLock, Wait};
 /// use std::time::Duration;
 /// # let dir = tempfile::tempdir()?;
-/// let mut lock = FileLock::open(dir.path(), "deploy.lock")?;
-/// let guard = lock.lock(Wait::For(Duration::from_secs(30)))?;
+/// let guard = FileLock::open(dir.path(), "deploy.lock")?.lock(Wait::For(Duration::from_secs(30)))?;
 /// // ... the work the lock protects ...
-/// drop(guard); // released; deploy.lock stays, holding the last owner's pid
+/// let lock = guard.release()?; // or drop(guard); deploy.lock stays, naming the last owner
+/// let _shared = lock.lock_shared(Wait::No)?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
@@ -77,23 +77,71 @@ pub struct FileLock {
     handle: ResourceAny,
 }
 
-/// A held lock; released when dropped.
+/// A held lock; released when dropped. It owns its [`FileLock`]:
+/// [`FileGuard::release`] hands the lock back for another round.
 #[must_use = "the lock is released as soon as the guard is dropped"]
-pub struct FileGuard<'a> {
-    lock: &'a mut FileLock,
+pub struct FileGuard {
+    /// `None` only once `release` has taken it.
+    lock: Option<FileLock>,
 }
 
-impl FileGuard<'_> {
-    /// Releases the lock now, reporting a failure instead of ignoring it.
-    pub fn release(self) -> Result<(), Error> {
-        let mut guard = std::mem::ManuallyDrop::new(self);
-        guard.lock.release()
+impl FileGuard {
+    /// Releases the lock now, reporting a failure instead of ignoring it,
+    /// and returns the `FileLock` for another round.
+    pub fn release(mut self) -> Result<FileLock, Error> {
+        let mut lock = self.lock.take().expect("present until released");
+        lock.release()?;
+        Ok(lock)
     }
 }
 
-impl Drop for FileGuard<'_> {
+impl Drop for FileGuard {
     fn drop(&mut self) {
-        let _ = self.lock.release();
+        if let Some(lock) = &mut self.lock {
+            let _ = lock.release();
+        }
+    }
+}
+
+impl std::fmt::Debug for FileGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileGuard").finish_non_exhaustive()
+    }
+}
+
+/// A lock that was not taken: why, and the [`FileLock`] back, for another
+/// try. `?` turns it into its [`Error`] (an [`Error::WouldBlock`] when
+/// somebody else holds the file).
+pub struct LockFailed {
+    /// Why the lock was not taken.
+    pub error: Error,
+    /// The lock file, still open.
+    pub lock: FileLock,
+}
+
+impl std::fmt::Debug for LockFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockFailed")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for LockFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for LockFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<LockFailed> for Error {
+    fn from(failed: LockFailed) -> Error {
+        failed.error
     }
 }
 
@@ -148,28 +196,29 @@ impl FileLock {
     }
 
     /// Takes the lock exclusively, recording this process as its owner.
-    pub fn lock(&mut self, wait: Wait) -> Result<FileGuard<'_>, Error> {
-        self.acquire(false, wait, self.command.clone())
+    pub fn lock(self, wait: Wait) -> Result<FileGuard, LockFailed> {
+        let command = self.command.clone();
+        self.acquire(false, wait, command)
     }
 
     /// Takes the lock shared with other shared holders.
-    pub fn lock_shared(&mut self, wait: Wait) -> Result<FileGuard<'_>, Error> {
+    pub fn lock_shared(self, wait: Wait) -> Result<FileGuard, LockFailed> {
         self.acquire(true, wait, String::new())
     }
 
     /// Takes the lock exclusively if nobody holds it; otherwise fails at once
     /// with [`Error::WouldBlock`] naming the holder.
-    pub fn try_lock(&mut self) -> Result<FileGuard<'_>, Error> {
+    pub fn try_lock(self) -> Result<FileGuard, LockFailed> {
         self.lock(Wait::No)
     }
 
     /// Takes the lock, recording `command` as what the owner runs.
     pub fn acquire(
-        &mut self,
+        mut self,
         shared: bool,
         wait: Wait,
         command: String,
-    ) -> Result<FileGuard<'_>, Error> {
+    ) -> Result<FileGuard, LockFailed> {
         let mode = if shared {
             LockMode::Shared
         } else {
@@ -186,13 +235,16 @@ impl FileLock {
             since_ms: now_ms(),
             command,
         };
-        self.call(|guest, handle, store| {
+        let acquired = self.call(|guest, handle, store| {
             guest
                 .hasp_lock_process_lock()
                 .lock_file()
                 .call_acquire(store, handle, mode, timeout_ms, &owner)
-        })?;
-        Ok(FileGuard { lock: self })
+        });
+        match acquired {
+            Ok(()) => Ok(FileGuard { lock: Some(self) }),
+            Err(error) => Err(LockFailed { error, lock: self }),
+        }
     }
 
     /// Who holds the lock right now (call it on a `FileLock` that does not

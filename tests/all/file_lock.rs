@@ -3,7 +3,7 @@
 //! holders, and one lock seen alike by the API and by `hasp run`/`hasp who`.
 
 use crate::support::{child_blocked, host_name, wait_until_blocked, Holder, Locks, Run, HOLD};
-use hasp::{Error, FileGuard, FileHolder, FileLock, Wait};
+use hasp::{Error, FileGuard, FileHolder, FileLock, LockFailed, Wait};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -22,11 +22,14 @@ fn my_command() -> String {
 }
 
 /// Asserts `result` is a `WouldBlock` naming `holder` (a pid, or `?`), with
-/// a message starting with `message`.
+/// a message starting with `message`; hands back the lock that was refused.
 #[track_caller]
-fn refused(result: Result<FileGuard<'_>, Error>, holder: &str, message: &str) {
+fn refused(result: Result<FileGuard, LockFailed>, holder: &str, message: &str) -> FileLock {
     match result {
-        Err(err @ Error::WouldBlock { .. }) => {
+        Err(LockFailed {
+            error: err @ Error::WouldBlock { .. },
+            lock,
+        }) => {
             assert!(err.is_refusal());
             let Error::WouldBlock {
                 holder: named,
@@ -38,6 +41,7 @@ fn refused(result: Result<FileGuard<'_>, Error>, holder: &str, message: &str) {
             assert_eq!(named, holder, "{err:?}");
             assert!(text.starts_with(message), "{text:?} vs {message:?}");
             assert_eq!(err.to_string(), *text);
+            lock
         }
         Err(other) => panic!("expected WouldBlock by {holder}, got {other:?}"),
         Ok(_) => panic!("expected WouldBlock by {holder}, got the lock"),
@@ -55,7 +59,7 @@ fn owner_pid(lock: &mut FileLock) -> u32 {
 #[test]
 fn two_file_locks_in_one_process_contend() {
     let locks = Locks::new();
-    let mut first = open(&locks);
+    let first = open(&locks);
     let mut second = open(&locks);
     let held_by_me = format!(
         "Lock file x.lock is held by pid {} on {}",
@@ -64,9 +68,9 @@ fn two_file_locks_in_one_process_contend() {
     );
 
     let guard = first.try_lock().expect("the first lock");
-    refused(second.try_lock(), &me(), &held_by_me);
-    refused(second.lock(Wait::No), &me(), &held_by_me);
-    refused(second.lock_shared(Wait::No), &me(), &held_by_me);
+    second = refused(second.try_lock(), &me(), &held_by_me);
+    second = refused(second.lock(Wait::No), &me(), &held_by_me);
+    second = refused(second.lock_shared(Wait::No), &me(), &held_by_me);
     match second.holder().expect("holder") {
         FileHolder::Owner(owner) => {
             assert_eq!(
@@ -85,9 +89,9 @@ fn two_file_locks_in_one_process_contend() {
     drop(guard);
     assert_eq!(second.holder().expect("holder"), FileHolder::Free);
     let guard = second.try_lock().expect("free after the drop");
-    refused(first.try_lock(), &me(), &held_by_me);
-    // So does an explicit release.
-    guard.release().expect("release");
+    let first = refused(open(&locks).try_lock(), &me(), &held_by_me);
+    // So does an explicit release, which hands the lock back.
+    let _second = guard.release().expect("release");
     first
         .try_lock()
         .expect("free after release")
@@ -105,7 +109,7 @@ fn two_file_locks_in_one_process_contend() {
 #[test]
 fn acquire_records_the_given_command() {
     let locks = Locks::new();
-    let mut lock = open(&locks);
+    let lock = open(&locks);
     let mut other = open(&locks);
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -126,7 +130,7 @@ fn acquire_records_the_given_command() {
         )
     );
     assert!(owner.since_ms >= before, "{owner:?}");
-    refused(
+    other = refused(
         other.try_lock(),
         &me(),
         &format!(
@@ -135,7 +139,7 @@ fn acquire_records_the_given_command() {
             host_name()
         ),
     );
-    drop(guard);
+    let lock = guard.release().expect("release");
     // Shared: recorded nowhere, and the previous record stays in the file.
     let guard = lock
         .acquire(true, Wait::No, "ignored".into())
@@ -149,15 +153,15 @@ fn acquire_records_the_given_command() {
 #[test]
 fn a_timed_out_wait_fails_and_leaves_nothing_held() {
     let locks = Locks::new();
-    let (mut holder, mut waiter, mut third) = (open(&locks), open(&locks), open(&locks));
+    let (holder, mut waiter, third) = (open(&locks), open(&locks), open(&locks));
     let guard = holder.lock(Wait::No).expect("lock");
     let message = format!("Lock file x.lock is held by pid {}", me());
-    refused(
+    waiter = refused(
         waiter.lock(Wait::For(Duration::from_millis(200))),
         &me(),
         &message,
     );
-    refused(
+    waiter = refused(
         waiter.lock_shared(Wait::For(Duration::from_millis(200))),
         &me(),
         &message,
@@ -177,14 +181,14 @@ fn a_waiting_thread_gets_the_lock_when_the_holder_lets_go() {
     for wait in [Wait::Forever, Wait::For(Duration::from_secs(30))] {
         let locks = Locks::new();
         let file = locks.path().join("x.lock");
-        let mut holder = open(&locks);
+        let holder = open(&locks);
         let guard = holder.lock(Wait::No).expect("lock");
 
         let (granted, got) = mpsc::channel::<bool>();
         let (finish, finished) = mpsc::channel::<()>();
         let dir = locks.path().to_path_buf();
         let waiter = std::thread::spawn(move || {
-            let mut lock = FileLock::open(&dir, "x.lock").expect("open in the thread");
+            let lock = FileLock::open(&dir, "x.lock").expect("open in the thread");
             let guard = lock.lock(wait);
             granted.send(guard.is_ok()).expect("report");
             finished.recv().expect("told to finish");
@@ -198,7 +202,11 @@ fn a_waiting_thread_gets_the_lock_when_the_holder_lets_go() {
         drop(guard);
         assert_eq!(got.recv(), Ok(true), "{wait:?}: the waiter got the lock");
         // The thread holds it now.
-        refused(holder.try_lock(), &me(), "Lock file x.lock is held by pid");
+        let holder = refused(
+            open(&locks).try_lock(),
+            &me(),
+            "Lock file x.lock is held by pid",
+        );
         finish.send(()).expect("finish");
         waiter.join().expect("waiter thread");
         holder
@@ -210,13 +218,14 @@ fn a_waiting_thread_gets_the_lock_when_the_holder_lets_go() {
 }
 
 #[test]
-fn dropping_the_file_lock_releases_even_a_forgotten_guard() {
+fn any_thread_may_release_the_lock() {
     let locks = Locks::new();
-    let mut lock = open(&locks);
-    std::mem::forget(lock.try_lock().expect("lock"));
+    let guard = open(&locks).try_lock().expect("lock");
     let mut other = open(&locks);
     assert_eq!(owner_pid(&mut other), std::process::id());
-    drop(lock);
+    std::thread::spawn(move || drop(guard))
+        .join()
+        .expect("releasing thread");
     assert_eq!(other.holder().expect("holder"), FileHolder::Free);
     other.try_lock().expect("free").release().expect("release");
 }
@@ -240,7 +249,7 @@ fn the_api_sees_a_cli_holder_and_the_cli_sees_an_api_holder() {
         ),
         other => panic!("expected hasp run as the owner, got {other:?}"),
     }
-    refused(
+    lock = refused(
         lock.try_lock(),
         &pid.to_string(),
         &format!(
@@ -249,7 +258,7 @@ fn the_api_sees_a_cli_holder_and_the_cli_sees_an_api_holder() {
             Holder::command_line(HOLD)
         ),
     );
-    refused(lock.lock_shared(Wait::No), &pid.to_string(), "Lock file");
+    lock = refused(lock.lock_shared(Wait::No), &pid.to_string(), "Lock file");
     assert_eq!(holder.release().code, 0);
     assert_eq!(lock.holder().expect("holder"), FileHolder::Free);
 
@@ -294,12 +303,12 @@ fn the_api_sees_a_cli_holder_and_the_cli_sees_an_api_holder() {
 #[test]
 fn shared_locks_coexist_and_keep_exclusive_ones_out() {
     let locks = Locks::new();
-    let (mut a, mut b, mut c) = (open(&locks), open(&locks), open(&locks));
+    let (a, b, mut c) = (open(&locks), open(&locks), open(&locks));
     let first = a.lock_shared(Wait::No).expect("first shared");
     let second = b.lock_shared(Wait::No).expect("second shared");
     let anonymous = "Lock file x.lock is held by another process";
-    refused(c.try_lock(), "?", anonymous);
-    refused(
+    c = refused(c.try_lock(), "?", anonymous);
+    c = refused(
         c.lock(Wait::For(Duration::from_millis(200))),
         "?",
         anonymous,
@@ -321,7 +330,7 @@ fn shared_locks_coexist_and_keep_exclusive_ones_out() {
         .assert_refused(1, anonymous);
 
     drop(first);
-    refused(c.try_lock(), "?", anonymous);
+    c = refused(c.try_lock(), "?", anonymous);
     drop(second);
     assert_eq!(c.holder().expect("holder"), FileHolder::Free);
     c.try_lock().expect("free").release().expect("release");
@@ -361,4 +370,22 @@ fn open_refuses_paths_outside_the_dir_or_not_files() {
         Ok(_) => panic!("opened a lock in a missing directory"),
     }
     assert!(!missing.exists());
+}
+
+#[test]
+fn the_one_line_form_works_with_question_marks() -> Result<(), Error> {
+    let locks = Locks::new();
+    let wait = Wait::For(Duration::from_secs(30));
+    let guard = FileLock::open(locks.path(), "deploy.lock")?.lock(wait)?;
+    let refusal = FileLock::open(locks.path(), "deploy.lock")?
+        .try_lock()
+        .map(drop)
+        .map_err(Error::from);
+    assert!(
+        matches!(&refusal, Err(Error::WouldBlock { holder, .. }) if *holder == me()),
+        "{refusal:?}"
+    );
+    drop(guard);
+    drop(FileLock::open(locks.path(), "deploy.lock")?.try_lock()?);
+    Ok(())
 }
