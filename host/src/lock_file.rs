@@ -116,7 +116,7 @@ pub struct LockFailed {
     /// Why the lock was not taken.
     pub error: Error,
     /// The lock file, still open.
-    pub lock: FileLock,
+    pub lock: Box<FileLock>,
 }
 
 impl std::fmt::Debug for LockFailed {
@@ -243,7 +243,10 @@ impl FileLock {
         });
         match acquired {
             Ok(()) => Ok(FileGuard { lock: Some(self) }),
-            Err(error) => Err(LockFailed { error, lock: self }),
+            Err(error) => Err(LockFailed {
+                error,
+                lock: Box::new(self),
+            }),
         }
     }
 

@@ -41,7 +41,7 @@ fn refused(result: Result<FileGuard, LockFailed>, holder: &str, message: &str) -
             assert_eq!(named, holder, "{err:?}");
             assert!(text.starts_with(message), "{text:?} vs {message:?}");
             assert_eq!(err.to_string(), *text);
-            lock
+            *lock
         }
         Err(other) => panic!("expected WouldBlock by {holder}, got {other:?}"),
         Ok(_) => panic!("expected WouldBlock by {holder}, got the lock"),
