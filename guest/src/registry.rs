@@ -94,7 +94,7 @@ impl Registry {
         if let Some((held, _)) = self.holder_of(node)? {
             return Ok(refused(&held.grant.holder));
         }
-        if let Some(holder) = self.conflict(name, node, ancestors, options)? {
+        if let Some(holder) = self.conflict(node, ancestors, options)? {
             return Ok(refused(&holder));
         }
         let mark = match self.disk.fence_mark(node)? {
@@ -138,7 +138,7 @@ impl Registry {
             });
         }
         // (4), (5): on any error from here on, the attempt is withdrawn.
-        let settled = self.settle(name, node, ancestors, options, &mark, &grant);
+        let settled = self.settle(node, ancestors, options, &mark, &grant);
         if !matches!(settled, Ok(Settled::Granted)) {
             self.withdraw(node, ancestors, &grant.token)?;
         }
@@ -152,7 +152,6 @@ impl Registry {
     /// Steps (4) and (5) of a committed attempt.
     fn settle(
         &self,
-        name: &Name,
         node: &str,
         ancestors: &[String],
         options: &LockOptions,
@@ -160,7 +159,7 @@ impl Registry {
         grant: &Grant,
     ) -> Result<Settled, Error> {
         // (4) Re-check related resources now that this attempt is visible.
-        if let Some(holder) = self.conflict(name, node, ancestors, options)? {
+        if let Some(holder) = self.conflict(node, ancestors, options)? {
             return Ok(Settled::Conflict(holder));
         }
         // (5) Claim the fencing number; lose it and the attempt starts over.
@@ -177,7 +176,6 @@ impl Registry {
     /// A held (or being granted) lock that conflicts with locking `name`.
     fn conflict(
         &self,
-        name: &Name,
         node: &str,
         ancestors: &[String],
         options: &LockOptions,
@@ -192,13 +190,13 @@ impl Registry {
             }
         }
         if options.lock_children {
+            // A marker in this node's `.ix` names a descendant by where it
+            // lives; its name is not compared as a string, so a filesystem
+            // that folds case or normalises Unicode still finds it.
             for marked in self.disk.marked(node)? {
                 let Ok(descendant) = Name::parse(&marked) else {
                     continue;
                 };
-                if !is_below(&descendant, name) {
-                    continue;
-                }
                 if let Some((held, _)) = self.holder_of(&descendant.node_path())? {
                     if held.grant.holder.lock_parents {
                         return Ok(Some(held.grant.holder));
@@ -351,14 +349,6 @@ fn refused(holder: &Holder) -> Attempt {
 
 fn ancestor_nodes(name: &Name) -> Vec<String> {
     name.ancestors().map(|a| a.node_path()).collect()
-}
-
-/// Whether `descendant` lies strictly below `ancestor`.
-fn is_below(descendant: &Name, ancestor: &Name) -> bool {
-    descendant
-        .as_str()
-        .strip_prefix(ancestor.as_str())
-        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn age_ms(slot: &Slot) -> u64 {

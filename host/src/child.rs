@@ -1,5 +1,5 @@
-//! Running the command of `hasp run`: spawn it, forward SIGINT and SIGTERM
-//! to it, and report its exit the way a shell does.
+//! Running the command of `hasp run`: spawn it, forward SIGINT, SIGTERM,
+//! SIGHUP and SIGQUIT to it, and report its exit the way a shell does.
 
 use std::io;
 use std::process::Command;
@@ -9,13 +9,19 @@ use std::sync::atomic::{AtomicI32, Ordering};
 static CHILD: AtomicI32 = AtomicI32::new(0);
 /// A signal received and not yet forwarded (0: none).
 static PENDING: AtomicI32 = AtomicI32::new(0);
-const FORWARDED: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
 /// Records the signal, then forwards it if the child is known. Whichever of
 /// this handler and [`run`] (after it learns the pid) takes the pending
 /// signal first forwards it, so a signal arriving on any thread at any
-/// moment reaches the child exactly once.
-extern "C" fn forward(signal: libc::c_int) {
+/// moment reaches the child exactly once. A signal the terminal sent (Ctrl-C,
+/// Ctrl-\, hang-up) already went to the whole foreground process group,
+/// the child included, so it is not sent again.
+extern "C" fn forward(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    if !info.is_null() && unsafe { (*info).si_code } == libc::SI_KERNEL {
+        return;
+    }
     PENDING.store(signal, Ordering::SeqCst);
     deliver(CHILD.load(Ordering::SeqCst));
 }
@@ -52,8 +58,11 @@ pub fn run(argv: &[String]) -> i32 {
             };
         }
     };
-    let status = child.wait();
+    // Wait for the exit without reaping, so that the pid cannot be reused
+    // while the handler may still signal it; then forget it, then reap.
+    wait_for_exit(child.id());
     CHILD.store(0, Ordering::SeqCst);
+    let status = child.wait();
     match status {
         Ok(status) => {
             use std::os::unix::process::ExitStatusExt;
@@ -65,6 +74,21 @@ pub fn run(argv: &[String]) -> i32 {
         Err(err) => {
             eprintln!("hasp: waiting for {program}: {err}");
             1
+        }
+    }
+}
+
+/// Blocks until process `pid` has exited, leaving it to be reaped.
+fn wait_for_exit(pid: u32) {
+    loop {
+        // SAFETY: waitid writes into `info`; WNOWAIT leaves the child
+        // waitable for `Child::wait`.
+        let done = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT)
+        };
+        if done == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
         }
     }
 }
@@ -83,7 +107,7 @@ fn install_forwarding() {
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = forward as *const () as usize;
-            action.sa_flags = libc::SA_RESTART;
+            action.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO;
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(signal, &action, std::ptr::null_mut());
         }

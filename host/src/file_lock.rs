@@ -142,13 +142,24 @@ fn replace_content(file: &File, content: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The strongest flock held on `file` by anyone, read from `/proc/locks`
-/// (Linux) so that asking takes no lock. Elsewhere, a non-blocking try.
+/// The strongest flock held on `file` by anyone. Read from `/proc/locks`
+/// (Linux) so that asking a held file takes no lock; a file that looks free
+/// there, or a system without it, is confirmed with a non-blocking try.
 fn held_mode(file: &File) -> std::io::Result<Option<LockMode>> {
-    use std::os::unix::fs::MetadataExt;
     let Ok(table) = std::fs::read_to_string("/proc/locks") else {
         return held_by_trying(file);
     };
+    match held_in_table(file, &table)? {
+        Some(mode) => Ok(Some(mode)),
+        // /proc/locks can be blind to a holder (another PID namespace, a
+        // btrfs subvolume's device number): make sure before saying free.
+        None => held_by_trying(file),
+    }
+}
+
+/// The strongest flock on `file` listed in a /proc/locks `table`.
+fn held_in_table(file: &File, table: &str) -> std::io::Result<Option<LockMode>> {
+    use std::os::unix::fs::MetadataExt;
     let meta = file.metadata()?;
     let wanted = (
         u64::from(libc::major(meta.dev())),
@@ -205,11 +216,16 @@ fn acquire(file: &Arc<File>, mode: LockMode, timeout: Option<Duration>) -> Resul
     }
     match timeout {
         Some(Duration::ZERO) => Err(LockError::WouldBlock),
-        None => match mode {
-            LockMode::Shared => file.lock_shared(),
-            LockMode::Exclusive => file.lock(),
-        }
-        .map_err(io_error),
+        None => loop {
+            let waited = match mode {
+                LockMode::Shared => file.lock_shared(),
+                LockMode::Exclusive => file.lock(),
+            };
+            match waited {
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other.map_err(io_error),
+            }
+        },
         Some(limit) => acquire_within(file, mode, limit),
     }
 }
@@ -233,20 +249,23 @@ fn acquire_within(file: &Arc<File>, mode: LockMode, limit: Duration) -> Result<(
         let (file, cancelled) = (file.clone(), cancelled.clone());
         std::thread::Builder::new()
             .name("hasp-flock".into())
-            .spawn(move || loop {
-                // SAFETY: flock on a descriptor this thread keeps open (`file`).
-                if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
-                    let _ = done.send(Ok(()));
-                    return;
-                }
-                let err = std::io::Error::last_os_error();
-                if err.kind() != std::io::ErrorKind::Interrupted {
-                    let _ = done.send(Err(io_error(err)));
-                    return;
-                }
-                if cancelled.load(Ordering::SeqCst) {
-                    let _ = done.send(Err(LockError::WouldBlock));
-                    return;
+            .spawn(move || {
+                unblock_wake();
+                loop {
+                    // SAFETY: flock on a descriptor this thread keeps open (`file`).
+                    if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+                        let _ = done.send(Ok(()));
+                        return;
+                    }
+                    let err = std::io::Error::last_os_error();
+                    if err.kind() != std::io::ErrorKind::Interrupted {
+                        let _ = done.send(Err(io_error(err)));
+                        return;
+                    }
+                    if cancelled.load(Ordering::SeqCst) {
+                        let _ = done.send(Err(LockError::WouldBlock));
+                        return;
+                    }
                 }
             })
             .map_err(io_error)?
@@ -271,6 +290,18 @@ fn acquire_within(file: &Arc<File>, mode: LockMode, limit: Duration) -> Result<(
     };
     let _ = waiter.join();
     result
+}
+
+/// Lets [`WAKE`] reach this thread even if the thread that spawned it (an
+/// embedding application's) blocks it.
+fn unblock_wake() {
+    // SAFETY: plain signal-mask manipulation of the calling thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, WAKE);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
 }
 
 fn install_wake_handler() {

@@ -533,6 +533,12 @@ fn sigint_is_forwarded_to_the_command() {
     forwarded(libc::SIGINT, "INT", 4);
 }
 
+#[test]
+fn sighup_and_sigquit_are_forwarded_to_the_command() {
+    forwarded(libc::SIGHUP, "HUP", 5);
+    forwarded(libc::SIGQUIT, "QUIT", 6);
+}
+
 /// Whether `pid` has a handler installed for SIGTERM (/proc/PID/status).
 fn catches_sigterm(pid: u32) -> Option<bool> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
