@@ -173,23 +173,13 @@ fn handoff(kind: Kind, dir: &Path) -> f64 {
                     .expect("lock"),
             ),
         };
-        let mut waiter = spawn_role(kind, "wait-once", &path);
-        let mut lines = BufReader::new(waiter.stdout.take().expect("stdout")).lines();
-        assert_eq!(lines.next().expect("line").expect("read"), "waiting");
-        wait_until_blocked(&path, waiter.id());
+        let waiter = Waiter::asleep(kind, &path);
         let released = monotonic_ns();
         match guard {
             Some(guard) => lock = Some(guard.release().expect("release")),
             None => native.unlock().expect("unlock"),
         }
-        let held: u64 = lines
-            .next()
-            .expect("line")
-            .expect("read")
-            .parse()
-            .expect("ns");
-        waiter.wait().expect("wait");
-        gaps.push(held.saturating_sub(released) as f64 / 1e6);
+        gaps.push(waiter.ms_after(released));
     }
     median(&mut gaps)
 }
@@ -219,23 +209,43 @@ fn after_kill(kind: Kind, dir: &Path) -> f64 {
         let mut holder = spawn_role(kind, "hold", &path);
         let mut held = BufReader::new(holder.stdout.take().expect("stdout")).lines();
         assert_eq!(held.next().expect("line").expect("read"), "held");
-        let mut waiter = spawn_role(kind, "wait-once", &path);
-        let mut lines = BufReader::new(waiter.stdout.take().expect("stdout")).lines();
-        assert_eq!(lines.next().expect("line").expect("read"), "waiting");
-        wait_until_blocked(&path, waiter.id());
+        let waiter = Waiter::asleep(kind, &path);
         let killed = monotonic_ns();
         holder.kill().expect("kill -9");
         holder.wait().expect("reap");
-        let got: u64 = lines
+        gaps.push(waiter.ms_after(killed));
+    }
+    median(&mut gaps)
+}
+
+/// A `wait-once` process, asleep in flock(2) on a held lock.
+struct Waiter {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Waiter {
+    /// Starts one and returns once it really sleeps on `path`.
+    fn asleep(kind: Kind, path: &Path) -> Waiter {
+        let mut child = spawn_role(kind, "wait-once", path);
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        assert_eq!(lines.next().expect("line").expect("read"), "waiting");
+        wait_until_blocked(path, child.id());
+        Waiter { child, lines }
+    }
+
+    /// Milliseconds from `since_ns` (CLOCK_MONOTONIC) until it held the lock.
+    fn ms_after(mut self, since_ns: u64) -> f64 {
+        let held: u64 = self
+            .lines
             .next()
             .expect("line")
             .expect("read")
             .parse()
             .expect("ns");
-        waiter.wait().expect("wait");
-        gaps.push(got.saturating_sub(killed) as f64 / 1e6);
+        self.child.wait().expect("wait");
+        held.saturating_sub(since_ns) as f64 / 1e6
     }
-    median(&mut gaps)
 }
 
 /// Returns once `pid` is blocked in flock(2) on `path` (a `->` entry in
