@@ -129,15 +129,32 @@ fn open_beneath(dir: &cap_std::fs::Dir, path: &str, create: bool) -> Result<File
     }
 }
 
-/// Writes `content` over the start of the file, then cuts the file to its
-/// length if it was longer: the file never passes through empty, and its
-/// pages are reused.
+/// Makes `content` the whole of the file. The current content is read
+/// first: a file that already says exactly this is left alone, and one that
+/// does not is written over from the start and then cut to length if it was
+/// longer. The file never passes through empty, and reading rather than
+/// stat-ing keeps the write cheap (a stat makes the next write stamp a
+/// fine-grained change time).
 fn replace_content(file: &File, content: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
+    let mut current = [0u8; 512];
+    let mut seen = 0;
+    // Read one byte more than `content` holds, to tell "longer" from "equal".
+    let want = (content.len() + 1).min(current.len());
+    while seen < want {
+        match file.read_at(&mut current[seen..want], seen as u64) {
+            Ok(0) => break,
+            Ok(n) => seen += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    if &current[..seen] == content {
+        return Ok(());
+    }
     file.write_all_at(content, 0)?;
-    let len = content.len() as u64;
-    if file.metadata()?.len() != len {
-        file.set_len(len)?;
+    if seen > content.len() || content.len() >= current.len() {
+        file.set_len(content.len() as u64)?;
     }
     Ok(())
 }

@@ -151,6 +151,38 @@ fn acquire_records_the_given_command() {
 }
 
 #[test]
+fn the_record_is_exactly_the_last_exclusive_owner_line() {
+    let locks = Locks::new();
+    let path = locks.path().join("x.lock");
+    // Whatever was in the file before, longer than any owner line, goes.
+    std::fs::write(&path, "x".repeat(5000)).expect("write");
+    let mut lock = open(&locks);
+    let line = |command: &str| {
+        let text = std::fs::read_to_string(&path).expect("read");
+        let prefix = format!("{} {} ", me(), host_name());
+        assert!(text.starts_with(&prefix), "{text:?}");
+        assert!(text.ends_with(&format!(" {command}\n")), "{text:?}");
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+    };
+    for command in ["a-long-command --with many arguments", "short", "", "short"] {
+        lock = lock
+            .acquire(false, Wait::No, command.into())
+            .expect("acquire")
+            .release()
+            .expect("release");
+        if command.is_empty() {
+            let text = std::fs::read_to_string(&path).expect("read");
+            assert!(
+                text.ends_with(" \n") && text.lines().count() == 1,
+                "{text:?}"
+            );
+        } else {
+            line(command);
+        }
+    }
+}
+
+#[test]
 fn a_timed_out_wait_fails_and_leaves_nothing_held() {
     let locks = Locks::new();
     let (holder, mut waiter, third) = (open(&locks), open(&locks), open(&locks));
