@@ -56,6 +56,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the lock directory over HTTP: Locker's API, gocept.lockd's
+    /// XML-RPC and a JSON API (/v1), until SIGINT or SIGTERM
+    Serve(ServeArgs),
     /// Show held locks: all of them, or the one on RESOURCE
     Status {
         /// Resource name; without it, every held lock
@@ -79,6 +82,37 @@ struct RunArgs {
     /// The command to run while holding the lock
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8765", value_name = "HOST:PORT")]
+    addr: String,
+    /// Host part of the address (Locker's --ip)
+    #[arg(long, value_name = "IP")]
+    ip: Option<String>,
+    /// Port part of the address (Locker's --port)
+    #[arg(long, value_name = "PORT")]
+    port: Option<u16>,
+    /// Require `Authorization: Bearer TOKEN`, TOKEN being this file's content
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Allow a non-loopback address without a token (trusted networks only)
+    #[arg(long)]
+    insecure: bool,
+    /// Make every change survive power loss before it is acknowledged
+    #[arg(long)]
+    fsync: bool,
+    /// Guest instances serving requests in parallel [default: 2 per CPU]
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// A request must arrive whole within SECONDS of its first byte
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_timeout)]
+    request_timeout: Duration,
+    /// error, warn, info or debug (one line per request)
+    #[arg(long, default_value = "info", env = "HASP_LOG", value_parser = parse_level)]
+    log: hasp::serve::LogLevel,
 }
 
 #[derive(Args)]
@@ -117,6 +151,7 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
     };
     match cli.command {
         Command::Run(run) => run_locked(&dir, run),
+        Command::Serve(args) => serve(dir, args).map(|()| 0),
         Command::Who { path, json } => {
             let holder = FileLock::holder_of(&dir, &inside(&dir, &path))?;
             print_who(&mut std::io::stdout().lock(), &holder, json)?;
@@ -140,12 +175,85 @@ fn run_locked(dir: &Path, run: RunArgs) -> anyhow::Result<i32> {
     Ok(crate::child::run(&run.command))
 }
 
+/// `hasp serve`: checks the address and the token, then serves.
+fn serve(dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
+    use std::net::ToSocketAddrs;
+    let (mut host, mut port) = match args.addr.rsplit_once(':') {
+        Some((h, p)) => (
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.parse::<u16>().map_err(|_| Error::InvalidInput {
+                message: format!("--addr {:?}: the port is not a number", args.addr),
+            })?,
+        ),
+        None => anyhow::bail!("--addr {:?} must be HOST:PORT", args.addr),
+    };
+    if let Some(ip) = args.ip {
+        host = ip;
+    }
+    if let Some(p) = args.port {
+        port = p;
+    }
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{host} resolves to no address"))?;
+    let token = match &args.token_file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("cannot read --token-file {}: {e}", file.display()))?;
+            let token = text.trim().to_string();
+            if token.is_empty() {
+                anyhow::bail!("--token-file {} is empty", file.display());
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    if !addr.ip().is_loopback() && token.is_none() && !args.insecure {
+        anyhow::bail!(
+            "refusing to serve {addr} without a token: anyone who can reach it could take and \
+             break locks. Pass --token-file FILE (clients send `Authorization: Bearer TOKEN`), \
+             or --insecure on a trusted network"
+        );
+    }
+    let workers = args
+        .workers
+        .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, |n| n.get()));
+    hasp::serve::serve(hasp::serve::ServeConfig {
+        dir,
+        addr,
+        token,
+        fsync: args.fsync,
+        workers,
+        limits: hasp::serve::Limits {
+            request_timeout: args.request_timeout,
+            ..hasp::serve::Limits::default()
+        },
+        log: args.log,
+    })?;
+    Ok(())
+}
+
+fn parse_level(text: &str) -> Result<hasp::serve::LogLevel, String> {
+    use hasp::serve::LogLevel;
+    match text {
+        "error" => Ok(LogLevel::Error),
+        "warn" => Ok(LogLevel::Warn),
+        "info" => Ok(LogLevel::Info),
+        "debug" => Ok(LogLevel::Debug),
+        other => Err(format!("{other:?} is not one of error, warn, info, debug")),
+    }
+}
+
 /// The registry commands: lock, unlock, status.
 fn registry_command(dir: &Path, command: Command) -> anyhow::Result<()> {
     let mut registry = Registry::open(dir)?;
     let mut out = std::io::stdout().lock();
     match command {
-        Command::Run(_) | Command::Who { .. } => unreachable!("not registry commands"),
+        Command::Run(_) | Command::Who { .. } | Command::Serve(_) => {
+            unreachable!("not registry commands")
+        }
         Command::Lock {
             resource,
             options,

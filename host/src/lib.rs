@@ -33,6 +33,7 @@ mod file_lock;
 mod lock_file;
 mod registry;
 mod runtime;
+pub mod serve;
 
 pub use error::Error;
 pub use lock_file::{FileGuard, FileHolder, FileLock, LockFailed, Owner, Wait};

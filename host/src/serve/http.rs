@@ -1,0 +1,361 @@
+//! Just enough HTTP/1.1 for the lock doors: reads one request at a time from
+//! a connection under hard limits, and writes complete responses. Anything
+//! over a limit or malformed becomes a JSON error response, never a dropped
+//! connection.
+
+use serde_json::json;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Caps on what one request may be.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Request line and headers together, in bytes.
+    pub head_bytes: usize,
+    /// The request target (path and query), in bytes.
+    pub target_bytes: usize,
+    /// The body, in bytes.
+    pub body_bytes: usize,
+    /// From a request's first byte to its last.
+    pub request_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            head_bytes: 16 * 1024,
+            target_bytes: 4096,
+            body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One parsed request.
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    /// The path, still percent-encoded.
+    pub path: String,
+    /// The query string without `?`, still encoded.
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Whether the client keeps the connection open after this request.
+    pub keep_alive: bool,
+}
+
+impl Request {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The decoded value of query parameter `key` (`+` reads as a space).
+    pub fn param(&self, key: &str) -> Option<String> {
+        self.query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k, true).as_deref() == Some(key)).then(|| decode(v, true))?
+        })
+    }
+}
+
+/// A response, written whole.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+        let mut body = serde_json::to_vec(value).unwrap_or_default();
+        body.push(b'\n');
+        Response {
+            status,
+            content_type: "application/json",
+            body,
+        }
+    }
+
+    /// `{"error": {"code": ..., "message": ...}}`.
+    pub fn error(status: u16, code: &str, message: &str) -> Response {
+        Response::json(
+            status,
+            &json!({"error": {"code": code, "message": message}}),
+        )
+    }
+
+    pub fn text(status: u16, content_type: &'static str, body: String) -> Response {
+        Response {
+            status,
+            content_type,
+            body: body.into_bytes(),
+        }
+    }
+}
+
+/// Why no request came.
+pub enum ReadError {
+    /// The client closed, went idle for too long, or the server is
+    /// stopping between requests: close quietly.
+    Closed,
+    /// The request was refused; answer with this, then close.
+    Reject(Response),
+}
+
+/// Percent-decodes `text` (and `+` as a space when `plus` is set); `None`
+/// for a bad escape or bytes that are not UTF-8.
+pub fn decode(text: &str, plus: bool) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' if plus => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Reads requests off one connection, keeping bytes that arrive early
+/// (pipelining) for the next request.
+pub struct Connection {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    limits: Limits,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, limits: Limits) -> Connection {
+        Connection {
+            stream,
+            buf: Vec::with_capacity(1024),
+            limits,
+        }
+    }
+
+    /// The next request. Between requests it also gives up when `stopping`
+    /// turns true; once a request has begun, it is read to the end.
+    pub async fn next(
+        &mut self,
+        stopping: &mut watch::Receiver<bool>,
+    ) -> Result<Request, ReadError> {
+        if self.buf.is_empty() {
+            if *stopping.borrow() {
+                return Err(ReadError::Closed);
+            }
+            tokio::select! {
+                read = tokio::time::timeout(self.limits.idle_timeout, self.fill()) => {
+                    match read {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return Err(ReadError::Closed),
+                    }
+                }
+                _ = stopping.changed() => return Err(ReadError::Closed),
+            }
+        }
+        let deadline = Instant::now() + self.limits.request_timeout;
+        match tokio::time::timeout_at(deadline, self.read_request()).await {
+            Ok(result) => result,
+            Err(_) => Err(ReadError::Reject(Response::error(
+                408,
+                "timeout",
+                "the request did not arrive in time",
+            ))),
+        }
+    }
+
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).await?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Fills until the head and body are complete; `Closed` if the client
+    /// goes away half way.
+    async fn read_request(&mut self) -> Result<Request, ReadError> {
+        let head_len = loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                break end + 4;
+            }
+            let line_end = find(&self.buf, b"\r\n").unwrap_or(self.buf.len());
+            if line_end > self.limits.target_bytes + 32 {
+                return Err(reject(
+                    414,
+                    "uri-too-long",
+                    "the request target is too long",
+                ));
+            }
+            if self.buf.len() > self.limits.head_bytes {
+                return Err(reject(
+                    431,
+                    "headers-too-large",
+                    "the request headers are too large",
+                ));
+            }
+            match self.fill().await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(ReadError::Closed),
+            }
+        };
+        if head_len > self.limits.head_bytes {
+            return Err(reject(
+                431,
+                "headers-too-large",
+                "the request headers are too large",
+            ));
+        }
+        let mut request = self.parse_head(head_len)?;
+        if request.header("transfer-encoding").is_some() {
+            return Err(reject(
+                411,
+                "length-required",
+                "send the body with a Content-Length",
+            ));
+        }
+        let length = match request.header("content-length") {
+            None => 0,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| reject(400, "bad-request", "Content-Length is not a number"))?,
+        };
+        if length > self.limits.body_bytes {
+            return Err(reject(
+                413,
+                "body-too-large",
+                "the request body is too large",
+            ));
+        }
+        while self.buf.len() < head_len + length {
+            match self.fill().await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(ReadError::Closed),
+            }
+        }
+        request.body = self.buf[head_len..head_len + length].to_vec();
+        self.buf.drain(..head_len + length);
+        Ok(request)
+    }
+
+    fn parse_head(&self, head_len: usize) -> Result<Request, ReadError> {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&self.buf[..head_len]) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(reject(431, "headers-too-large", "too many request headers"))
+            }
+            _ => return Err(reject(400, "bad-request", "malformed HTTP request")),
+        }
+        let (Some(method), Some(target), Some(version)) =
+            (parsed.method, parsed.path, parsed.version)
+        else {
+            return Err(reject(400, "bad-request", "malformed HTTP request"));
+        };
+        if target.len() > self.limits.target_bytes {
+            return Err(reject(
+                414,
+                "uri-too-long",
+                "the request target is too long",
+            ));
+        }
+        let headers: Vec<(String, String)> = parsed
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let connection = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .map(|(_, v)| v.to_ascii_lowercase());
+        let keep_alive = match (version, connection.as_deref()) {
+            (_, Some(c)) if c.contains("close") => false,
+            (0, Some(c)) => c.contains("keep-alive"),
+            (0, None) => false,
+            _ => true,
+        };
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        Ok(Request {
+            method: method.to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+            headers,
+            body: Vec::new(),
+            keep_alive,
+        })
+    }
+
+    /// Writes `response`; `close` adds `Connection: close`.
+    pub async fn send(&mut self, response: &Response, close: bool) -> std::io::Result<()> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
+            response.status,
+            reason(response.status),
+            response.content_type,
+            response.body.len(),
+            if close { "Connection: close\r\n" } else { "" },
+        )
+        .into_bytes();
+        out.extend_from_slice(&response.body);
+        self.stream.write_all(&out).await
+    }
+}
+
+fn reject(status: u16, code: &str, message: &str) -> ReadError {
+    ReadError::Reject(Response::error(status, code, message))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}

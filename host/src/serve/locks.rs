@@ -1,0 +1,163 @@
+//! The lock calls every door shares: run on the worker pool, made durable
+//! under `--fsync`, counted, and announced to waiters. The rules stay in the
+//! guest; this only carries calls and results.
+
+use super::durable::Syncer;
+use super::http::Response;
+use super::metrics::{Metrics, Outcome};
+use super::pool::Pool;
+use crate::{Error, Grant, Holder, LockOptions, UnlockKey};
+use serde_json::json;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How often a call that found the disk in flux (`busy`) is tried again.
+const BUSY_RETRIES: usize = 3;
+/// A waiting lock retries at least this often, for releases made by other
+/// processes (a release through this server wakes it at once).
+const POLL: Duration = Duration::from_millis(20);
+
+/// The served registry.
+pub struct Locks {
+    pool: Pool,
+    syncer: Option<Syncer>,
+    pub metrics: Metrics,
+    released: Notify,
+}
+
+impl Locks {
+    pub fn new(pool: Pool, syncer: Option<Syncer>) -> Locks {
+        Locks {
+            pool,
+            syncer,
+            metrics: Metrics::default(),
+            released: Notify::new(),
+        }
+    }
+
+    /// Takes a lock at once or is refused.
+    pub async fn lock(&self, resource: String, options: LockOptions) -> Result<Grant, Error> {
+        let result = self
+            .pool
+            .run(move |registry| retry_busy(|| registry.lock(&resource, &options)))
+            .await
+            .and_then(|r| r);
+        if result.is_ok() {
+            self.durable().await;
+        }
+        self.count(&result, Outcome::Granted);
+        result
+    }
+
+    /// Takes a lock, waiting up to `wait` for it to be free.
+    pub async fn lock_waiting(
+        &self,
+        resource: String,
+        options: LockOptions,
+        wait: Duration,
+    ) -> Result<Grant, Error> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // Listen before trying, so a release right after the try wakes us.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match self.lock(resource.clone(), options.clone()).await {
+                Err(Error::AlreadyLocked { .. }) if Instant::now() < deadline => {}
+                other => return other,
+            }
+            let next = (Instant::now() + POLL).min(deadline);
+            tokio::select! {
+                _ = released => {}
+                _ = tokio::time::sleep_until(next) => {}
+            }
+        }
+    }
+
+    /// Releases a lock held by `key`; returns what was held.
+    pub async fn unlock(&self, resource: String, key: UnlockKey) -> Result<Holder, Error> {
+        let result = self
+            .pool
+            .run(move |registry| retry_busy(|| registry.unlock(&resource, &key)))
+            .await
+            .and_then(|r| r);
+        if result.is_ok() {
+            self.durable().await;
+            self.released.notify_waiters();
+        }
+        self.count(&result, Outcome::Released);
+        result
+    }
+
+    /// The lock on `resource`, if granted.
+    pub async fn status(&self, resource: String) -> Result<Option<Holder>, Error> {
+        let result = self
+            .pool
+            .run(move |registry| retry_busy(|| registry.status(&resource)))
+            .await
+            .and_then(|r| r);
+        if result.is_err() {
+            self.metrics.outcome(Outcome::Failed);
+        }
+        result
+    }
+
+    /// Every granted lock at or below `prefix`.
+    pub async fn list(&self, prefix: String) -> Result<Vec<Holder>, Error> {
+        let result = self
+            .pool
+            .run(move |registry| retry_busy(|| registry.list(&prefix)))
+            .await
+            .and_then(|r| r);
+        if result.is_err() {
+            self.metrics.outcome(Outcome::Failed);
+        }
+        result
+    }
+
+    async fn durable(&self) {
+        if let Some(syncer) = &self.syncer {
+            syncer.durable().await;
+        }
+    }
+
+    fn count<T>(&self, result: &Result<T, Error>, success: Outcome) {
+        self.metrics.outcome(match result {
+            Ok(_) => success,
+            Err(e) if e.is_refusal() => Outcome::Refused,
+            Err(_) => Outcome::Failed,
+        });
+    }
+}
+
+fn retry_busy<T>(mut call: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let mut tries = 0;
+    loop {
+        match call() {
+            Err(Error::Busy { .. }) if tries < BUSY_RETRIES => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+/// The JSON error response for `err`: status, code, message, and the holder
+/// when there is one.
+pub fn error_response(err: &Error) -> Response {
+    let (status, code, holder) = match err {
+        Error::AlreadyLocked { holder, .. } => (409, "already-locked", Some(holder)),
+        Error::NotOwner { holder, .. } => (403, "not-owner", Some(holder)),
+        Error::NotLocked { .. } => (404, "not-locked", None),
+        Error::InvalidInput { .. } => (400, "invalid-input", None),
+        Error::Busy { .. } => (503, "busy", None),
+        Error::CorruptRecord { .. } => (500, "corrupt-record", None),
+        Error::WouldBlock { holder, .. } => (409, "would-block", Some(holder)),
+        Error::Storage { .. } | Error::Directory { .. } => (500, "storage", None),
+        Error::Trap(_) | Error::Runtime(_) => (500, "internal", None),
+    };
+    let mut error = json!({"code": code, "message": err.to_string()});
+    if let Some(holder) = holder {
+        error["holder"] = json!(holder);
+    }
+    Response::json(status, &json!({ "error": error }))
+}

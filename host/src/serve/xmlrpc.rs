@@ -1,0 +1,260 @@
+//! gocept.lockd's door: XML-RPC `lock(resource, client)` and
+//! `unlock(resource, client)`. Success is `True` (a default
+//! `xmlrpc.client.ServerProxy` cannot read `None`); every refusal is a Fault
+//! whose faultString is gocept.lockd's exact message.
+
+use super::http::Response;
+use super::locks::Locks;
+use crate::{Error, LockOptions, UnlockKey};
+use quick_xml::events::Event;
+use quick_xml::Reader;
+
+/// faultCode of a refusal by the lock rules.
+const REFUSED: i32 = 1;
+/// faultCode of bad input (a resource or client name the rules reject).
+const INVALID: i32 = 2;
+/// faultCode of a failure of the server or its storage.
+const FAILED: i32 = 3;
+const PARSE_ERROR: i32 = -32700;
+const NO_SUCH_METHOD: i32 = -32601;
+const BAD_PARAMS: i32 = -32602;
+
+/// Answers one XML-RPC call.
+pub async fn handle(locks: &Locks, body: &[u8]) -> Response {
+    let (method, params) = match parse_call(body) {
+        Ok(call) => call,
+        Err(why) => return fault(PARSE_ERROR, &format!("parse error: {why}")),
+    };
+    match method.as_str() {
+        "lock" | "unlock" => {
+            let [Param::Str(resource), Param::Str(client)] = params.as_slice() else {
+                return fault(
+                    BAD_PARAMS,
+                    &format!("{method}(resource, client) takes two strings"),
+                );
+            };
+            let (resource, client) = (resource.clone(), client.clone());
+            let outcome = if method == "lock" {
+                locks
+                    .lock(resource, LockOptions::client(client))
+                    .await
+                    .map(|_| ())
+            } else {
+                locks
+                    .unlock(resource, UnlockKey::Client(client))
+                    .await
+                    .map(|_| ())
+            };
+            match outcome {
+                Ok(()) => success("<boolean>1</boolean>"),
+                Err(err) => {
+                    let code = match &err {
+                        e if e.is_refusal() => REFUSED,
+                        Error::InvalidInput { .. } => INVALID,
+                        _ => FAILED,
+                    };
+                    fault(code, &err.to_string())
+                }
+            }
+        }
+        "system.listMethods" => success(
+            "<array><data><value><string>lock</string></value><value><string>unlock</string></value>\
+             <value><string>system.listMethods</string></value></data></array>",
+        ),
+        other => fault(NO_SUCH_METHOD, &format!("no such method: {other}")),
+    }
+}
+
+/// A call parameter: a string, or something else (named by its type).
+#[derive(Debug, PartialEq)]
+enum Param {
+    Str(String),
+    Other,
+}
+
+/// Where the reader is in a `<methodCall>`.
+#[derive(PartialEq)]
+enum Place {
+    /// `methodCall`
+    Call,
+    /// `methodCall/methodName`
+    MethodName,
+    /// `methodCall/params/param`
+    Param,
+    /// `methodCall/params/param/value`
+    Value,
+    /// `methodCall/params/param/value/string`
+    Typed,
+    Elsewhere,
+}
+
+fn place(path: &[String]) -> Place {
+    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+    match p.as_slice() {
+        ["methodCall"] => Place::Call,
+        ["methodCall", "methodName"] => Place::MethodName,
+        ["methodCall", "params", "param"] => Place::Param,
+        ["methodCall", "params", "param", "value"] => Place::Value,
+        ["methodCall", "params", "param", "value", "string"] => Place::Typed,
+        _ => Place::Elsewhere,
+    }
+}
+
+/// The parameter being read: text directly in `<value>`, text in its
+/// `<string>`, and the name of its first child element, if any.
+#[derive(Default)]
+struct Value {
+    bare: String,
+    typed: String,
+    child: Option<String>,
+}
+
+impl Value {
+    fn finish(self) -> Param {
+        match self.child.as_deref() {
+            None => Param::Str(self.bare),
+            Some("string") => Param::Str(self.typed),
+            Some(_) => Param::Other,
+        }
+    }
+}
+
+/// Reads `<methodCall>`: the method name and its top-level parameters.
+fn parse_call(body: &[u8]) -> Result<(String, Vec<Param>), String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
+    let mut reader = Reader::from_str(text);
+    let mut path: Vec<String> = Vec::new();
+    let mut method: Option<String> = None;
+    let mut name_text = String::new();
+    let mut params = Vec::new();
+    let mut value = Value::default();
+    let mut saw_root = false;
+    loop {
+        let event = reader.read_event().map_err(|e| e.to_string())?;
+        let (opened, closes) = match &event {
+            Event::Start(e) => (Some(e.name()), false),
+            Event::Empty(e) => (Some(e.name()), true),
+            _ => (None, false),
+        };
+        if let Some(name) = opened {
+            let name = String::from_utf8_lossy(name.as_ref()).into_owned();
+            if path.is_empty() {
+                if name != "methodCall" || saw_root {
+                    return Err(format!("expected one <methodCall>, found <{name}>"));
+                }
+                saw_root = true;
+            }
+            match place(&path) {
+                Place::Param if name == "value" => value = Value::default(),
+                Place::Value => {
+                    value.child.get_or_insert_with(|| name.clone());
+                }
+                _ => {}
+            }
+            path.push(name);
+            if !closes {
+                continue;
+            }
+        }
+        let text = match event {
+            Event::Start(_) => None,
+            Event::Empty(_) | Event::End(_) => {
+                let name = path.pop().unwrap_or_default();
+                match place(&path) {
+                    Place::Call if name == "methodName" => {
+                        method = Some(std::mem::take(&mut name_text).trim().to_string())
+                    }
+                    Place::Param if name == "value" => {
+                        params.push(std::mem::take(&mut value).finish())
+                    }
+                    _ => {}
+                }
+                None
+            }
+            Event::Text(e) => Some(e.decode().map_err(|e| e.to_string())?.into_owned()),
+            Event::CData(e) => Some(e.decode().map_err(|e| e.to_string())?.into_owned()),
+            Event::GeneralRef(e) => {
+                Some(match e.resolve_char_ref().map_err(|e| e.to_string())? {
+                    Some(c) => c.to_string(),
+                    None => {
+                        let name = e.decode().map_err(|e| e.to_string())?;
+                        quick_xml::escape::resolve_xml_entity(&name)
+                            .ok_or_else(|| format!("unknown entity &{name};"))?
+                            .to_string()
+                    }
+                })
+            }
+            Event::Eof => break,
+            Event::Decl(_) | Event::Comment(_) | Event::PI(_) | Event::DocType(_) => None,
+        };
+        if let Some(text) = text {
+            match place(&path) {
+                Place::MethodName => name_text.push_str(&text),
+                Place::Value => value.bare.push_str(&text),
+                Place::Typed => value.typed.push_str(&text),
+                _ => {}
+            }
+        }
+    }
+    if !path.is_empty() || !saw_root {
+        return Err("the document is incomplete".into());
+    }
+    let method = method.ok_or("no <methodName>")?;
+    Ok((method, params))
+}
+
+fn success(value: &str) -> Response {
+    xml(format!(
+        "<?xml version=\"1.0\"?>\n<methodResponse><params><param><value>{value}</value></param></params></methodResponse>\n"
+    ))
+}
+
+fn fault(code: i32, message: &str) -> Response {
+    xml(format!(
+        "<?xml version=\"1.0\"?>\n<methodResponse><fault><value><struct>\
+         <member><name>faultCode</name><value><int>{code}</int></value></member>\
+         <member><name>faultString</name><value><string>{}</string></value></member>\
+         </struct></value></fault></methodResponse>\n",
+        escape(message)
+    ))
+}
+
+fn xml(body: String) -> Response {
+    Response::text(200, "text/xml", body)
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_strings_typed_and_bare() {
+        let call = b"<?xml version='1.0'?><methodCall><methodName>lock</methodName><params>\
+            <param><value><string>a &amp; b&#33;</string></value></param>\
+            <param><value>bare</value></param><param><value><int>3</int></value></param>\
+            </params></methodCall>";
+        let (method, params) = parse_call(call).expect("parses");
+        assert_eq!(method, "lock");
+        assert_eq!(
+            params,
+            vec![
+                Param::Str("a & b!".into()),
+                Param::Str("bare".into()),
+                Param::Other
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_call() {
+        assert!(parse_call(b"<methodCall><methodName>x</methodName>").is_err());
+        assert!(parse_call(b"not xml").is_err());
+        assert!(parse_call(b"<other/>").is_err());
+    }
+}
