@@ -12,4 +12,5 @@ mod race;
 mod recovery;
 mod run;
 mod runtime;
+mod serve;
 mod tokens;

@@ -1,0 +1,1484 @@
+//! `hasp serve`: the HTTP daemon, through real clients on real sockets —
+//! Python's `urllib` for Locker's HTTP API, Python's `xmlrpc.client` for
+//! gocept.lockd's XML-RPC, raw TCP for the JSON API's edges and for requests
+//! no polite client would send.
+
+use crate::support::{Locks, Run};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long anything may take before a test gives up: a guard against
+/// hanging, not a measure of speed.
+const GUARD: Duration = Duration::from_secs(60);
+
+/// What a server has printed on stderr so far, and whether it is done.
+#[derive(Default)]
+struct Stderr {
+    state: Mutex<(String, bool)>,
+    grew: Condvar,
+}
+
+impl Stderr {
+    fn text(&self) -> String {
+        self.state.lock().expect("stderr lock").0.clone()
+    }
+
+    /// Waits until `what` holds for the text so far; false if the stream
+    /// ended or the guard ran out first.
+    fn wait_for(&self, what: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + GUARD;
+        let mut state = self.state.lock().expect("stderr lock");
+        loop {
+            if what(&state.0) {
+                return true;
+            }
+            let now = Instant::now();
+            if state.1 || now >= deadline {
+                return false;
+            }
+            state = self
+                .grew
+                .wait_timeout(state, deadline - now)
+                .expect("stderr lock")
+                .0;
+        }
+    }
+}
+
+/// A running `hasp --dir DIR serve --addr ADDR ...`, killed when dropped.
+struct Server {
+    child: Option<Child>,
+    pid: u32,
+    /// Where to connect (loopback when the server listens on every address).
+    addr: SocketAddr,
+    stderr: Arc<Stderr>,
+    drain: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// `hasp --dir <locks> serve --addr 127.0.0.1:0 EXTRA...`, once it listens.
+    #[track_caller]
+    fn start(locks: &Locks, extra: &[&str]) -> Server {
+        Server::start_at(locks, "127.0.0.1:0", extra)
+    }
+
+    #[track_caller]
+    fn start_at(locks: &Locks, addr: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["serve", "--addr", addr];
+        args.extend_from_slice(extra);
+        let mut child = locks
+            .command(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hasp serve");
+        let pid = child.id();
+        let stderr = Arc::new(Stderr::default());
+        let pipe = child.stderr.take().expect("piped stderr");
+        let shared = Arc::clone(&stderr);
+        let drain = std::thread::spawn(move || {
+            let mut pipe = BufReader::new(pipe);
+            loop {
+                let mut line = String::new();
+                let read = pipe.read_line(&mut line);
+                let mut state = shared.state.lock().expect("stderr lock");
+                state.0.push_str(&line);
+                let done = !matches!(read, Ok(n) if n > 0);
+                state.1 = done;
+                shared.grew.notify_all();
+                if done {
+                    return;
+                }
+            }
+        });
+        let mut server = Server {
+            child: Some(child),
+            pid,
+            addr: "127.0.0.1:1".parse().expect("placeholder"),
+            stderr,
+            drain: Some(drain),
+        };
+        const MARK: &str = "listening on http://";
+        if !server.stderr.wait_for(|text| text.contains(MARK)) {
+            let child = server.child.as_mut().expect("child");
+            let _ = child.kill();
+            let status = child.wait().expect("wait for hasp serve");
+            panic!(
+                "hasp {args:?} never said it was listening ({status}); stderr:\n{}",
+                server.stderr.text()
+            );
+        }
+        let text = server.stderr.text();
+        let after = &text[text.find(MARK).expect("mark") + MARK.len()..];
+        let shown = after.split_whitespace().next().expect("an address");
+        let mut addr: SocketAddr = shown
+            .parse()
+            .unwrap_or_else(|e| panic!("bad address {shown:?} ({e}) in {text:?}"));
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        server.addr = addr;
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.text()
+    }
+
+    /// A fresh connection, with generous read and write timeouts as guards.
+    fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connect to hasp serve");
+        stream.set_read_timeout(Some(GUARD)).expect("timeout");
+        stream.set_write_timeout(Some(GUARD)).expect("timeout");
+        stream
+    }
+
+    /// Sends `raw` on a fresh connection and reads one response. A failed
+    /// write is tolerated (the server may answer and close before reading
+    /// everything); only a missing response fails.
+    #[track_caller]
+    fn send(&self, raw: &[u8]) -> Response {
+        let mut stream = self.connect();
+        let wrote = stream.write_all(raw);
+        let mut reader = BufReader::new(stream);
+        read_response(&mut reader)
+            .unwrap_or_else(|e| panic!("no response ({e}; write: {wrote:?}) to {}", show(raw)))
+    }
+
+    #[track_caller]
+    fn get(&self, path: &str) -> (u16, String) {
+        let got = self.send(&request("GET", path, &[], None));
+        (got.status, got.body)
+    }
+
+    #[track_caller]
+    fn post(&self, path: &str, body: &str) -> (u16, String) {
+        let got = self.send(&request("POST", path, &[], Some(body)));
+        (got.status, got.body)
+    }
+
+    #[track_caller]
+    fn get_json(&self, path: &str) -> (u16, Value) {
+        let got = self.send(&request("GET", path, &[], None));
+        (got.status, got.json())
+    }
+
+    #[track_caller]
+    fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let got = self.send(&request("POST", path, &[], Some(&body.to_string())));
+        (got.status, got.json())
+    }
+
+    /// GETs each path in turn with Python's urllib; the status and JSON body
+    /// of each.
+    #[track_caller]
+    fn urllib(&self, paths: &[&str]) -> Vec<(u16, Value)> {
+        let urls: Vec<String> = paths.iter().map(|p| self.url(p)).collect();
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        let got = python(URLLIB, &urls);
+        got.as_array()
+            .expect("a list")
+            .iter()
+            .map(|pair| {
+                let status = pair[0].as_u64().expect("a status") as u16;
+                (status, pair[1].clone())
+            })
+            .collect()
+    }
+
+    /// Stops the server with `signal` and waits for it: its exit status and
+    /// everything it printed on stderr.
+    #[track_caller]
+    fn stop(mut self, signal: libc::c_int) -> (ExitStatus, String) {
+        let child = self.child.take().expect("running");
+        // SAFETY: kill(2) on a child process this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(self.pid as i32, signal) }, 0);
+        let status = wait_guarded(child);
+        self.drain.take().expect("drain").join().expect("drain");
+        (status, self.stderr.text())
+    }
+
+    /// SIGKILL: no chance to clean up.
+    fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill hasp serve");
+        child.wait().expect("wait for hasp serve");
+        self.drain.take().expect("drain").join().expect("drain");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.join();
+        }
+    }
+}
+
+/// Waits for `child`; kills it and fails if the guard runs out.
+#[track_caller]
+fn wait_guarded(mut child: Child) -> ExitStatus {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait().expect("wait"));
+    });
+    rx.recv_timeout(GUARD).unwrap_or_else(|_| {
+        // SAFETY: kill(2) on a child process this test started; its waiter
+        // thread has not reaped it (it would have reported).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        panic!("pid {pid} did not exit within {GUARD:?}");
+    })
+}
+
+/// Runs `cmd` to completion with piped output; kills it and fails if the
+/// guard runs out.
+#[track_caller]
+fn finish(cmd: &mut Command) -> Run {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output().expect("wait"));
+    });
+    match rx.recv_timeout(GUARD) {
+        Ok(out) => Run::from(out),
+        Err(_) => {
+            // SAFETY: kill(2) on a child process this test started and whose
+            // waiter has not reported, so it is not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{cmd:?} did not finish within {GUARD:?}");
+        }
+    }
+}
+
+/// GETs every URL in argv with urllib; prints [[status, json body], ...].
+const URLLIB: &str = r#"
+import json, sys, urllib.error, urllib.request
+out = []
+for url in sys.argv[1:]:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            out.append([r.status, json.loads(r.read())])
+    except urllib.error.HTTPError as e:
+        out.append([e.code, json.loads(e.read())])
+print(json.dumps(out))
+"#;
+
+/// Calls [[method, params...], ...] (argv[2], JSON) through a default
+/// ServerProxy on argv[1]; prints one {"result"|"fault"|"http": ...} each.
+const XMLRPC: &str = r#"
+import json, sys, xmlrpc.client
+proxy = xmlrpc.client.ServerProxy(sys.argv[1])
+out = []
+for name, *params in json.loads(sys.argv[2]):
+    try:
+        out.append({"result": getattr(proxy, name)(*params)})
+    except xmlrpc.client.Fault as f:
+        out.append({"fault": [f.faultCode, f.faultString]})
+    except xmlrpc.client.ProtocolError as e:
+        out.append({"http": e.errcode})
+print(json.dumps(out))
+"#;
+
+/// POSTs argv[2] to argv[1] with urllib and parses the answer with
+/// xmlrpc.client.loads; prints {"status", "result"|"fault"}.
+const XMLRPC_RAW: &str = r#"
+import json, sys, urllib.error, urllib.request, xmlrpc.client
+req = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(),
+                             headers={"Content-Type": "text/xml"})
+try:
+    with urllib.request.urlopen(req, timeout=60) as r:
+        status, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    print(json.dumps({"status": e.code}))
+    sys.exit(0)
+try:
+    params, method = xmlrpc.client.loads(body)
+    print(json.dumps({"status": status, "result": list(params)}))
+except xmlrpc.client.Fault as f:
+    print(json.dumps({"status": status, "fault": [f.faultCode, f.faultString]}))
+"#;
+
+#[track_caller]
+fn python(script: &str, args: &[&str]) -> Value {
+    let run = finish(Command::new("python3").arg("-c").arg(script).args(args));
+    assert_eq!(run.code, 0, "python3 {args:?}: {run:?}");
+    serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("python3 printed no JSON ({e}): {run:?}"))
+}
+
+/// `calls` through xmlrpc.client.ServerProxy(url).
+#[track_caller]
+fn xmlrpc(url: &str, calls: Value) -> Vec<Value> {
+    let got = python(XMLRPC, &[url, &calls.to_string()]);
+    got.as_array().expect("a list").clone()
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Response {
+    #[track_caller]
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        let found = self
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name));
+        found.map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one HTTP/1.x response: by its Content-Length, else to end of stream.
+fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
+    }
+    let mut parts = line.split_whitespace();
+    let version = parts.next().unwrap_or_default();
+    let status = parts.next().and_then(|s| s.parse::<u16>().ok());
+    let status = match status {
+        Some(status) if version.starts_with("HTTP/1.") => status,
+        _ => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad status line {line:?}"),
+            ))
+        }
+    };
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        headers.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    let length = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse::<usize>().expect("numeric Content-Length"));
+    let mut body = Vec::new();
+    match length {
+        Some(n) => {
+            body.resize(n, 0);
+            reader.read_exact(&mut body)?;
+        }
+        None => {
+            reader.read_to_end(&mut body)?;
+        }
+    }
+    let body = String::from_utf8_lossy(&body).into_owned();
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// An HTTP/1.1 request with `Connection: close` (and Content-Length for a
+/// body).
+fn request(method: &str, target: &str, headers: &[(&str, &str)], body: Option<&str>) -> Vec<u8> {
+    let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: hasp.test\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        raw.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(body) = body {
+        raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    raw.push_str("\r\n");
+    raw.push_str(body.unwrap_or(""));
+    raw.into_bytes()
+}
+
+/// `raw` for a failure message, shortened.
+fn show(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    match text.char_indices().nth(200) {
+        Some((at, _)) => format!("{:?}... ({} bytes)", &text[..at], raw.len()),
+        None => format!("{text:?}"),
+    }
+}
+
+/// Asserts a JSON error response: `status`, `{"error": {"code": code,
+/// "message": non-empty}}`.
+#[track_caller]
+fn assert_error(got: &(u16, Value), status: u16, code: &str) {
+    assert_eq!(
+        (got.0, &got.1["error"]["code"]),
+        (status, &json!(code)),
+        "{got:?}"
+    );
+    let message = got.1["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "no message: {got:?}");
+}
+
+/// Parses `response` as a JSON error of `status` and `code`.
+#[track_caller]
+fn assert_error_response(response: &Response, status: u16, code: &str) {
+    assert_error(&(response.status, response.json()), status, code);
+}
+
+#[track_caller]
+fn healthy(server: &Server) {
+    assert_eq!(server.get_json("/healthz"), (200, json!({"ok": true})));
+}
+
+/// The resources held, as the CLI sees them.
+fn held(locks: &Locks) -> Vec<String> {
+    let all = locks.json(&["status", "--json"]);
+    let all = all.as_array().expect("a list").iter();
+    all.map(|h| h["resource"].as_str().expect("resource").to_string())
+        .collect()
+}
+
+/// Whether `s` is a UUID v4 in its lowercase 8-4-4-4-12 form.
+fn is_uuid_v4(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        })
+        && b[14] == b'4'
+        && matches!(b[19], b'8' | b'9' | b'a' | b'b')
+}
+
+fn token(grant: &Value) -> String {
+    let token = grant["token"].as_str().unwrap_or_default();
+    assert!(is_uuid_v4(token), "no UUID v4 token in {grant}");
+    token.to_string()
+}
+
+fn sorted_keys(object: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = object
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {object}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn already(holder: &str) -> String {
+    format!("Resource already locked by '{holder}'")
+}
+
+// ---------------------------------------------------------------- Locker
+
+#[test]
+fn locker_canhaz_dohaz_nowant_through_urllib() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let wrong = "00000000-0000-4000-8000-000000000000";
+    let got = server.urllib(&[
+        "/canhaz/deploy/prod",
+        "/canhaz/deploy/prod",
+        "/dohaz/deploy/prod",
+        "/canhaz/web?id=alice",
+        "/canhaz/web?id=bob",
+        "/dohaz/web",
+        "/dohaz/free",
+        &format!("/nowant/deploy/prod?token={wrong}"),
+        "/canhaz/my%20app/caf%C3%A9?id=x",
+    ]);
+    assert_eq!(got.len(), 9);
+    let (status, grant) = &got[0];
+    assert_eq!(*status, 200, "{grant}");
+    assert_eq!(sorted_keys(grant), ["fencing", "ok", "token"]);
+    assert_eq!((&grant["ok"], &grant["fencing"]), (&json!(true), &json!(1)));
+    let anonymous = token(grant);
+    assert_eq!(got[1], (200, json!({"ok": false, "lockedBy": "?"})));
+    assert_eq!(got[2], (200, json!({"lockedBy": "?"})));
+    assert_eq!((got[3].0, &got[3].1["ok"]), (200, &json!(true)));
+    let alices = token(&got[3].1);
+    // The holder's id, never the requester's.
+    assert_eq!(got[4], (200, json!({"ok": false, "lockedBy": "alice"})));
+    assert_eq!(got[5], (200, json!({"lockedBy": "alice"})));
+    assert_eq!(got[6], (200, json!({"lockedBy": null})));
+    assert_eq!(got[7], (200, json!({"ok": false})));
+    assert_eq!((got[8].0, &got[8].1["ok"]), (200, &json!(true)));
+
+    // The paths are the resource names, percent-decoded.
+    assert_eq!(
+        locks.json(&["status", "deploy/prod", "--json"])["client"],
+        Value::Null
+    );
+    assert_eq!(locks.json(&["status", "web", "--json"])["client"], "alice");
+    assert_eq!(
+        locks.json(&["status", "my app/café", "--json"])["client"],
+        "x"
+    );
+
+    let got = server.urllib(&[
+        &format!("/nowant/deploy/prod?token={alices}"),
+        &format!("/nowant/deploy/prod?token={anonymous}"),
+        "/dohaz/deploy/prod",
+        &format!("/nowant/deploy/prod?token={anonymous}"),
+    ]);
+    assert_eq!(
+        got,
+        [
+            (200, json!({"ok": false})),
+            (200, json!({"ok": true})),
+            (200, json!({"lockedBy": null})),
+            (200, json!({"ok": false})),
+        ]
+    );
+    assert_eq!(held(&locks), ["my app/café", "web"]);
+}
+
+#[test]
+fn locker_hierarchy_and_flag_spellings() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let got = server.urllib(&[
+        "/canhaz/foo/bar?id=c1",
+        "/canhaz/foo?id=c2",
+        "/canhaz/foo/zip?id=c3",
+    ]);
+    assert_eq!(got[0].1["ok"], true, "{got:?}");
+    assert_eq!(got[1], (200, json!({"ok": false, "lockedBy": "c1"})));
+    assert_eq!(got[2].1["ok"], true, "{got:?}");
+
+    for (i, no) in ["False", "false", "0", "no"].into_iter().enumerate() {
+        // A child taken with lockParents=no lets its parent be locked; a
+        // parent taken with lockChildren=no lets its children be locked.
+        let got = server.urllib(&[
+            &format!("/canhaz/p{i}/child?id=kid&lockParents={no}"),
+            &format!("/canhaz/p{i}?id=parent"),
+            &format!("/canhaz/c{i}?id=parent&lockChildren={no}"),
+            &format!("/canhaz/c{i}/child?id=kid"),
+        ]);
+        for (status, answer) in &got {
+            assert_eq!(
+                (*status, &answer["ok"]),
+                (200, &json!(true)),
+                "{no}: {got:?}"
+            );
+        }
+        let child = locks.json(&["status", &format!("p{i}/child"), "--json"]);
+        assert_eq!(child["lock_parents"], false, "{no}");
+        assert_eq!(child["lock_children"], true, "{no}");
+    }
+    for (i, yes) in ["True", "true", "1", "yes"].into_iter().enumerate() {
+        let got = server.urllib(&[
+            &format!("/canhaz/t{i}/child?id=kid&lockParents={yes}&lockChildren={yes}"),
+            &format!("/canhaz/t{i}?id=parent"),
+        ]);
+        assert_eq!(got[0].1["ok"], true, "{yes}: {got:?}");
+        assert_eq!(
+            got[1],
+            (200, json!({"ok": false, "lockedBy": "kid"})),
+            "{yes}"
+        );
+    }
+
+    // A flag that is neither: a JSON error, and nothing is locked.
+    let before = held(&locks);
+    for bad in [
+        "/canhaz/bad?lockParents=maybe",
+        "/canhaz/bad?lockChildren=Nope",
+    ] {
+        let got = server.urllib(&[bad]);
+        assert_error(&got[0], 400, "invalid-input");
+    }
+    // So are bad resource names.
+    for bad in [
+        "/canhaz/a/../b",
+        "/canhaz/a//b",
+        "/canhaz/",
+        "/canhaz/a%00b",
+    ] {
+        assert_error(&server.get_json(bad), 400, "invalid-input");
+    }
+    assert_eq!(held(&locks), before);
+    assert_eq!(
+        server.get_json("/dohaz/bad"),
+        (200, json!({"lockedBy": null}))
+    );
+}
+
+// ---------------------------------------------------------- gocept.lockd
+
+#[test]
+fn gocept_lockd_session_through_xmlrpc_client_on_rpc2_and_root() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let session = json!([
+        ["lock", "resource1", "client1"],
+        ["lock", "resource1", "client2"],
+        ["lock", "resource2", "client2"],
+        ["unlock", "resource1", "client2"],
+        ["unlock", "resource1", "client1"],
+        ["unlock", "resource1", "client1"],
+        ["unlock", "resource2", "client2"],
+    ]);
+    let expected = [
+        json!({"result": true}),
+        json!({"fault": [1, "Resource already locked by 'client1'"]}),
+        json!({"result": true}),
+        json!({"fault": [1, "Resource locked by 'client1' cannot be unlocked by 'client2'"]}),
+        json!({"result": true}),
+        json!({"fault": [1, "Resource not locked"]}),
+        json!({"result": true}),
+    ];
+    for path in ["/RPC2", "/"] {
+        assert_eq!(
+            xmlrpc(&server.url(path), session.clone()),
+            expected,
+            "{path}"
+        );
+        assert_eq!(held(&locks), Vec::<String>::new(), "{path}");
+    }
+    // The locks are the CLI's locks, under the same names.
+    assert_eq!(
+        xmlrpc(
+            &server.url("/RPC2"),
+            json!([["lock", "resource1", "client1"]])
+        ),
+        [json!({"result": true})]
+    );
+    locks
+        .run(&["lock", "resource1", "--client", "client2"])
+        .assert_refused(1, &already("client1"));
+}
+
+#[test]
+fn xmlrpc_errors_are_faults_not_dropped_connections() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let got = xmlrpc(
+        &server.url("/RPC2"),
+        json!([
+            ["system.listMethods"],
+            ["no_such_method", "a", "b"],
+            ["lock", "only-a-resource"],
+            ["lock", "r", "c", "extra"],
+            ["unlock"],
+        ]),
+    );
+    let methods = got[0]["result"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{got:?}"));
+    for name in ["lock", "unlock"] {
+        assert!(methods.contains(&json!(name)), "{name} not in {got:?}");
+    }
+    assert_eq!(got[1]["fault"][0], -32601, "{got:?}");
+    for bad_params in &got[2..] {
+        assert_eq!(bad_params["fault"][0], -32602, "{got:?}");
+    }
+
+    // Malformed XML, parsed by xmlrpc.client.loads: a methodResponse with
+    // a fault, in an HTTP 200.
+    for (path, body) in [
+        (
+            "/RPC2",
+            "<?xml version='1.0'?><methodCall><methodName>lock</methodName><params>",
+        ),
+        ("/", "this is not XML"),
+        ("/RPC2", ""),
+    ] {
+        let got = python(XMLRPC_RAW, &[&server.url(path), body]);
+        assert_eq!(
+            (&got["status"], &got["fault"][0]),
+            (&json!(200), &json!(-32700)),
+            "{path} {body:?}: {got}"
+        );
+    }
+    healthy(&server);
+    assert_eq!(held(&locks), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------- /v1
+
+#[test]
+fn v1_lock_and_unlock_with_fencing_and_refusals() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let (status, grant) = server.post_json(
+        "/v1/lock",
+        &json!({"resource": "/db/main/", "client": "ci-1"}),
+    );
+    assert_eq!(status, 200, "{grant}");
+    assert_eq!(
+        sorted_keys(&grant),
+        [
+            "client",
+            "fencing",
+            "lock_children",
+            "lock_parents",
+            "resource",
+            "since_ms",
+            "token"
+        ]
+    );
+    assert_eq!(grant["resource"], "db/main");
+    assert_eq!(grant["client"], "ci-1");
+    assert_eq!(grant["fencing"], 1);
+    assert_eq!(
+        (&grant["lock_parents"], &grant["lock_children"]),
+        (&json!(true), &json!(true))
+    );
+    token(&grant);
+    let shown = locks.json(&["status", "db/main", "--json"]);
+    assert_eq!(
+        (&shown["fencing"], &shown["since_ms"]),
+        (&grant["fencing"], &grant["since_ms"])
+    );
+
+    let got = server.post_json(
+        "/v1/lock",
+        &json!({"resource": "db/main/x", "client": "ci-2"}),
+    );
+    assert_error(&got, 409, "already-locked");
+    assert_eq!(got.1["error"]["holder"], "ci-1");
+    let got = server.post_json(
+        "/v1/unlock",
+        &json!({"resource": "db/main", "client": "ci-2"}),
+    );
+    assert_error(&got, 403, "not-owner");
+    assert_eq!(got.1["error"]["holder"], "ci-1");
+
+    let (status, released) = server.post_json(
+        "/v1/unlock",
+        &json!({"resource": "db/main", "client": "ci-1"}),
+    );
+    assert_eq!(status, 200, "{released}");
+    let mut expected = grant.clone();
+    expected.as_object_mut().expect("object").remove("token");
+    assert_eq!(released, expected);
+    let got = server.post_json(
+        "/v1/unlock",
+        &json!({"resource": "db/main", "client": "ci-1"}),
+    );
+    assert_error(&got, 404, "not-locked");
+
+    // Fencing grows per resource; an anonymous lock is released by token.
+    let (status, again) = server.post_json(
+        "/v1/lock",
+        &json!({"resource": "db/main", "lock_parents": false, "lock_children": false, "wait_ms": 0}),
+    );
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        (&again["client"], &again["fencing"]),
+        (&Value::Null, &json!(2))
+    );
+    assert_eq!(
+        (&again["lock_parents"], &again["lock_children"]),
+        (&json!(false), &json!(false))
+    );
+    let got = server.post_json(
+        "/v1/lock",
+        &json!({"resource": "db/main", "client": "ci-2"}),
+    );
+    assert_eq!(got.1["error"]["holder"], "?", "{got:?}");
+    let wrong = "00000000-0000-4000-8000-000000000000";
+    let got = server.post_json(
+        "/v1/unlock",
+        &json!({"resource": "db/main", "token": wrong}),
+    );
+    assert_error(&got, 403, "not-owner");
+    let (status, released) = server.post_json(
+        "/v1/unlock",
+        &json!({"resource": "db/main", "token": token(&again)}),
+    );
+    assert_eq!(
+        (status, &released["fencing"]),
+        (200, &json!(2)),
+        "{released}"
+    );
+    assert_eq!(locks.json(&["status", "db/main", "--json"]), Value::Null);
+}
+
+#[test]
+fn v1_status_and_list_with_prefix() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    assert_eq!(server.get_json("/v1/list"), (200, json!({"locks": []})));
+    for (resource, client) in [
+        ("b", "two"),
+        ("a/y", "one"),
+        ("a/x", "one"),
+        ("ab", "three"),
+    ] {
+        let (status, grant) =
+            server.post_json("/v1/lock", &json!({"resource": resource, "client": client}));
+        assert_eq!(status, 200, "{resource}: {grant}");
+    }
+    let (status, all) = server.get_json("/v1/list");
+    assert_eq!(status, 200, "{all}");
+    let names: Vec<&str> = all["locks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{all}"))
+        .iter()
+        .map(|h| h["resource"].as_str().expect("resource"))
+        .collect();
+    assert_eq!(names, ["a/x", "a/y", "ab", "b"]);
+    // The same holders the CLI shows.
+    assert_eq!(all["locks"], locks.json(&["status", "--json"]));
+
+    let (status, some) = server.get_json("/v1/list?prefix=a/");
+    assert_eq!(status, 200, "{some}");
+    let names: Vec<&Value> = some["locks"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|h| &h["resource"])
+        .collect();
+    assert_eq!(names, [&json!("a/x"), &json!("a/y")]);
+
+    let (status, one) = server.get_json("/v1/status?resource=a/x");
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["lock"], locks.json(&["status", "a/x", "--json"]));
+    assert_eq!(one["lock"]["client"], "one");
+    assert_eq!(
+        server.get_json("/v1/status?resource=free"),
+        (200, json!({"lock": null}))
+    );
+    assert_error(
+        &server.get_json("/v1/status?resource=a/../b"),
+        400,
+        "invalid-input",
+    );
+}
+
+#[test]
+fn v1_wait_ms_gets_the_lock_when_the_holder_lets_go() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let first = json!({"resource": "queue", "client": "first"});
+    assert_eq!(server.post_json("/v1/lock", &first).0, 200);
+
+    // Held: no wait, or a wait that runs out, is a refusal.
+    for wait in [0, 300] {
+        let got = server.post_json(
+            "/v1/lock",
+            &json!({"resource": "queue", "client": "second", "wait_ms": wait}),
+        );
+        assert_error(&got, 409, "already-locked");
+        assert_eq!(got.1["error"]["holder"], "first", "wait_ms {wait}");
+    }
+
+    // A long wait, sent (all of it) before the holder lets go.
+    let body = json!({"resource": "queue", "client": "second", "wait_ms": 50_000}).to_string();
+    let mut waiter = server.connect();
+    waiter
+        .write_all(&request("POST", "/v1/lock", &[], Some(&body)))
+        .expect("send the waiting request");
+    let (status, released) = server.post_json("/v1/unlock", &first);
+    assert_eq!(status, 200, "{released}");
+    let got = read_response(&mut BufReader::new(waiter)).expect("the waiter's response");
+    assert_eq!(got.status, 200, "{got:?}");
+    let grant = got.json();
+    assert_eq!(
+        (&grant["client"], &grant["fencing"]),
+        (&json!("second"), &json!(2))
+    );
+    assert_eq!(
+        locks.json(&["status", "queue", "--json"])["client"],
+        "second"
+    );
+}
+
+// ------------------------------------------------------ every door, one lock
+
+#[test]
+fn cli_http_xmlrpc_and_v1_see_the_same_locks() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    locks.ok(&["lock", "shared", "--client", "cli"]);
+    assert_eq!(
+        server.urllib(&[
+            "/canhaz/shared?id=web",
+            "/canhaz/shared/child",
+            "/dohaz/shared"
+        ]),
+        [
+            (200, json!({"ok": false, "lockedBy": "cli"})),
+            (200, json!({"ok": false, "lockedBy": "cli"})),
+            (200, json!({"lockedBy": "cli"})),
+        ]
+    );
+    assert_eq!(
+        xmlrpc(
+            &server.url("/RPC2"),
+            json!([["lock", "shared", "rpc"], ["unlock", "shared", "rpc"]])
+        ),
+        [
+            json!({"fault": [1, already("cli")]}),
+            json!({"fault": [1, "Resource locked by 'cli' cannot be unlocked by 'rpc'"]}),
+        ]
+    );
+    let got = server.post_json("/v1/lock", &json!({"resource": "shared", "client": "v1"}));
+    assert_error(&got, 409, "already-locked");
+    assert_eq!(got.1["error"]["holder"], "cli");
+
+    // And the other way round.
+    assert_eq!(server.urllib(&["/canhaz/from-web?id=web"])[0].1["ok"], true);
+    assert_eq!(
+        xmlrpc(&server.url("/RPC2"), json!([["lock", "from-rpc", "rpc"]])),
+        [json!({"result": true})]
+    );
+    let (status, _) = server.post_json("/v1/lock", &json!({"resource": "from-v1", "client": "v1"}));
+    assert_eq!(status, 200);
+    for (resource, holder) in [("from-web", "web"), ("from-rpc", "rpc"), ("from-v1", "v1")] {
+        locks
+            .run(&["lock", resource, "--client", "cli"])
+            .assert_refused(1, &already(holder));
+    }
+
+    // A release by one door frees the lock for every other.
+    locks.ok(&["unlock", "shared", "--client", "cli"]);
+    assert_eq!(
+        server.get_json("/dohaz/shared"),
+        (200, json!({"lockedBy": null}))
+    );
+    assert_eq!(
+        xmlrpc(
+            &server.url("/RPC2"),
+            json!([["unlock", "from-v1", "v1"], ["lock", "shared", "rpc"]])
+        ),
+        [json!({"result": true}), json!({"result": true})]
+    );
+    assert_eq!(
+        server.get_json("/dohaz/shared"),
+        (200, json!({"lockedBy": "rpc"}))
+    );
+    assert_eq!(held(&locks), ["from-rpc", "from-web", "shared"]);
+}
+
+#[test]
+fn acknowledged_grants_survive_sigkill_and_restart() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let (status, grant) =
+        server.post_json("/v1/lock", &json!({"resource": "survivor", "client": "a"}));
+    assert_eq!(status, 200, "{grant}");
+    let (status, anonymous) = server.get_json("/canhaz/other");
+    assert_eq!((status, &anonymous["ok"]), (200, &json!(true)));
+    server.kill();
+
+    let server = Server::start(&locks, &[]);
+    let got = server.post_json("/v1/lock", &json!({"resource": "survivor", "client": "b"}));
+    assert_error(&got, 409, "already-locked");
+    assert_eq!(got.1["error"]["holder"], "a");
+    assert_eq!(
+        server.get_json("/dohaz/other"),
+        (200, json!({"lockedBy": "?"}))
+    );
+    let shown = locks.json(&["status", "survivor", "--json"]);
+    assert_eq!(
+        (&shown["client"], &shown["fencing"]),
+        (&json!("a"), &grant["fencing"])
+    );
+    // The tokens handed out before the crash still work.
+    let nowant = format!("/nowant/other?token={}", token(&anonymous));
+    assert_eq!(server.get_json(&nowant), (200, json!({"ok": true})));
+    let (status, _) = server.post_json(
+        "/v1/unlock",
+        &json!({"resource": "survivor", "token": token(&grant)}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(held(&locks), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------- auth
+
+#[test]
+fn token_file_guards_every_route_but_healthz() {
+    let locks = Locks::new();
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let file = secrets.path().join("token");
+    std::fs::write(&file, "s3cret-token\n").expect("write token file");
+    let file = file.to_str().expect("UTF-8 path");
+    let server = Server::start(&locks, &["--token-file", file]);
+
+    let lock = json!({"resource": "guarded", "client": "intruder"}).to_string();
+    // None, a wrong bearer token, and HTTP Basic u:wrong.
+    for auth in [None, Some("Bearer wrong"), Some("Basic dTp3cm9uZw==")] {
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", *a)).collect();
+        for raw in [
+            request("GET", "/canhaz/guarded?id=intruder", &headers, None),
+            request("POST", "/v1/lock", &headers, Some(&lock)),
+            request("GET", "/v1/list", &headers, None),
+            request("GET", "/metrics", &headers, None),
+            request("POST", "/RPC2", &headers, Some("<?xml version='1.0'?><methodCall><methodName>lock</methodName><params><param><value><string>guarded</string></value></param><param><value><string>intruder</string></value></param></params></methodCall>")),
+        ] {
+            let got = server.send(&raw);
+            if raw.starts_with(b"POST /RPC2") {
+                assert_eq!(got.status, 401, "{got:?}");
+            } else {
+                assert_error_response(&got, 401, "unauthorized");
+            }
+        }
+    }
+    assert_eq!(locks.json(&["status", "guarded", "--json"]), Value::Null);
+    healthy(&server);
+
+    let bearer = [("Authorization", "Bearer s3cret-token")];
+    let got = server.send(&request(
+        "POST",
+        "/v1/lock",
+        &bearer,
+        Some(&json!({"resource": "guarded", "client": "ok"}).to_string()),
+    ));
+    assert_eq!(got.status, 200, "{got:?}");
+    let got = server.send(&request("GET", "/canhaz/guarded?id=x", &bearer, None));
+    assert_eq!(got.json(), json!({"ok": false, "lockedBy": "ok"}));
+
+    // xmlrpc.client sends the URL's user and password as HTTP Basic.
+    let addr = server.addr;
+    assert_eq!(
+        xmlrpc(
+            &format!("http://u:s3cret-token@{addr}/RPC2"),
+            json!([["lock", "by-rpc", "rpc"]])
+        ),
+        [json!({"result": true})]
+    );
+    for url in [
+        format!("http://u:wrong@{addr}/RPC2"),
+        format!("http://{addr}/RPC2"),
+    ] {
+        assert_eq!(
+            xmlrpc(&url, json!([["unlock", "by-rpc", "rpc"]])),
+            [json!({"http": 401})],
+            "{url}"
+        );
+    }
+    assert_eq!(held(&locks), ["by-rpc", "guarded"]);
+}
+
+#[test]
+fn non_loopback_address_needs_a_token_file_or_insecure() {
+    let locks = Locks::new();
+    for args in [
+        &["serve", "--addr", "0.0.0.0:0"][..],
+        &["serve", "--ip", "0.0.0.0", "--port", "0"],
+    ] {
+        let run = finish(&mut locks.command(args));
+        assert_eq!(run.code, 2, "hasp {args:?}: {run:?}");
+        assert!(
+            run.stderr.contains("--token-file"),
+            "hasp {args:?}: {run:?}"
+        );
+        assert!(!run.stderr.contains("listening"), "hasp {args:?}: {run:?}");
+    }
+    // With --insecure it serves.
+    let server = Server::start_at(&locks, "0.0.0.0:0", &["--insecure"]);
+    assert!(
+        server.stderr().contains("listening on http://0.0.0.0:"),
+        "{}",
+        server.stderr()
+    );
+    healthy(&server);
+}
+
+// ------------------------------------------------- limits and bad requests
+
+#[test]
+fn oversized_requests_get_431_414_413_and_chunked_411() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let pad = |n: usize| "a".repeat(n);
+
+    // Just within each limit: served.
+    let got = server.send(&request(
+        "GET",
+        "/healthz",
+        &[("X-Pad", &pad(15 * 1024))],
+        None,
+    ));
+    assert_eq!(got.status, 200, "{got:?}");
+    let target = format!("/healthz?pad={}", pad(4096 - "/healthz?pad=".len()));
+    assert_eq!(target.len(), 4096);
+    let got = server.send(&request("GET", &target, &[], None));
+    assert_eq!(got.status, 200, "{got:?}");
+    let fits = json!({"resource": "fits", "client": "c"}).to_string();
+    let fits = format!("{fits}{}", " ".repeat(64 * 1024 - fits.len()));
+    assert_eq!(server.post("/v1/lock", &fits).0, 200);
+
+    // Just over: refused with the matching status, and nothing locked.
+    let got = server.send(&request(
+        "GET",
+        "/canhaz/headers",
+        &[("X-Pad", &pad(17 * 1024))],
+        None,
+    ));
+    assert_error_response(&got, 431, "headers-too-large");
+    healthy(&server);
+    let target = format!("/canhaz/uri?pad={}", pad(4097 - "/canhaz/uri?pad=".len()));
+    assert_eq!(target.len(), 4097);
+    let got = server.send(&request("GET", &target, &[], None));
+    assert_error_response(&got, 414, "uri-too-long");
+    healthy(&server);
+    let big = json!({"resource": "big", "client": "c"}).to_string();
+    let big = format!("{big}{}", " ".repeat(64 * 1024 + 1 - big.len()));
+    let got = server.send(&request("POST", "/v1/lock", &[], Some(&big)));
+    assert_error_response(&got, 413, "body-too-large");
+    healthy(&server);
+    let chunk = json!({"resource": "chunked", "client": "c"}).to_string();
+    let raw = format!(
+        "POST /v1/lock HTTP/1.1\r\nHost: hasp.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    let got = server.send(raw.as_bytes());
+    assert_error_response(&got, 411, "length-required");
+    healthy(&server);
+
+    assert_eq!(held(&locks), ["fits"]);
+}
+
+#[test]
+fn malformed_requests_get_json_errors_and_change_nothing() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let cases: [(&[u8], u16, &str); 8] = [
+        (b"HELLO\r\n\r\n", 400, "bad-request"),
+        (b"GET /canhaz/x\r\n\r\n", 400, "bad-request"),
+        (
+            b"GET /canhaz/x HTTP/1.1\r\nHost: h\r\nno colon here\r\n\r\n",
+            400,
+            "bad-request",
+        ),
+        (
+            &request("POST", "/v1/lock", &[], Some("{\"resource\": \"x\"")),
+            400,
+            "bad-request",
+        ),
+        (
+            &request("POST", "/v1/lock", &[], Some("{\"resource\": \"\"}")),
+            400,
+            "invalid-input",
+        ),
+        (
+            &request(
+                "POST",
+                "/v1/lock",
+                &[],
+                Some(r#"{"resource": "x", "client": "a\nb"}"#),
+            ),
+            400,
+            "invalid-input",
+        ),
+        (
+            &request("GET", "/no/such/route", &[], None),
+            404,
+            "not-found",
+        ),
+        (
+            &request("GET", "/v1/lock", &[], None),
+            405,
+            "method-not-allowed",
+        ),
+    ];
+    for (raw, status, code) in cases {
+        let got = server.send(raw);
+        assert_eq!(
+            got.header("Content-Type")
+                .map(|t| t.starts_with("application/json")),
+            Some(true),
+            "{got:?}"
+        );
+        assert_error_response(&got, status, code);
+        healthy(&server);
+    }
+    assert_eq!(held(&locks), Vec::<String>::new());
+}
+
+#[test]
+fn a_stalled_request_times_out_with_408_and_is_closed() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &["--request-timeout", "1"]);
+    let body = json!({"resource": "stalled", "client": "c"}).to_string();
+    let half_body = format!(
+        "POST /v1/lock HTTP/1.1\r\nHost: hasp.test\r\nContent-Length: {}\r\n\r\n{}",
+        body.len(),
+        &body[..body.len() / 2]
+    );
+    for half in [
+        "GET /canhaz/stalled HTTP/1.1\r\nHost: hasp.test\r\n",
+        half_body.as_str(),
+    ] {
+        let mut stream = server.connect();
+        stream
+            .write_all(half.as_bytes())
+            .expect("send half a request");
+        let mut reader = BufReader::new(stream);
+        let got =
+            read_response(&mut reader).unwrap_or_else(|e| panic!("no 408 ({e}) for {half:?}"));
+        assert_error_response(&got, 408, "timeout");
+        let mut rest = Vec::new();
+        let end = reader.read_to_end(&mut rest);
+        assert!(
+            matches!(end, Ok(0)),
+            "not closed after the 408: {end:?} {rest:?}"
+        );
+        healthy(&server);
+    }
+    assert_eq!(held(&locks), Vec::<String>::new());
+}
+
+#[test]
+fn keep_alive_answers_requests_on_one_connection_in_order() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let stream = server.connect();
+    let mut writer = stream.try_clone().expect("clone stream");
+    let mut reader = BufReader::new(stream);
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: hasp.test\r\n\r\n");
+    let unlock = json!({"resource": "ka", "client": "one"}).to_string();
+    let steps = [
+        (get("/canhaz/ka?id=one"), None),
+        (
+            get("/canhaz/ka?id=two"),
+            Some(json!({"ok": false, "lockedBy": "one"})),
+        ),
+        (
+            format!(
+                "POST /v1/unlock HTTP/1.1\r\nHost: hasp.test\r\nContent-Length: {}\r\n\r\n{unlock}",
+                unlock.len()
+            ),
+            None,
+        ),
+        (get("/dohaz/ka"), Some(json!({"lockedBy": null}))),
+    ];
+    for (i, (raw, expected)) in steps.iter().enumerate() {
+        writer.write_all(raw.as_bytes()).expect("send");
+        let got = read_response(&mut reader)
+            .unwrap_or_else(|e| panic!("request {i} on the same connection: {e}"));
+        assert_eq!(got.status, 200, "request {i}: {got:?}");
+        if let Some(expected) = expected {
+            assert_eq!(&got.json(), expected, "request {i}");
+        }
+    }
+    // Two requests in one write: two responses, in order.
+    writer
+        .write_all(format!("{}{}", get("/canhaz/ka?id=three"), get("/dohaz/ka")).as_bytes())
+        .expect("send");
+    let first = read_response(&mut reader).expect("first pipelined response");
+    let second = read_response(&mut reader).expect("second pipelined response");
+    assert_eq!(first.json()["ok"], true, "{first:?}");
+    assert_eq!(second.json(), json!({"lockedBy": "three"}));
+    // `Connection: close` is honoured.
+    writer
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: hasp.test\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    assert_eq!(
+        read_response(&mut reader).expect("last response").status,
+        200
+    );
+    let mut rest = Vec::new();
+    assert!(
+        matches!(reader.read_to_end(&mut rest), Ok(0)),
+        "open after Connection: close: {rest:?}"
+    );
+
+    // HTTP/1.0 closes unless asked not to.
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+        .expect("send");
+    let mut reader = BufReader::new(stream);
+    assert_eq!(read_response(&mut reader).expect("response").status, 200);
+    let mut rest = Vec::new();
+    assert!(
+        matches!(reader.read_to_end(&mut rest), Ok(0)),
+        "HTTP/1.0 left open: {rest:?}"
+    );
+}
+
+// ------------------------------------------------------ metrics and logs
+
+/// The value of the sample whose name and labels are exactly `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
+
+#[test]
+fn healthz_and_metrics_count_grants_refusals_and_durations() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let got = server.send(&request("GET", "/healthz", &[], None));
+    assert_eq!((got.status, got.json()), (200, json!({"ok": true})));
+
+    let (_, grant) = server.get_json("/canhaz/m?id=a");
+    assert_eq!(server.get_json("/canhaz/m?id=b").1["lockedBy"], "a");
+    let nowant = format!("/nowant/m?token={}", token(&grant));
+    assert_eq!(server.get_json(&nowant), (200, json!({"ok": true})));
+    assert_eq!(
+        xmlrpc(&server.url("/RPC2"), json!([["lock", "n", "c"]])),
+        [json!({"result": true})]
+    );
+
+    let got = server.send(&request("GET", "/metrics", &[], None));
+    assert_eq!(got.status, 200, "{got:?}");
+    assert!(
+        got.header("Content-Type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{got:?}"
+    );
+    let text = &got.body;
+    let at_least = |series: &str, n: f64| {
+        let value = sample(text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        assert!(value >= n, "{series} = {value} < {n}:\n{text}");
+    };
+    at_least("hasp_grants_total", 2.0);
+    at_least("hasp_refusals_total", 1.0);
+    at_least("hasp_releases_total", 1.0);
+    at_least("hasp_requests_total{door=\"locker\"}", 3.0);
+    at_least("hasp_requests_total{door=\"xmlrpc\"}", 1.0);
+    at_least("hasp_requests_total{door=\"other\"}", 1.0);
+    at_least("hasp_request_duration_seconds_count", 5.0);
+    at_least("hasp_request_duration_seconds_bucket{le=\"+Inf\"}", 5.0);
+    assert!(
+        sample(text, "hasp_request_duration_seconds_sum").is_some(),
+        "{text}"
+    );
+}
+
+#[test]
+fn log_debug_prints_one_line_per_request() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &["--log", "debug"]);
+    assert_eq!(server.get("/healthz").0, 200);
+    assert_eq!(server.get("/no/such/route").0, 404);
+    assert_eq!(server.post("/v1/lock", "{}").0, 400);
+    let wanted = [
+        "hasp serve: GET /healthz -> 200 (",
+        "hasp serve: GET /no/such/route -> 404 (",
+        "hasp serve: POST /v1/lock -> 400 (",
+    ];
+    let all_there = |text: &str| wanted.iter().all(|w| text.contains(w));
+    assert!(server.stderr.wait_for(all_there), "{}", server.stderr());
+    for line in server.stderr().lines().filter(|l| l.contains(" -> ")) {
+        let micros = line
+            .rsplit_once(" (")
+            .and_then(|(_, rest)| rest.strip_suffix(" us)"))
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(micros.is_some(), "{line:?}");
+    }
+}
+
+// ---------------------------------------------------------------- lifecycle
+
+/// Whether `pid` has a handler installed for `signal` (/proc/PID/status).
+fn catches(pid: u32, signal: libc::c_int) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"));
+    let mask = mask.and_then(|m| u64::from_str_radix(m.trim(), 16).ok());
+    mask.is_some_and(|m| m & (1 << (signal - 1)) != 0)
+}
+
+#[test]
+fn sigterm_and_sigint_stop_gracefully_and_keep_the_locks() {
+    let locks = Locks::new();
+    for (signal, name) in [(libc::SIGTERM, "TERM"), (libc::SIGINT, "INT")] {
+        let server = Server::start(&locks, &[]);
+        let resource = format!("kept-{name}");
+        let (status, _) =
+            server.post_json("/v1/lock", &json!({"resource": resource, "client": "a"}));
+        assert_eq!(status, 200);
+        let guard = Instant::now() + GUARD;
+        while !catches(server.pid, signal) {
+            assert!(Instant::now() < guard, "SIG{name} never caught");
+            std::thread::yield_now();
+        }
+        let (status, stderr) = server.stop(signal);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIG{name}: {status}; stderr:\n{stderr}"
+        );
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(
+            lines[0].starts_with("hasp serve: listening on http://127.0.0.1:"),
+            "{stderr}"
+        );
+        assert_eq!(
+            lines.last(),
+            Some(&"hasp serve: stopped"),
+            "SIG{name}: {stderr}"
+        );
+        // The default log level logs no requests.
+        assert!(!stderr.contains(" -> "), "{stderr}");
+        assert_eq!(locks.json(&["status", &resource, "--json"])["client"], "a");
+    }
+    assert_eq!(held(&locks), ["kept-INT", "kept-TERM"]);
+}
+
+#[test]
+fn fsync_mode_grants_and_releases() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &["--fsync"]);
+    for round in 1..=2 {
+        let (status, grant) =
+            server.post_json("/v1/lock", &json!({"resource": "durable", "client": "f"}));
+        assert_eq!((status, &grant["fencing"]), (200, &json!(round)), "{grant}");
+        assert_eq!(
+            server.get_json("/dohaz/durable"),
+            (200, json!({"lockedBy": "f"}))
+        );
+        assert_eq!(locks.json(&["status", "durable", "--json"])["client"], "f");
+        let (status, _) = server.post_json(
+            "/v1/unlock",
+            &json!({"resource": "durable", "token": token(&grant)}),
+        );
+        assert_eq!(status, 200);
+        assert_eq!(locks.json(&["status", "durable", "--json"]), Value::Null);
+    }
+    assert_eq!(
+        xmlrpc(
+            &server.url("/RPC2"),
+            json!([["lock", "r", "c"], ["lock", "r", "d"], ["unlock", "r", "c"]])
+        ),
+        [
+            json!({"result": true}),
+            json!({"fault": [1, already("c")]}),
+            json!({"result": true})
+        ]
+    );
+}
