@@ -83,6 +83,9 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         .build()
         .map_err(|e| io("cannot start the network runtime", e))?;
     reactor.block_on(async move {
+        // Handlers first: a signal that follows the startup line must stop
+        // the server cleanly, not kill it.
+        let signals = Signals::new();
         let listener = TcpListener::bind(config.addr)
             .await
             .map_err(|e| io(&format!("cannot listen on {}", config.addr), e))?;
@@ -95,7 +98,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
                 config.dir.display()
             );
         }
-        accept_until_stopped(listener, app.clone(), config.limits.clone()).await;
+        accept_until_stopped(listener, app.clone(), config.limits.clone(), signals).await;
         if app.log >= LogLevel::Info {
             eprintln!("hasp serve: stopped");
         }
@@ -103,10 +106,14 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     })
 }
 
-async fn accept_until_stopped(listener: TcpListener, app: Arc<App>, limits: Limits) {
+async fn accept_until_stopped(
+    listener: TcpListener,
+    app: Arc<App>,
+    limits: Limits,
+    mut signals: Signals,
+) {
     let (stop, stopping) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
-    let mut signals = Signals::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
