@@ -39,10 +39,8 @@ impl Locks {
     /// Takes a lock at once or is refused.
     pub async fn lock(&self, resource: String, options: LockOptions) -> Result<Grant, Error> {
         let result = self
-            .pool
-            .run(move |registry| retry_busy(|| registry.lock(&resource, &options)))
-            .await
-            .and_then(|r| r);
+            .call(move |registry| registry.lock(&resource, &options))
+            .await;
         if result.is_ok() {
             self.durable().await;
         }
@@ -78,10 +76,8 @@ impl Locks {
     /// Releases a lock held by `key`; returns what was held.
     pub async fn unlock(&self, resource: String, key: UnlockKey) -> Result<Holder, Error> {
         let result = self
-            .pool
-            .run(move |registry| retry_busy(|| registry.unlock(&resource, &key)))
-            .await
-            .and_then(|r| r);
+            .call(move |registry| registry.unlock(&resource, &key))
+            .await;
         if result.is_ok() {
             self.durable().await;
             self.released.notify_waiters();
@@ -92,11 +88,7 @@ impl Locks {
 
     /// The lock on `resource`, if granted.
     pub async fn status(&self, resource: String) -> Result<Option<Holder>, Error> {
-        let result = self
-            .pool
-            .run(move |registry| retry_busy(|| registry.status(&resource)))
-            .await
-            .and_then(|r| r);
+        let result = self.call(move |registry| registry.status(&resource)).await;
         if result.is_err() {
             self.metrics.outcome(Outcome::Failed);
         }
@@ -105,15 +97,22 @@ impl Locks {
 
     /// Every granted lock at or below `prefix`.
     pub async fn list(&self, prefix: String) -> Result<Vec<Holder>, Error> {
-        let result = self
-            .pool
-            .run(move |registry| retry_busy(|| registry.list(&prefix)))
-            .await
-            .and_then(|r| r);
+        let result = self.call(move |registry| registry.list(&prefix)).await;
         if result.is_err() {
             self.metrics.outcome(Outcome::Failed);
         }
         result
+    }
+
+    /// Runs `f` on a pooled registry, retrying while the disk is in flux.
+    async fn call<T: Send + 'static>(
+        &self,
+        mut f: impl FnMut(&mut crate::Registry) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        self.pool
+            .run(move |registry| retry_busy(|| f(registry)))
+            .await
+            .and_then(|r| r)
     }
 
     async fn durable(&self) {
