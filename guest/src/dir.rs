@@ -1,9 +1,12 @@
-//! The lock directory as a capability: the WASI descriptor of one preopened
-//! directory, and the filesystem calls hasp makes, every path relative to it.
+//! Directories as capabilities: the WASI descriptor of the preopened lock
+//! directory or of a directory opened beneath it, and the filesystem calls
+//! hasp makes, every path relative to one such descriptor.
 //!
 //! Calls go straight to `wasi:filesystem/types` (no libc path resolution, no
 //! streams): one WASI call per step. Symlinks are never followed in the last
-//! path component; the host keeps every path inside the preopen.
+//! path component; the host keeps every path inside the preopen. A call on a
+//! single name in an open directory costs the host one system call; longer
+//! paths cost it an open and a close of the parent on top.
 
 use wasip2::filesystem::preopens::get_directories;
 use wasip2::filesystem::types::{
@@ -17,7 +20,7 @@ pub type Io<T> = Result<T, ErrorCode>;
 const LISTING_RETRIES: usize = 32;
 const READ_CHUNK: u64 = 64 * 1024;
 
-/// One preopened directory.
+/// One open directory: the preopen, or a directory beneath it.
 pub struct Dir {
     root: Descriptor,
 }
@@ -39,6 +42,31 @@ impl Dir {
             Err(ErrorCode::NoEntry) => Ok(None),
             Err(err) => Err(err),
         }
+    }
+
+    /// Opens directory `path` (never through a symlink in its last
+    /// component), or `None` if nothing has that name.
+    pub fn open_dir(&self, path: &str) -> Io<Option<Dir>> {
+        match self.root.open_at(
+            PathFlags::empty(),
+            path,
+            OpenFlags::DIRECTORY,
+            DescriptorFlags::READ,
+        ) {
+            Ok(root) => Ok(Some(Dir { root })),
+            Err(ErrorCode::NoEntry) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Whether this directory was removed (no name leads to it any more).
+    pub fn is_removed(&self) -> Io<bool> {
+        Ok(self.root.stat()?.link_count == 0)
+    }
+
+    /// Whether anything (a symlink included) has the name `path`.
+    pub fn exists(&self, path: &str) -> Io<bool> {
+        Ok(self.kind(path)?.is_some())
     }
 
     /// Creates directory `path`; false if something already has that name.
@@ -107,12 +135,18 @@ impl Dir {
 
     /// Renames `from` to `to` (replacing a file, or an empty directory).
     pub fn rename(&self, from: &str, to: &str) -> Io<()> {
-        self.root.rename_at(from, &self.root, to)
+        self.rename_into(from, self, to)
     }
 
-    /// Makes `to` a hard link to file `from`.
-    pub fn link(&self, from: &str, to: &str) -> Io<()> {
-        self.root.link_at(PathFlags::empty(), from, &self.root, to)
+    /// Renames `from` here to `to` in directory `dir` (replacing a file, or
+    /// an empty directory).
+    pub fn rename_into(&self, from: &str, dir: &Dir, to: &str) -> Io<()> {
+        self.root.rename_at(from, &dir.root, to)
+    }
+
+    /// Makes `to` in directory `dir` a hard link to file `from` here.
+    pub fn link_into(&self, from: &str, dir: &Dir, to: &str) -> Io<()> {
+        self.root.link_at(PathFlags::empty(), from, &dir.root, to)
     }
 
     /// Removes file `path`; false if it was not there.
@@ -137,29 +171,37 @@ impl Dir {
     /// listing during which an entry vanished starts over, so every entry
     /// present throughout is in the result. `Busy` if it never settles.
     pub fn names(&self, path: &str) -> Io<Option<Vec<String>>> {
-        'listing: for _ in 0..LISTING_RETRIES {
-            let dir = match self.root.open_at(
-                PathFlags::empty(),
-                path,
-                OpenFlags::DIRECTORY,
-                DescriptorFlags::READ,
-            ) {
-                Ok(dir) => dir,
-                Err(ErrorCode::NoEntry) => return Ok(None),
-                Err(err) => return Err(err),
+        for _ in 0..LISTING_RETRIES {
+            let Some(dir) = self.open_dir(path)? else {
+                return Ok(None);
             };
-            let entries = dir.read_directory()?;
-            let mut names = Vec::new();
-            loop {
-                match entries.read_directory_entry() {
-                    Ok(Some(entry)) => names.push(entry.name),
-                    Ok(None) => return Ok(Some(names)),
-                    Err(ErrorCode::NoEntry) => continue 'listing,
-                    Err(err) => return Err(err),
-                }
+            match dir.list_once() {
+                Err(ErrorCode::NoEntry) => continue,
+                other => return other.map(Some),
             }
         }
         Err(ErrorCode::Busy)
+    }
+
+    /// The names in this directory, as [`Dir::names`] lists them.
+    pub fn list(&self) -> Io<Vec<String>> {
+        for _ in 0..LISTING_RETRIES {
+            match self.list_once() {
+                Err(ErrorCode::NoEntry) => continue,
+                other => return other,
+            }
+        }
+        Err(ErrorCode::Busy)
+    }
+
+    /// One pass over this directory; `NoEntry` if an entry vanished meanwhile.
+    fn list_once(&self) -> Io<Vec<String>> {
+        let entries = self.root.read_directory()?;
+        let mut names = Vec::new();
+        while let Some(entry) = entries.read_directory_entry()? {
+            names.push(entry.name);
+        }
+        Ok(names)
     }
 }
 

@@ -14,7 +14,9 @@ use crate::errors;
 use crate::hasp::lock::types::{Error, Grant};
 use crate::name::{self, Name};
 use crate::record;
-use std::collections::BTreeSet;
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
 use wasip2::filesystem::types::{DescriptorType, ErrorCode};
 
 /// Directory holding one node directory per resource, nested like the names.
@@ -36,11 +38,35 @@ const MARKS: &str = ".ix";
 /// The lock directory.
 pub struct Disk {
     dir: Dir,
+    /// `tmp/`, held open.
+    tmp: Dir,
+    /// Node directories held open, by node path (see [`Node`]).
+    nodes: RefCell<HashMap<String, Rc<Node>>>,
+    /// Counts calls, so each held node is checked once per call.
+    call: Cell<u64>,
+}
+
+/// How many node directories a registry keeps open at most (each holds up
+/// to three descriptors); past that the cache starts again empty.
+const OPEN_NODES: usize = 256;
+
+/// A node directory held open across calls, with its `.fence` and `.ix`
+/// once they exist. Holding them is safe because none is ever removed or
+/// replaced once it exists (the slot is: it is always reached by name).
+/// Nothing here is lock state: every answer still comes from the disk.
+struct Node {
+    dir: Dir,
+    fence: OnceCell<Dir>,
+    marks: OnceCell<Dir>,
+    /// The mark this registry saw last; checked on disk before it is used.
+    hint: RefCell<Option<Mark>>,
+    /// The call in which the directory was last found still in place.
+    checked: Cell<u64>,
 }
 
 /// A record written in full under `tmp/`, not yet committed.
 pub struct Staged {
-    /// `tmp/<token>`: becomes the node's `.slot` on commit.
+    /// `<token>` in `tmp/`: becomes the node's `.slot` on commit.
     dir: String,
     /// The record's file name inside it (the token).
     file: String,
@@ -101,8 +127,7 @@ impl Disk {
                 "no such preopened directory (the host must grant it)",
             ));
         };
-        let disk = Disk { dir };
-        match disk.dir.read(FORMAT).map_err(fail("read", FORMAT))? {
+        match dir.read(FORMAT).map_err(fail("read", FORMAT))? {
             Some(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);
                 let first = text.lines().next().unwrap_or("");
@@ -111,46 +136,139 @@ impl Disk {
                 }
             }
             None => {
-                disk.make_dir(TMP)?;
+                make_dir(&dir, TMP)?;
                 let staged = format!("{TMP}/{}.{FORMAT}", crate::token::uuid_v4());
-                disk.write_new(&staged, format!("{FORMAT_LINE}\n").as_bytes())?;
-                disk.dir
-                    .rename(&staged, FORMAT)
+                write_new(&dir, &staged, format!("{FORMAT_LINE}\n").as_bytes())?;
+                dir.rename(&staged, FORMAT)
                     .map_err(fail("create", FORMAT))?;
             }
         }
-        disk.make_dir(NODES)?;
-        disk.make_dir(TMP)?;
-        Ok(disk)
+        make_dir(&dir, NODES)?;
+        make_dir(&dir, TMP)?;
+        let tmp = open_dir(&dir, TMP)?;
+        Ok(Disk {
+            dir,
+            tmp,
+            nodes: RefCell::new(HashMap::new()),
+            call: Cell::new(0),
+        })
+    }
+
+    /// Starts a registry call: nodes held open are checked again (once) in
+    /// it, so a node an operator removed meanwhile is opened afresh.
+    pub fn begin_call(&self) {
+        self.call.set(self.call.get() + 1);
+    }
+
+    /// The node directory at `path`, held open; `None` if it does not exist.
+    fn node(&self, path: &str) -> Result<Option<Rc<Node>>, Error> {
+        let held = self.nodes.borrow().get(path).cloned();
+        if let Some(node) = held {
+            if node.checked.get() == self.call.get() {
+                return Ok(Some(node));
+            }
+            if matches!(node.dir.is_removed(), Ok(false)) {
+                node.checked.set(self.call.get());
+                return Ok(Some(node));
+            }
+            self.forget();
+        }
+        let dir = match self.dir.open_dir(path) {
+            Ok(Some(dir)) => dir,
+            Ok(None) => return Ok(None),
+            Err(err) => {
+                // Perhaps out of descriptors: let go of the cached ones.
+                self.forget();
+                return Err(self.not_a_node(path, err));
+            }
+        };
+        let node = Rc::new(Node {
+            dir,
+            fence: OnceCell::new(),
+            marks: OnceCell::new(),
+            hint: RefCell::new(None),
+            checked: Cell::new(self.call.get()),
+        });
+        let mut nodes = self.nodes.borrow_mut();
+        if nodes.len() >= OPEN_NODES {
+            nodes.clear();
+        }
+        nodes.insert(path.to_string(), node.clone());
+        Ok(Some(node))
+    }
+
+    /// The node directory at `path`, which must exist.
+    fn existing(&self, path: &str) -> Result<Rc<Node>, Error> {
+        self.node(path)?
+            .ok_or_else(|| errors::storage("open", path, ErrorCode::NoEntry))
+    }
+
+    /// Lets go of every node directory held open. Called when a node was
+    /// found gone, which the layout rules out but an operator may do.
+    fn forget(&self) {
+        self.nodes.borrow_mut().clear();
+    }
+
+    /// Why `path` could not be opened as a node directory, for people.
+    fn not_a_node(&self, path: &str, err: ErrorCode) -> Error {
+        match self.dir.kind(path) {
+            Ok(Some(DescriptorType::SymbolicLink)) => errors::symlink(path),
+            Ok(Some(DescriptorType::Directory)) | Ok(None) | Err(_) => {
+                errors::storage("open", path, err)
+            }
+            Ok(Some(_)) => errors::storage("use", path, ErrorCode::NotDirectory),
+        }
     }
 
     /// Makes sure the node directory of `name` and of all its ancestors exist,
     /// refusing any that is a symlink. Returns the node's relative path.
     pub fn ensure_node(&self, name: &Name) -> Result<String, Error> {
         let full = name.node_path();
+        // Held open (and still in place): its levels were checked when opened.
+        if self.nodes.borrow().contains_key(&full) && self.node(&full)?.is_some() {
+            return Ok(full);
+        }
         let mut end = NODES.len();
         while end < full.len() {
             end = full[end + 1..]
                 .find('/')
                 .map_or(full.len(), |at| end + 1 + at);
             let level = &full[..end];
-            if self.dir.mkdir(level).map_err(fail("create", level))? {
-                continue;
+            let mut kind = self.dir.kind(level).map_err(fail("inspect", level))?;
+            if kind.is_none() {
+                if self.dir.mkdir(level).map_err(fail("create", level))? {
+                    continue;
+                }
+                kind = self.dir.kind(level).map_err(fail("inspect", level))?;
             }
-            match self.dir.kind(level).map_err(fail("inspect", level))? {
+            match kind {
                 Some(DescriptorType::Directory) => {}
                 Some(DescriptorType::SymbolicLink) => return Err(errors::symlink(level)),
                 Some(_) => return Err(errors::storage("use", level, ErrorCode::NotDirectory)),
                 None => return Err(errors::storage("create", level, ErrorCode::NoEntry)),
             }
         }
+        self.existing(&full)?;
         Ok(full)
     }
 
     /// The record in `node`'s slot, or `None` when the slot is empty.
+    ///
+    /// Emptiness is asked with `rmdir .slot`: it succeeds only on an empty
+    /// slot, and a missing slot is as good as an empty one (the commit's
+    /// rename creates it), so one call answers the common case.
     pub fn read_slot(&self, node: &str) -> Result<Option<Slot>, Error> {
+        let Some(dir) = self.node(node)? else {
+            return Ok(None);
+        };
         let slot = format!("{node}/{SLOT}");
-        let Some(mut files) = self.dir.names(&slot).map_err(fail("read", &slot))? else {
+        match dir.dir.rmdir(SLOT) {
+            Ok(_) => return Ok(None),
+            Err(ErrorCode::NotEmpty | ErrorCode::Exist) => {}
+            // A read-only directory, say: look inside instead.
+            Err(_) => {}
+        }
+        let Some(mut files) = dir.dir.names(SLOT).map_err(fail("read", &slot))? else {
             return Ok(None);
         };
         let file = match files.len() {
@@ -158,33 +276,33 @@ impl Disk {
             1 => files.pop().unwrap_or_default(),
             _ => return Err(errors::corrupt(&slot, "it holds more than one record")),
         };
-        let Some(grant) = self.read_record(&format!("{slot}/{file}"))? else {
-            return Ok(None); // released meanwhile
-        };
-        Ok(Some(Slot { file, grant }))
+        self.slot_file(node, &file)
     }
 
-    /// Reads and parses the record file `path`; `None` if it is gone.
-    fn read_record(&self, path: &str) -> Result<Option<Grant>, Error> {
-        let Some(bytes) = self.dir.read(path).map_err(fail("read", path))? else {
+    /// The record named `file` in `node`'s slot, or `None` if it is not there.
+    pub fn slot_file(&self, node: &str, file: &str) -> Result<Option<Slot>, Error> {
+        let Some(dir) = self.node(node)? else {
             return Ok(None);
         };
-        let text =
-            String::from_utf8(bytes).map_err(|_| errors::corrupt(path, "it is not UTF-8 text"))?;
-        record::decode(&text)
-            .map(Some)
-            .map_err(|why| errors::corrupt(path, &why))
+        let path = format!("{SLOT}/{file}");
+        let Some(grant) = read_record(&dir.dir, &path, &format!("{node}/{path}"))? else {
+            return Ok(None); // released meanwhile
+        };
+        Ok(Some(Slot {
+            file: file.to_string(),
+            grant,
+        }))
     }
 
     /// Writes `grant` in full as `tmp/<token>/<token>`, ready to be linked as
     /// a marker and renamed into place.
     pub fn stage(&self, grant: &Grant) -> Result<Staged, Error> {
         let staged = Staged {
-            dir: format!("{TMP}/{}", grant.token),
+            dir: grant.token.clone(),
             file: grant.token.clone(),
         };
-        self.make_dir(&staged.dir)?;
-        if let Err(err) = self.write_new(&staged.path(), record::encode(grant).as_bytes()) {
+        make_dir(&self.tmp, &staged.dir)?;
+        if let Err(err) = write_new(&self.tmp, &staged.path(), record::encode(grant).as_bytes()) {
             self.discard(&staged);
             return Err(err);
         }
@@ -193,49 +311,106 @@ impl Disk {
 
     /// Removes a staged record that was not committed (best effort).
     pub fn discard(&self, staged: &Staged) {
-        let _ = self.dir.unlink(&staged.path());
-        let _ = self.dir.rmdir(&staged.dir);
+        let _ = self.tmp.unlink(&staged.path());
+        let _ = self.tmp.rmdir(&staged.dir);
     }
 
     /// Renames the staged record's directory into place as `node`'s slot.
     /// False, leaving the staged record as it was, when the slot is taken.
     pub fn commit(&self, staged: &Staged, node: &str) -> Result<bool, Error> {
         let slot = format!("{node}/{SLOT}");
-        match self.dir.rename(&staged.dir, &slot) {
+        let dir = self.existing(node)?;
+        match self.tmp.rename_into(&staged.dir, &dir.dir, SLOT) {
             Ok(()) => Ok(true),
             Err(ErrorCode::NotEmpty | ErrorCode::Exist) => Ok(false),
+            Err(ErrorCode::NoEntry) => {
+                // The node directory held open was removed: start over.
+                self.forget();
+                Ok(false)
+            }
             Err(err) => Err(errors::storage("rename into", &slot, err)),
         }
     }
 
     /// Removes the record `file` from `node`'s slot. False if it was gone.
     pub fn release(&self, node: &str, file: &str) -> Result<bool, Error> {
-        let path = format!("{node}/{SLOT}/{file}");
-        self.dir.unlink(&path).map_err(fail("remove", &path))
+        let Some(dir) = self.node(node)? else {
+            return Ok(false);
+        };
+        let path = format!("{SLOT}/{file}");
+        dir.dir
+            .unlink(&path)
+            .map_err(fail("remove", &format!("{node}/{path}")))
+    }
+
+    /// `node`'s `.fence`, held open once it exists.
+    fn fence<'a>(&self, node: &str, dir: &'a Node) -> Result<Option<&'a Dir>, Error> {
+        if let Some(fence) = dir.fence.get() {
+            return Ok(Some(fence));
+        }
+        let path = format!("{node}/{FENCE}");
+        let Some(fence) = dir.dir.open_dir(FENCE).map_err(fail("read", &path))? else {
+            return Ok(None);
+        };
+        Ok(Some(dir.fence.get_or_init(|| fence)))
     }
 
     /// The fencing mark of `node`, or `None` before its first lock attempt.
     pub fn fence_mark(&self, node: &str) -> Result<Option<Mark>, Error> {
-        let dir = format!("{node}/{FENCE}");
-        let names = self.dir.names(&dir).map_err(fail("read", &dir))?;
-        Ok(names
-            .unwrap_or_default()
+        let Some(dir) = self.node(node)? else {
+            return Ok(None);
+        };
+        let Some(fence) = self.fence(node, &dir)? else {
+            return Ok(None);
+        };
+        let hint = dir.hint.borrow().clone();
+        if let Some(hint) = hint {
+            if fence.exists(&hint.file_name()).unwrap_or(false) {
+                return Ok(Some(hint));
+            }
+        }
+        let path = format!("{node}/{FENCE}");
+        let mark = fence
+            .list()
+            .map_err(fail("read", &path))?
             .iter()
             .filter_map(|n| Mark::parse(n))
-            .max_by_key(|m| m.number))
+            .max_by_key(|m| m.number);
+        *dir.hint.borrow_mut() = mark.clone();
+        Ok(mark)
+    }
+
+    /// Whether the fencing mark of `node` is exactly `mark` (one look, since
+    /// `.fence` holds one file).
+    pub fn is_mark(&self, node: &str, mark: &Mark) -> Result<bool, Error> {
+        let Some(dir) = self.node(node)? else {
+            return Ok(false);
+        };
+        let Some(fence) = self.fence(node, &dir)? else {
+            return Ok(false);
+        };
+        let file = mark.file_name();
+        let found = fence
+            .exists(&file)
+            .map_err(fail("inspect", &format!("{node}/{FENCE}/{file}")))?;
+        if found {
+            *dir.hint.borrow_mut() = Some(mark.clone());
+        }
+        Ok(found)
     }
 
     /// Creates the initial mark `0` of `node` unless it has one: a staged
     /// directory renamed onto `.fence`, which fails once `.fence` holds a mark.
     pub fn fence_init(&self, node: &str) -> Result<(), Error> {
+        let dir = self.existing(node)?;
         let staged = Staged {
-            dir: format!("{TMP}/{}", crate::token::uuid_v4()),
+            dir: crate::token::uuid_v4(),
             file: "0".to_string(),
         };
-        self.make_dir(&staged.dir)?;
-        self.write_new(&staged.path(), b"")?;
+        make_dir(&self.tmp, &staged.dir)?;
+        write_new(&self.tmp, &staged.path(), b"")?;
         let target = format!("{node}/{FENCE}");
-        match self.dir.rename(&staged.dir, &target) {
+        match self.tmp.rename_into(&staged.dir, &dir.dir, FENCE) {
             Ok(()) => Ok(()),
             Err(ErrorCode::NotEmpty | ErrorCode::Exist) => {
                 self.discard(&staged);
@@ -251,44 +426,79 @@ impl Disk {
     /// Moves the mark of `node` from `from` to `to`: a rename of the one mark
     /// file, which only one caller can win. False when it is no longer `from`.
     pub fn fence_advance(&self, node: &str, from: &Mark, to: &Mark) -> Result<bool, Error> {
-        let old = format!("{node}/{FENCE}/{}", from.file_name());
-        let new = format!("{node}/{FENCE}/{}", to.file_name());
-        match self.dir.rename(&old, &new) {
-            Ok(()) => Ok(true),
-            Err(ErrorCode::NoEntry) => Ok(false),
-            Err(err) => Err(errors::storage("rename", &old, err)),
+        let dir = self.existing(node)?;
+        let old = from.file_name();
+        let Some(fence) = self.fence(node, &dir)? else {
+            return Ok(false);
+        };
+        match fence.rename(&old, &to.file_name()) {
+            Ok(()) => {
+                *dir.hint.borrow_mut() = Some(to.clone());
+                Ok(true)
+            }
+            Err(ErrorCode::NoEntry) => {
+                *dir.hint.borrow_mut() = None;
+                Ok(false)
+            }
+            Err(err) => Err(errors::storage(
+                "rename",
+                &format!("{node}/{FENCE}/{old}"),
+                err,
+            )),
         }
+    }
+
+    /// `node`'s `.ix`, held open once it exists; created first if `create`.
+    fn marks<'a>(&self, node: &str, dir: &'a Node, create: bool) -> Result<Option<&'a Dir>, Error> {
+        if let Some(marks) = dir.marks.get() {
+            return Ok(Some(marks));
+        }
+        let path = format!("{node}/{MARKS}");
+        if create {
+            dir.dir.mkdir(MARKS).map_err(fail("create", &path))?;
+        }
+        let Some(marks) = dir.dir.open_dir(MARKS).map_err(fail("read", &path))? else {
+            return Ok(None);
+        };
+        Ok(Some(dir.marks.get_or_init(|| marks)))
     }
 
     /// Makes the staged record findable from ancestor `node`: a hard link
     /// `.ix/<token>` to the record itself (no copy is written).
     pub fn link_marker(&self, node: &str, staged: &Staged) -> Result<(), Error> {
-        let dir = format!("{node}/{MARKS}");
-        self.make_dir(&dir)?;
-        let marker = format!("{dir}/{}", staged.file);
-        self.dir
-            .link(&staged.path(), &marker)
+        let dir = self.existing(node)?;
+        let marker = format!("{node}/{MARKS}/{}", staged.file);
+        let Some(marks) = self.marks(node, &dir, true)? else {
+            return Err(errors::storage("link", &marker, ErrorCode::NoEntry));
+        };
+        self.tmp
+            .link_into(&staged.path(), marks, &staged.file)
             .map_err(fail("link", &marker))
     }
 
     /// Removes the marker of attempt `token` from ancestor `node` (best effort).
     pub fn unmark(&self, node: &str, token: &str) {
-        let _ = self.dir.unlink(&format!("{node}/{MARKS}/{token}"));
+        if let Ok(Some(dir)) = self.node(node) {
+            if let Ok(Some(marks)) = self.marks(node, &dir, false) {
+                let _ = marks.unlink(token);
+            }
+        }
     }
 
     /// The resources named by the markers in `node`, each once. A marker is a
     /// hard link to a complete record, so one that does not parse is corrupt
     /// and reported: skipping it could grant over its lock.
     pub fn marked(&self, node: &str) -> Result<BTreeSet<String>, Error> {
-        let dir = format!("{node}/{MARKS}");
         let mut out = BTreeSet::new();
-        for marker in self
-            .dir
-            .names(&dir)
-            .map_err(fail("read", &dir))?
-            .unwrap_or_default()
-        {
-            if let Some(grant) = self.read_record(&format!("{dir}/{marker}"))? {
+        let Some(dir) = self.node(node)? else {
+            return Ok(out);
+        };
+        let Some(marks) = self.marks(node, &dir, false)? else {
+            return Ok(out);
+        };
+        let path = format!("{node}/{MARKS}");
+        for marker in marks.list().map_err(fail("read", &path))? {
+            if let Some(grant) = read_record(marks, &marker, &format!("{path}/{marker}"))? {
                 out.insert(grant.holder.resource);
             }
         }
@@ -312,17 +522,33 @@ impl Disk {
         }
         Ok(())
     }
+}
 
-    fn make_dir(&self, path: &str) -> Result<(), Error> {
-        self.dir
-            .mkdir(path)
-            .map(|_| ())
-            .map_err(fail("create", path))
-    }
+/// Reads and parses the record file `path` in `dir` (`shown` names it for
+/// people); `None` if it is gone.
+fn read_record(dir: &Dir, path: &str, shown: &str) -> Result<Option<Grant>, Error> {
+    let Some(bytes) = dir.read(path).map_err(fail("read", shown))? else {
+        return Ok(None);
+    };
+    let text =
+        String::from_utf8(bytes).map_err(|_| errors::corrupt(shown, "it is not UTF-8 text"))?;
+    record::decode(&text)
+        .map(Some)
+        .map_err(|why| errors::corrupt(shown, &why))
+}
 
-    fn write_new(&self, path: &str, bytes: &[u8]) -> Result<(), Error> {
-        self.dir.write_new(path, bytes).map_err(fail("write", path))
-    }
+fn open_dir(dir: &Dir, path: &str) -> Result<Dir, Error> {
+    dir.open_dir(path)
+        .map_err(fail("open", path))?
+        .ok_or_else(|| errors::storage("open", path, ErrorCode::NoEntry))
+}
+
+fn make_dir(dir: &Dir, path: &str) -> Result<(), Error> {
+    dir.mkdir(path).map(|_| ()).map_err(fail("create", path))
+}
+
+fn write_new(dir: &Dir, path: &str, bytes: &[u8]) -> Result<(), Error> {
+    dir.write_new(path, bytes).map_err(fail("write", path))
 }
 
 /// Maps a failed call on `path` to a storage error.

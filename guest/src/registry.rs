@@ -5,7 +5,7 @@
 //! lock-children *and* D with lock-parents (so "don't lock parents" on D means
 //! D never blocks, nor is blocked by, A — as in Locker's README).
 //!
-//! A lock attempt runs, in order: (1) a read-only pre-check, (2) staging its
+//! A lock attempt runs, in order: (1) a pre-check that changes no lock, (2) staging its
 //! record and linking it as a marker into every ancestor when it locks
 //! parents, (3) the commit (rename into the slot), (4) a re-check of the
 //! related resources, withdrawing on a conflict, and (5) the claim of its
@@ -67,13 +67,15 @@ impl Registry {
 
     /// Takes a lock; see the WIT docs of `registry.lock`.
     pub fn lock(&self, resource: &str, options: &LockOptions) -> Result<Grant, Error> {
+        self.disk.begin_call();
         let name = Name::parse(resource)?;
         if let Some(client) = &options.client {
             name::check_client(client)?;
         }
-        let node = self.disk.ensure_node(&name)?;
         let ancestors = ancestor_nodes(&name);
         for _ in 0..RETRIES {
+            // Held open after the first call; made again if found gone.
+            let node = self.disk.ensure_node(&name)?;
             match self.attempt(&name, &node, &ancestors, options)? {
                 Attempt::Granted(grant) => return Ok(grant),
                 Attempt::Refused(err) => return Err(err),
@@ -215,6 +217,10 @@ impl Registry {
             let Some(slot) = self.disk.read_slot(node)? else {
                 return Ok(None);
             };
+            // The common case, a granted record, takes one look at `.fence`.
+            if self.disk.is_mark(node, &mark_of(&slot))? {
+                return Ok(Some((slot, true)));
+            }
             let mark = self.disk.fence_mark(node)?;
             match standing(&slot, mark.as_ref()) {
                 Standing::Granted => return Ok(Some((slot, true))),
@@ -268,6 +274,7 @@ impl Registry {
 
     /// Releases a lock; see the WIT docs of `registry.unlock`.
     pub fn unlock(&self, resource: &str, key: &UnlockKey) -> Result<Holder, Error> {
+        self.disk.begin_call();
         let name = Name::parse(resource)?;
         match key {
             UnlockKey::Client(client) => name::check_client(client)?,
@@ -277,8 +284,20 @@ impl Registry {
             UnlockKey::Token(_) => {}
         }
         let node = name.node_path();
+        // A token names the record's file: look there first.
+        let direct = match key {
+            UnlockKey::Token(token) => self
+                .disk
+                .slot_file(&node, token)?
+                .filter(|slot| matches!(self.disk.is_mark(&node, &mark_of(slot)), Ok(true))),
+            UnlockKey::Client(_) => None,
+        };
+        let found = match direct {
+            Some(slot) => Some((slot, true)),
+            None => self.holder_of(&node)?,
+        };
         // A lock still being granted is not locked yet.
-        let Some((held, true)) = self.holder_of(&node)? else {
+        let Some((held, true)) = found else {
             return Err(errors::not_locked());
         };
         let holder = &held.grant.holder;
@@ -302,12 +321,14 @@ impl Registry {
 
     /// The lock on exactly `resource`; see `registry.status`.
     pub fn status(&self, resource: &str) -> Result<Option<Holder>, Error> {
+        self.disk.begin_call();
         let name = Name::parse(resource)?;
         self.granted(&name.node_path())
     }
 
     /// Every lock at or below `prefix`; see `registry.list`.
     pub fn list(&self, prefix: &str) -> Result<Vec<Holder>, Error> {
+        self.disk.begin_call();
         let root = if prefix.trim_matches('/').is_empty() {
             crate::disk::NODES.to_string()
         } else {
@@ -340,6 +361,14 @@ fn standing(slot: &Slot, mark: Option<&Mark>) -> Standing {
         }
         Some(m) if m.number >= fencing => Standing::Dead,
         _ => Standing::Pending,
+    }
+}
+
+/// The mark under which the record in `slot` is granted.
+fn mark_of(slot: &Slot) -> Mark {
+    Mark {
+        number: slot.grant.holder.fencing,
+        token: Some(slot.file.clone()),
     }
 }
 

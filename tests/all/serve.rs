@@ -1018,6 +1018,37 @@ fn acknowledged_grants_survive_sigkill_and_restart() {
     assert_eq!(held(&locks), Vec::<String>::new());
 }
 
+#[test]
+fn node_directories_removed_under_a_running_daemon_are_made_again() {
+    // One worker: the guest that holds `nodes/gone/x` open serves every call.
+    let locks = Locks::new();
+    let server = Server::start(&locks, &["--workers", "1"]);
+    let (status, grant) =
+        server.post_json("/v1/lock", &json!({"resource": "gone/x", "client": "a"}));
+    assert_eq!(status, 200, "{grant}");
+    let (status, _) = server.post_json(
+        "/v1/unlock",
+        &json!({"resource": "gone/x", "token": token(&grant)}),
+    );
+    assert_eq!(status, 200);
+
+    // An operator removes the nodes while the daemon runs.
+    std::fs::remove_dir_all(locks.path().join("nodes/gone")).expect("remove nodes");
+    let (status, again) =
+        server.post_json("/v1/lock", &json!({"resource": "gone/x", "client": "b"}));
+    assert_eq!(status, 200, "{again}");
+
+    // The grant is in the directory everybody else reads, not a removed one.
+    assert!(locks.path().join("nodes/gone/x/.slot").is_dir());
+    locks
+        .run(&["lock", "gone/x", "--client", "cli"])
+        .assert_refused(1, &already("b"));
+    locks
+        .run(&["lock", "gone", "--client", "cli"])
+        .assert_refused(1, &already("b"));
+    assert_eq!(locks.json(&["status", "gone/x", "--json"])["client"], "b");
+}
+
 // ---------------------------------------------------------------- auth
 
 #[test]

@@ -38,8 +38,11 @@ impl Locks {
 
     /// Takes a lock at once or is refused.
     pub async fn lock(&self, resource: String, options: LockOptions) -> Result<Grant, Error> {
+        let key = resource.clone();
         let result = self
-            .call(move |registry| registry.lock(&resource, &options))
+            .call(Some(&key), move |registry| {
+                registry.lock(&resource, &options)
+            })
             .await;
         if result.is_ok() {
             self.durable().await;
@@ -75,8 +78,11 @@ impl Locks {
 
     /// Releases a lock held by `key`; returns what was held.
     pub async fn unlock(&self, resource: String, key: UnlockKey) -> Result<Holder, Error> {
+        let name = resource.clone();
         let result = self
-            .call(move |registry| registry.unlock(&resource, &key))
+            .call(Some(&name), move |registry| {
+                registry.unlock(&resource, &key)
+            })
             .await;
         if result.is_ok() {
             self.durable().await;
@@ -88,7 +94,10 @@ impl Locks {
 
     /// The lock on `resource`, if granted.
     pub async fn status(&self, resource: String) -> Result<Option<Holder>, Error> {
-        let result = self.call(move |registry| registry.status(&resource)).await;
+        let key = resource.clone();
+        let result = self
+            .call(Some(&key), move |registry| registry.status(&resource))
+            .await;
         if result.is_err() {
             self.metrics.outcome(Outcome::Failed);
         }
@@ -97,20 +106,24 @@ impl Locks {
 
     /// Every granted lock at or below `prefix`.
     pub async fn list(&self, prefix: String) -> Result<Vec<Holder>, Error> {
-        let result = self.call(move |registry| registry.list(&prefix)).await;
+        let result = self
+            .call(None, move |registry| registry.list(&prefix))
+            .await;
         if result.is_err() {
             self.metrics.outcome(Outcome::Failed);
         }
         result
     }
 
-    /// Runs `f` on a pooled registry, retrying while the disk is in flux.
+    /// Runs `f` on a pooled registry (the one of `resource`, if given),
+    /// retrying while the disk is in flux.
     async fn call<T: Send + 'static>(
         &self,
+        resource: Option<&str>,
         mut f: impl FnMut(&mut crate::Registry) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         self.pool
-            .run(move |registry| retry_busy(|| f(registry)))
+            .run(resource, move |registry| retry_busy(|| f(registry)))
             .await
             .and_then(|r| r)
     }

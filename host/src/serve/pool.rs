@@ -1,45 +1,69 @@
 //! A fixed set of worker threads, each with its own registry (its own guest
 //! instance) on the served directory. Requests run in parallel; the on-disk
 //! protocol, not the pool, keeps conflicting grants apart, exactly as it
-//! does between processes. Nothing is cached: every call asks the disk.
+//! does between processes. Nothing is cached that decides a grant: every
+//! call asks the disk.
+//!
+//! A call about one resource always runs on the same worker (chosen by a
+//! hash of the name), so the directories that guest keeps open and the
+//! fencing mark it saw last are the ones it needs next; other calls take
+//! turns.
 
 use crate::{Error, Registry, Runtime};
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 type Job = Box<dyn FnOnce(&mut Registry) + Send>;
 
 /// Runs closures on a registry of the served directory.
 pub struct Pool {
-    jobs: mpsc::Sender<Job>,
+    workers: Vec<mpsc::Sender<Job>>,
+    turn: AtomicUsize,
 }
 
 impl Pool {
     /// Starts `workers` threads, each with a registry open on `dir`.
     pub fn start(runtime: &Runtime, dir: &Path, workers: usize) -> Result<Pool, Error> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
+        let mut senders = Vec::new();
         for n in 0..workers.max(1) {
             let registry = Registry::open_with(runtime, dir)?;
-            let queue = queue.clone();
+            let (jobs, queue) = mpsc::channel::<Job>();
             std::thread::Builder::new()
                 .name(format!("hasp-worker-{n}"))
-                .spawn(move || work(registry, &queue))
+                .spawn(move || work(registry, queue))
                 .map_err(|e| Error::Runtime(format!("cannot start a worker thread: {e}")))?;
+            senders.push(jobs);
         }
-        Ok(Pool { jobs })
+        Ok(Pool {
+            workers: senders,
+            turn: AtomicUsize::new(0),
+        })
     }
 
-    /// Runs `f` on one worker's registry and returns its result.
+    /// Runs `f` on one worker's registry and returns its result: the worker
+    /// of `resource` when there is one, else the next in turn.
     pub async fn run<T: Send + 'static>(
         &self,
+        resource: Option<&str>,
         f: impl FnOnce(&mut Registry) -> T + Send + 'static,
     ) -> Result<T, Error> {
+        let n = self.workers.len();
+        let worker = match resource {
+            Some(name) => {
+                let mut hasher = DefaultHasher::new();
+                name.hash(&mut hasher);
+                (hasher.finish() % n as u64) as usize
+            }
+            None => self.turn.fetch_add(1, Ordering::Relaxed) % n,
+        };
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |registry| {
             let _ = done.send(f(registry));
         });
-        self.jobs
+        self.workers[worker]
             .send(job)
             .map_err(|_| Error::Runtime("the worker pool has stopped".into()))?;
         result
@@ -48,15 +72,9 @@ impl Pool {
     }
 }
 
-fn work(mut registry: Registry, queue: &Mutex<mpsc::Receiver<Job>>) {
-    loop {
-        let job = match queue.lock() {
-            Ok(queue) => queue.recv(),
-            Err(_) => return,
-        };
-        match job {
-            Ok(job) => job(&mut registry),
-            Err(_) => return, // the pool was dropped
-        }
+fn work(mut registry: Registry, queue: mpsc::Receiver<Job>) {
+    // Ends when the pool is dropped.
+    while let Ok(job) = queue.recv() {
+        job(&mut registry);
     }
 }
