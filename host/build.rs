@@ -14,8 +14,14 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir.parent().expect("host/ lives in the workspace");
     let guest = root.join("guest");
-    for watched in ["src", "Cargo.toml", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", guest.join(watched).display());
+    let plugin = root.join("examples").join("plugin");
+    for crate_dir in [&guest, &plugin] {
+        for watched in ["src", "Cargo.toml", "Cargo.lock"] {
+            println!(
+                "cargo:rerun-if-changed={}",
+                crate_dir.join(watched).display()
+            );
+        }
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
 
@@ -29,20 +35,32 @@ fn main() {
         (None, "hasp_guest.wasm", "HASP_GUEST_HASH"),
         (Some("process"), "hasp_process.wasm", "HASP_PROCESS_HASH"),
     ] {
-        let bytes = build_guest(&guest, &target_dir, features);
+        let bytes = build_component(&guest, "hasp_guest", &target_dir, features);
         fs::write(out_dir.join(artifact), &bytes).expect("copy the component into OUT_DIR");
         println!("cargo:rustc-env={hash_var}={:016x}", fnv1a(&bytes));
     }
+
+    // The example plugin (examples/plugin), for the tests and the README.
+    let bytes = build_component(&plugin, "hasp_example_plugin", &target_dir, None);
+    let path = out_dir.join("example_plugin.wasm");
+    fs::write(&path, &bytes).expect("copy the example plugin into OUT_DIR");
+    println!("cargo:rustc-env=HASP_EXAMPLE_PLUGIN={}", path.display());
 }
 
-/// Builds the guest crate for `wasm32-wasip2` and returns the component.
-fn build_guest(guest: &Path, target_dir: &Path, features: Option<&str>) -> Vec<u8> {
+/// Builds the crate in `crate_dir` (library `name`) for `wasm32-wasip2` and
+/// returns the component.
+fn build_component(
+    crate_dir: &Path,
+    name: &str,
+    target_dir: &Path,
+    features: Option<&str>,
+) -> Vec<u8> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .args(["build", "--release", "--locked", "--target", WASM_TARGET])
         .arg("--manifest-path")
-        .arg(guest.join("Cargo.toml"))
+        .arg(crate_dir.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(target_dir)
         // Flags and wrappers meant for the host build must not leak into the guest's.
@@ -55,14 +73,12 @@ fn build_guest(guest: &Path, target_dir: &Path, features: Option<&str>) -> Vec<u
     if let Some(features) = features {
         command.args(["--features", features]);
     }
-    let status = command
-        .status()
-        .expect("run cargo to build the guest component");
-    assert!(status.success(), "building the guest component failed");
+    let status = command.status().expect("run cargo to build a component");
+    assert!(status.success(), "building {name} failed");
     let built = target_dir
         .join(WASM_TARGET)
         .join("release")
-        .join("hasp_guest.wasm");
+        .join(format!("{name}.wasm"));
     fs::read(&built).unwrap_or_else(|e| panic!("read {}: {e}", built.display()))
 }
 

@@ -12,7 +12,9 @@
 //!   the host's OS locks — [`process`] (which file, what it records, messages).
 //!
 //! Both reach the disk only through [`dir`] (the preopen as a capability) and
-//! say everything a user reads through [`errors`].
+//! say everything a user reads through [`errors`]. The registry component is
+//! also a command for the stock `wasmtime run` ([`command`], printing through
+//! [`show`], which the `hasp` CLI shares).
 
 #[cfg(not(feature = "process"))]
 wit_bindgen::generate!({
@@ -46,6 +48,17 @@ mod registry;
 
 #[cfg(feature = "process")]
 mod process;
+
+// The registry component is also a command (`wasi:cli/run`), for the stock
+// `wasmtime run`.
+#[cfg(not(feature = "process"))]
+mod command;
+#[cfg(not(feature = "process"))]
+mod show;
+#[cfg(not(feature = "process"))]
+use command::Command;
+#[cfg(not(feature = "process"))]
+wasip2::cli::command::export!(Command);
 
 #[cfg(not(feature = "process"))]
 mod export {

@@ -6,6 +6,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+// Shared with the component's own command line, so both print the same.
+#[path = "../../guest/src/show.rs"]
+mod show;
+use show::utc;
+
 #[derive(Parser)]
 #[command(
     name = "hasp",
@@ -59,6 +64,9 @@ enum Command {
     /// Serve the lock directory over HTTP: Locker's API, gocept.lockd's
     /// XML-RPC and a JSON API (/v1), until SIGINT or SIGTERM
     Serve(ServeArgs),
+    /// The guest component itself, for the stock `wasmtime run` and plugins
+    #[command(subcommand)]
+    Component(ComponentCommand),
     /// Show held locks: all of them, or the one on RESOURCE
     Status {
         /// Resource name; without it, every held lock
@@ -67,6 +75,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ComponentCommand {
+    /// Print the path of the guest component (.wasm), writing it first if
+    /// needed: `wasmtime run --dir ./locks::/locks "$(hasp component path)" lock X`
+    Path,
+    /// Print the `hasp:lock` WIT package, for a plugin's wit/deps/
+    Wit,
 }
 
 #[derive(Args)]
@@ -145,6 +162,13 @@ pub fn run() -> i32 {
 
 /// Runs the command line and returns the exit code.
 fn execute(cli: Cli) -> anyhow::Result<i32> {
+    if let Command::Component(what) = &cli.command {
+        match what {
+            ComponentCommand::Path => println!("{}", hasp::component_file()?.display()),
+            ComponentCommand::Wit => print!("{}", hasp::WIT),
+        }
+        return Ok(0);
+    }
     let dir = match cli.dir {
         Some(dir) => dir,
         None => default_dir()?,
@@ -251,7 +275,7 @@ fn registry_command(dir: &Path, command: Command) -> anyhow::Result<()> {
     let mut registry = Registry::open(dir)?;
     let mut out = std::io::stdout().lock();
     match command {
-        Command::Run(_) | Command::Who { .. } | Command::Serve(_) => {
+        Command::Run(_) | Command::Who { .. } | Command::Serve(_) | Command::Component(_) => {
             unreachable!("not registry commands")
         }
         Command::Lock {
@@ -381,60 +405,14 @@ fn print_grant(out: &mut impl Write, grant: &Grant) -> std::io::Result<()> {
 }
 
 fn print_table(out: &mut impl Write, holders: &[Holder]) -> std::io::Result<()> {
-    let rows: Vec<[String; 4]> = holders
+    let rows: Vec<show::Row<'_>> = holders
         .iter()
-        .map(|h| {
-            [
-                h.resource.clone(),
-                h.client.clone().unwrap_or_else(|| "?".into()),
-                utc(h.since_ms),
-                h.fencing.to_string(),
-            ]
+        .map(|h| show::Row {
+            resource: &h.resource,
+            client: h.client.as_deref(),
+            since_ms: h.since_ms,
+            fencing: h.fencing,
         })
         .collect();
-    let header = ["RESOURCE", "OWNER", "SINCE", "FENCING"].map(String::from);
-    let width = |i: usize| {
-        rows.iter()
-            .chain(std::iter::once(&header))
-            .map(|r| r[i].chars().count())
-            .max()
-            .unwrap_or(0)
-    };
-    let widths = [width(0), width(1), width(2)];
-    for row in std::iter::once(&header).chain(rows.iter()) {
-        writeln!(
-            out,
-            "{:w0$}  {:w1$}  {:w2$}  {}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2]
-        )?;
-    }
-    Ok(())
-}
-
-/// `2026-11-23T16:02:03Z` from milliseconds since the Unix epoch.
-fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    out.write_all(show::table(&rows).as_bytes())
 }

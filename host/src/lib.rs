@@ -38,4 +38,4 @@ pub mod serve;
 pub use error::Error;
 pub use lock_file::{FileGuard, FileHolder, FileLock, LockFailed, Owner, Wait};
 pub use registry::{Grant, Holder, LockOptions, Registry, UnlockKey};
-pub use runtime::{cache_dir, Limits, Runtime, GUEST_WASM, PROCESS_WASM};
+pub use runtime::{cache_dir, component_file, Limits, Runtime, GUEST_WASM, PROCESS_WASM, WIT};

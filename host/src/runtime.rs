@@ -253,6 +253,31 @@ pub fn cache_dir() -> Option<PathBuf> {
         .or_else(|| env("HOME").map(|d| d.join(".cache").join("hasp")))
 }
 
+/// The `hasp:lock` WIT package the components are built from, for plugins
+/// to put in their `wit/deps/`.
+pub const WIT: &str = include_str!("../../wit/hasp-lock.wit");
+
+/// The guest component as a `.wasm` file, for other runtimes (`wasmtime run`)
+/// and for composition: written once into the cache directory, under a name
+/// that changes with its content.
+pub fn component_file() -> Result<PathBuf, Error> {
+    let dir = cache_dir().ok_or_else(|| {
+        Error::Runtime("no cache directory: set HASP_CACHE_DIR, XDG_CACHE_HOME or HOME".into())
+    })?;
+    let path = dir.join(format!(
+        "hasp-{}-{GUEST_HASH}.wasm",
+        env!("CARGO_PKG_VERSION")
+    ));
+    let written = std::fs::metadata(&path).is_ok_and(|m| m.len() == GUEST_WASM.len() as u64);
+    if !written {
+        store(&path, GUEST_WASM);
+        if !path.is_file() {
+            return Err(Error::Runtime(format!("cannot write {}", path.display())));
+        }
+    }
+    Ok(path)
+}
+
 /// Loads the compiled guest from the cache, or compiles and caches it.
 fn load_component(
     engine: &Engine,
