@@ -67,6 +67,9 @@ enum Command {
     /// The guest component itself, for the stock `wasmtime run` and plugins
     #[command(subcommand)]
     Component(ComponentCommand),
+    /// Run or compose a plugin: a component that imports hasp:lock/registry
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Show held locks: all of them, or the one on RESOURCE
     Status {
         /// Resource name; without it, every held lock
@@ -84,6 +87,34 @@ enum ComponentCommand {
     Path,
     /// Print the `hasp:lock` WIT package, for a plugin's wit/deps/
     Wit,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run PLUGIN (a command component) with the hasp guest plugged into its
+    /// hasp:lock imports and the lock directory as /locks; exit with its code
+    Run {
+        /// The plugin's .wasm file
+        plugin: PathBuf,
+        /// Stop the plugin after SECONDS of wall-clock time
+        #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_timeout)]
+        timeout: Duration,
+        /// Largest memory the plugin (and the guest in it) may grow to
+        #[arg(long, default_value = "256", value_name = "MIB")]
+        max_memory: usize,
+        /// Arguments passed to the plugin
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Write PLUGIN with the hasp guest plugged in: one component that runs
+    /// under the stock `wasmtime run --dir ./locks::/locks`
+    Compose {
+        /// The plugin's .wasm file
+        plugin: PathBuf,
+        /// Where to write the composed component
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -162,6 +193,13 @@ pub fn run() -> i32 {
 
 /// Runs the command line and returns the exit code.
 fn execute(cli: Cli) -> anyhow::Result<i32> {
+    if let Command::Plugin(PluginCommand::Compose { plugin, output }) = &cli.command {
+        let bytes = read_plugin(plugin)?;
+        let composed = hasp::plugin::compose(&plugin.display().to_string(), &bytes)?;
+        std::fs::write(output, composed)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
+        return Ok(0);
+    }
     if let Command::Component(what) = &cli.command {
         match what {
             ComponentCommand::Path => println!("{}", hasp::component_file()?.display()),
@@ -174,6 +212,20 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
         None => default_dir()?,
     };
     match cli.command {
+        Command::Plugin(PluginCommand::Run {
+            plugin,
+            timeout,
+            max_memory,
+            args,
+        }) => {
+            let bytes = read_plugin(&plugin)?;
+            let runtime = hasp::Runtime::new(hasp::Limits {
+                call_timeout: timeout,
+                memory: max_memory.saturating_mul(1 << 20),
+            })?;
+            let name = plugin.display().to_string();
+            Ok(hasp::plugin::run(&runtime, &name, &bytes, &dir, &args)?)
+        }
         Command::Run(run) => run_locked(&dir, run),
         Command::Serve(args) => serve(dir, args).map(|()| 0),
         Command::Who { path, json } => {
@@ -183,6 +235,11 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
         }
         command => registry_command(&dir, command).map(|()| 0),
     }
+}
+
+fn read_plugin(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("plugin {}: cannot read it: {e}", path.display()))
 }
 
 /// `hasp run`: hold the lock file while the command runs; its exit code.
@@ -275,7 +332,11 @@ fn registry_command(dir: &Path, command: Command) -> anyhow::Result<()> {
     let mut registry = Registry::open(dir)?;
     let mut out = std::io::stdout().lock();
     match command {
-        Command::Run(_) | Command::Who { .. } | Command::Serve(_) | Command::Component(_) => {
+        Command::Run(_)
+        | Command::Who { .. }
+        | Command::Serve(_)
+        | Command::Component(_)
+        | Command::Plugin(_) => {
             unreachable!("not registry commands")
         }
         Command::Lock {

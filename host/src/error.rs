@@ -85,6 +85,16 @@ pub enum Error {
     /// whatever the trapped call had not committed.
     #[error("the hasp component stopped: {0}")]
     Trap(String),
+    /// A plugin could not be composed with hasp, or failed while it ran
+    /// (not a component, an import hasp does not provide, a trap, a limit).
+    /// Locks and records are as the guest's rules left them.
+    #[error("plugin {plugin}: {message}")]
+    Plugin {
+        /// The plugin, as the user named it.
+        plugin: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The WebAssembly runtime could not be set up.
     #[error("the hasp runtime failed: {0}")]
     Runtime(String),

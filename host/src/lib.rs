@@ -31,6 +31,7 @@ mod bindings;
 mod error;
 mod file_lock;
 mod lock_file;
+pub mod plugin;
 mod registry;
 mod runtime;
 pub mod serve;

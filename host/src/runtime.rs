@@ -194,7 +194,9 @@ impl Runtime {
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.inner.limits.memory)
-                .instances(4)
+                .trap_on_grow_failure(true)
+                // The guest needs a few; a plugin composed with it, more.
+                .instances(64)
                 .build(),
             host_time: HostTimer::default(),
             lock_dirs,
@@ -212,6 +214,30 @@ impl Runtime {
             }
         });
         store
+    }
+
+    /// The bounds every call (and every plugin run) is held to.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The engine every component of this runtime is compiled for.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Compiles the component `wasm` (`name` in the cache file name), or
+    /// loads it from the cache.
+    pub(crate) fn load(&self, wasm: &[u8], name: &str) -> Result<Component, Error> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        wasm.hash(&mut hasher);
+        load_component(
+            &self.inner.engine,
+            wasm,
+            name,
+            &format!("{:016x}", hasher.finish()),
+        )
     }
 
     /// Enters the runtime's Tokio context for the duration of the guard.

@@ -9,6 +9,7 @@ mod cli;
 mod embed;
 mod file_lock;
 mod hierarchy;
+mod plugin;
 mod race;
 mod recovery;
 mod run;

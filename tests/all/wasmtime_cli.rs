@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 const WASMTIME_VERSION: &str = "48.0.8";
 
 /// The `wasmtime` CLI to run.
-fn wasmtime() -> &'static Path {
+pub(crate) fn wasmtime() -> &'static Path {
     static WASMTIME: OnceLock<PathBuf> = OnceLock::new();
     WASMTIME.get_or_init(|| {
         let version = |bin: &Path| {

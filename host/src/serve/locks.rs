@@ -165,7 +165,7 @@ pub fn error_response(err: &Error) -> Response {
         Error::CorruptRecord { .. } => (500, "corrupt-record", None),
         Error::WouldBlock { holder, .. } => (409, "would-block", Some(holder)),
         Error::Storage { .. } | Error::Directory { .. } => (500, "storage", None),
-        Error::Trap(_) | Error::Runtime(_) => (500, "internal", None),
+        Error::Trap(_) | Error::Runtime(_) | Error::Plugin { .. } => (500, "internal", None),
     };
     let mut error = json!({"code": code, "message": err.to_string()});
     if let Some(holder) = holder {

@@ -1,0 +1,180 @@
+//! Plugins: a user's component that imports `hasp:lock/registry`, with the
+//! hasp guest plugged into that import (wac composition), so the plugin's
+//! lock calls run the same rules on the same directory as every other door.
+//!
+//! [`compose`] makes one component of plugin + guest, runnable anywhere
+//! components run (`wasmtime run --dir ./locks::/locks`); [`run`] runs a
+//! plugin that is a command (`wasi:cli/run`) here, with the lock directory
+//! preopened as `/locks` and nothing else: no environment, no network, no
+//! other files. A plugin runs under the runtime's [`Limits`](crate::Limits)
+//! (wall-clock time, memory); whatever it does, it can change the lock
+//! directory only through the guest's rules.
+
+use crate::error::Error;
+use crate::registry::GUEST_DIR;
+use crate::runtime::{runtime_error, Runtime, GUEST_WASM};
+use std::path::Path;
+use wac_graph::types::{ItemKind, Package};
+use wac_graph::{plug, CompositionGraph, EncodeOptions};
+use wasmtime::component::Linker;
+
+/// The `hasp:lock` version this host provides to plugins.
+const PROVIDED: &str = "0.1.0";
+/// The interfaces a plugin may import from hasp.
+const PLUGGABLE: [&str; 2] = ["hasp:lock/registry", "hasp:lock/types"];
+
+/// A failure that is the plugin's, named after it.
+fn plugin_error(plugin: &str, message: impl Into<String>) -> Error {
+    Error::Plugin {
+        plugin: plugin.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Checks that `bytes` is a component whose imports hasp can satisfy, and
+/// plugs the hasp guest into its `hasp:lock` imports. Returns the composed
+/// component, or the plugin itself when it imports nothing from hasp.
+pub fn compose(plugin: &str, bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    check_header(plugin, bytes)?;
+    let mut graph = CompositionGraph::new();
+    let socket = Package::from_bytes("hasp:plugin", None, bytes.to_vec(), graph.types_mut())
+        .map_err(|e| plugin_error(plugin, format!("cannot read it as a component: {e:#}")))?;
+    let socket = graph
+        .register_package(socket)
+        .map_err(|e| plugin_error(plugin, format!("{e:#}")))?;
+    let mut wants_hasp = false;
+    for (name, kind) in &graph.types()[graph[socket].ty()].imports {
+        wants_hasp |= check_import(plugin, name, kind)?;
+    }
+    if !wants_hasp {
+        return Ok(bytes.to_vec());
+    }
+    let guest = Package::from_bytes("hasp:guest", None, GUEST_WASM.to_vec(), graph.types_mut())
+        .map_err(|e| Error::Runtime(format!("the hasp guest: {e:#}")))?;
+    let guest = graph
+        .register_package(guest)
+        .map_err(|e| Error::Runtime(format!("the hasp guest: {e:#}")))?;
+    plug(&mut graph, vec![guest], socket).map_err(|e| {
+        plugin_error(
+            plugin,
+            format!("its hasp:lock imports do not match what hasp@{PROVIDED} exports: {e:#}"),
+        )
+    })?;
+    graph
+        .encode(EncodeOptions::default())
+        .map_err(|e| plugin_error(plugin, format!("cannot compose it with hasp: {e:#}")))
+}
+
+/// A core module, or not WebAssembly at all, gets a clear error.
+fn check_header(plugin: &str, bytes: &[u8]) -> Result<(), Error> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(()),
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(plugin_error(
+            plugin,
+            "it is a core WebAssembly module, not a component (build it for wasm32-wasip2, \
+             or make it a component with `wasm-tools component new`)",
+        )),
+        _ => Err(plugin_error(plugin, "it is not a WebAssembly component")),
+    }
+}
+
+/// Whether an import is one hasp provides; true for a `hasp:lock` one.
+fn check_import(plugin: &str, name: &str, kind: &ItemKind) -> Result<bool, Error> {
+    if name.starts_with("wasi:") {
+        return Ok(false);
+    }
+    let (interface, version) = match name.split_once('@') {
+        Some((interface, version)) => (interface, Some(version)),
+        None => (name, None),
+    };
+    if !interface.starts_with("hasp:lock/") {
+        return Err(plugin_error(
+            plugin,
+            format!(
+                "it imports `{name}`, which hasp does not provide (plugins get WASI 0.2 and \
+                 hasp:lock/registry@{PROVIDED})"
+            ),
+        ));
+    }
+    if !PLUGGABLE.contains(&interface) {
+        return Err(plugin_error(
+            plugin,
+            format!("it imports `{name}`; plugins get only hasp:lock/registry@{PROVIDED}"),
+        ));
+    }
+    let compatible = version
+        .is_some_and(|v| v.split('.').take(2).eq(PROVIDED.split('.').take(2)) && !v.contains('-'));
+    if !compatible || !matches!(kind, ItemKind::Instance(_)) {
+        return Err(plugin_error(
+            plugin,
+            format!(
+                "it was built against {} but this hasp provides hasp:lock@{PROVIDED}",
+                match version {
+                    Some(v) => format!("hasp:lock@{v} (it imports `{name}`)"),
+                    None => format!("an unversioned `{name}`"),
+                }
+            ),
+        ));
+    }
+    Ok(true)
+}
+
+/// Runs the command plugin `bytes` (named `plugin` in messages) with `args`,
+/// the lock directory `dir` preopened as `/locks`, stdio inherited. Returns
+/// its exit code.
+pub fn run(
+    runtime: &Runtime,
+    plugin: &str,
+    bytes: &[u8],
+    dir: &Path,
+    args: &[String],
+) -> Result<i32, Error> {
+    let composed = compose(plugin, bytes)?;
+    let component = runtime.load(&composed, "plugin")?;
+    let mut linker = Linker::new(runtime.engine());
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_error)?;
+    let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+    wasi.allow_blocking_current_thread(true)
+        .inherit_stdio()
+        .arg(plugin)
+        .args(args)
+        .preopened_dir(dir, GUEST_DIR, wasmtime_wasi::FsPerms::ReadWrite)
+        .map_err(|e| Error::Directory {
+            dir: dir.to_path_buf(),
+            source: std::io::Error::other(format!("{e}")),
+        })?;
+    let _tokio = runtime.enter();
+    let mut store = runtime.new_store(wasi.build(), Default::default());
+    let command =
+        wasmtime_wasi::p2::bindings::sync::Command::instantiate(&mut store, &component, &linker)
+            .map_err(|e| plugin_error(plugin, format!("cannot start it: {e:#}")))?;
+    match command.wasi_cli_run().call_run(&mut store) {
+        Ok(Ok(())) => Ok(0),
+        Ok(Err(())) => Ok(1),
+        Err(err) => match err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(exit) => Ok(exit.0),
+            None => Err(plugin_error(plugin, stopped(&err, runtime.limits()))),
+        },
+    }
+}
+
+/// Why a plugin was stopped, in one line (no wasm backtrace).
+fn stopped(err: &wasmtime::Error, limits: &crate::Limits) -> String {
+    if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {
+        return format!("it trapped ({trap})");
+    }
+    let cause = err.root_cause().to_string();
+    if cause.contains("time limit") {
+        format!(
+            "it ran past its time limit ({} s) and was stopped",
+            limits.call_timeout.as_secs_f64()
+        )
+    } else if cause.contains("growing memory") || cause.contains("memory") {
+        format!(
+            "it tried to grow its memory past the limit ({} MiB) and was stopped",
+            limits.memory >> 20
+        )
+    } else {
+        format!("it stopped: {cause}")
+    }
+}

@@ -1,0 +1,268 @@
+//! Plugins: a user's component that imports `hasp:lock/registry`, run by
+//! `hasp plugin run` or composed with the guest by `hasp plugin compose`.
+//! The plugin used is `examples/plugin` (a log rotator), built by the build
+//! script; misbehaving plugins are written here as component text.
+
+use crate::support::{Locks, Run};
+use crate::wasmtime_cli::wasmtime;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The example plugin, as `host/build.rs` built it.
+const ROTATOR: &str = env!("HASP_EXAMPLE_PLUGIN");
+
+/// `hasp --dir LOCKS plugin run [OPTIONS...] PLUGIN -- ARGS...`
+fn plugin_run(locks: &Locks, plugin: &Path, options: &[&str], args: &[&str]) -> Command {
+    let mut cmd = locks.command(&["plugin", "run"]);
+    cmd.args(options).arg(plugin).arg("--").args(args);
+    cmd
+}
+
+fn rotate(locks: &Locks, log: &str, client: &str, keep: bool) -> Run {
+    let mut args = vec![log, "--client", client];
+    if keep {
+        args.push("--keep");
+    }
+    let out = plugin_run(locks, Path::new(ROTATOR), &[], &args)
+        .output()
+        .expect("run hasp plugin run");
+    Run::from(out)
+}
+
+#[test]
+fn a_plugin_locks_through_the_same_registry_as_the_cli() {
+    let locks = Locks::new();
+    let first = rotate(&locks, "app.log", "worker-1", true);
+    assert_eq!(
+        (first.code, first.stdout.as_str(), first.stderr.as_str()),
+        (0, "worker-1 rotates app.log (fencing token 1)\n", "")
+    );
+    // The lock it kept is an ordinary lock: the CLI sees and refuses it...
+    assert_eq!(
+        locks.json(&["status", "logs/app.log", "--json"])["client"],
+        "worker-1"
+    );
+    locks
+        .run(&["lock", "logs", "--client", "cli"])
+        .assert_refused(1, "Resource already locked by 'worker-1'");
+    // ...and another plugin instance is told who holds it.
+    rotate(&locks, "app.log", "worker-2", false)
+        .assert_refused(1, "app.log is being rotated by 'worker-1'; skipped");
+
+    locks.ok(&["unlock", "logs/app.log", "--client", "worker-1"]);
+    let second = rotate(&locks, "app.log", "worker-2", false);
+    assert_eq!(
+        (second.code, second.stdout.as_str()),
+        (
+            0,
+            "worker-2 rotates app.log (fencing token 2)\nworker-2 rotated app.log\n"
+        ),
+        "{second:?}"
+    );
+    assert_eq!(locks.ok(&["status", "logs/app.log"]), "not locked\n");
+}
+
+#[test]
+fn two_plugins_racing_for_one_log_one_wins_and_the_other_names_it() {
+    let locks = Locks::new();
+    for round in 0..5 {
+        let log = format!("race-{round}.log");
+        let racers: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|client| {
+                let child = plugin_run(
+                    &locks,
+                    Path::new(ROTATOR),
+                    &[],
+                    &[&log, "--client", client, "--keep"],
+                )
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn a plugin");
+                (*client, child)
+            })
+            .collect();
+        let runs: Vec<(&str, Run)> = racers
+            .into_iter()
+            .map(|(client, child)| (client, Run::from(child.wait_with_output().expect("wait"))))
+            .collect();
+        let winners: Vec<&str> = runs
+            .iter()
+            .filter(|(_, run)| run.code == 0)
+            .map(|(client, _)| *client)
+            .collect();
+        assert_eq!(winners.len(), 1, "exactly one wins: {runs:?}");
+        let winner = winners[0];
+        let (_, loser) = runs.iter().find(|(c, _)| *c != winner).expect("loser");
+        loser.assert_refused(1, &format!("{log} is being rotated by '{winner}'; skipped"));
+        assert_eq!(
+            locks.json(&["status", &format!("logs/{log}"), "--json"])["client"],
+            winner
+        );
+    }
+}
+
+#[test]
+fn a_composed_plugin_runs_under_stock_wasmtime_with_the_same_locks() {
+    let locks = Locks::new();
+    let out = tempfile::tempdir().expect("temp dir");
+    let composed = out.path().join("rotator+hasp.wasm");
+    locks.ok(&[
+        "plugin",
+        "compose",
+        ROTATOR,
+        "-o",
+        composed.to_str().expect("utf-8 path"),
+    ]);
+    let mut preopen = locks.path().as_os_str().to_owned();
+    preopen.push("::/locks");
+    let stock = |client: &str| {
+        let out = Command::new(wasmtime())
+            .arg("run")
+            .arg("--dir")
+            .arg(&preopen)
+            .arg(&composed)
+            .args(["app.log", "--client", client, "--keep"])
+            .output()
+            .expect("run wasmtime");
+        Run::from(out)
+    };
+    let won = stock("stock-1");
+    assert_eq!(
+        (won.code, won.stdout.as_str()),
+        (0, "stock-1 rotates app.log (fencing token 1)\n"),
+        "{won:?}"
+    );
+    stock("stock-2").assert_refused(1, "app.log is being rotated by 'stock-1'; skipped");
+    rotate(&locks, "app.log", "hosted", false)
+        .assert_refused(1, "app.log is being rotated by 'stock-1'; skipped");
+    assert_eq!(
+        locks.json(&["status", "logs/app.log", "--json"])["client"],
+        "stock-1"
+    );
+}
+
+/// A component (text format) that exports `wasi:cli/run` with `body` as the
+/// core function behind it, after `imports`.
+fn component(imports: &str, memory: bool, body: &str) -> Vec<u8> {
+    let memory = if memory { "(memory 1)" } else { "" };
+    let text = format!(
+        r#"(component
+             {imports}
+             (core module $m {memory} (func (export "run") (result i32) {body}))
+             (core instance $i (instantiate $m))
+             (func $run (result (result)) (canon lift (core func $i "run")))
+             (instance $cli (export "run" (func $run)))
+             (export "wasi:cli/run@0.2.0" (instance $cli)))"#
+    );
+    wat::parse_str(text).expect("valid component text")
+}
+
+/// Writes `bytes` as `name` in `dir`.
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write plugin");
+    path
+}
+
+#[test]
+fn bad_plugins_get_an_error_naming_them_and_leave_the_locks_alone() {
+    let locks = Locks::new();
+    locks.ok(&["lock", "logs/held.log", "--client", "keeper"]);
+    let before = locks.ok(&["status"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plugins = dir.path();
+    let cases: Vec<(PathBuf, Vec<&str>, &str)> = vec![
+        (
+            write(plugins, "text.wasm", b"not wasm at all"),
+            vec![],
+            "it is not a WebAssembly component",
+        ),
+        (
+            write(
+                plugins,
+                "core.wasm",
+                &wat::parse_str("(module)").expect("module"),
+            ),
+            vec![],
+            "it is a core WebAssembly module, not a component",
+        ),
+        (
+            write(
+                plugins,
+                "foreign.wasm",
+                &component(
+                    r#"(import "acme:db/query@1.0.0" (instance))"#,
+                    false,
+                    "i32.const 0",
+                ),
+            ),
+            vec![],
+            "it imports `acme:db/query@1.0.0`, which hasp does not provide",
+        ),
+        (
+            write(
+                plugins,
+                "future.wasm",
+                &component(
+                    r#"(import "hasp:lock/registry@0.2.0" (instance))"#,
+                    false,
+                    "i32.const 0",
+                ),
+            ),
+            vec![],
+            "it was built against hasp:lock@0.2.0 (it imports `hasp:lock/registry@0.2.0`) \
+             but this hasp provides hasp:lock@0.1.0",
+        ),
+        (
+            write(plugins, "trap.wasm", &component("", false, "unreachable")),
+            vec![],
+            "it trapped (wasm trap: wasm `unreachable` instruction executed)",
+        ),
+        (
+            write(
+                plugins,
+                "spin.wasm",
+                &component("", false, "(loop $l (br $l)) (i32.const 0)"),
+            ),
+            vec!["--timeout", "0.5"],
+            "it ran past its time limit (0.5 s) and was stopped",
+        ),
+        (
+            write(
+                plugins,
+                "hog.wasm",
+                &component(
+                    "",
+                    true,
+                    "(loop $l (drop (memory.grow (i32.const 16))) (br $l)) (i32.const 0)",
+                ),
+            ),
+            vec!["--max-memory", "16"],
+            "it tried to grow its memory past the limit (16 MiB) and was stopped",
+        ),
+    ];
+    for (plugin, options, expected) in cases {
+        let run = Run::from(
+            plugin_run(&locks, &plugin, &options, &[])
+                .output()
+                .expect("run hasp"),
+        );
+        let prefix = format!("plugin {}: ", plugin.display());
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(
+            run.stderr.starts_with(&prefix)
+                && run.stderr.contains(expected)
+                && run.stderr.lines().count() == 1,
+            "{}: {run:?}",
+            plugin.display()
+        );
+        assert_eq!(locks.ok(&["status"]), before, "{}", plugin.display());
+    }
+    // The lock held all along is still the keeper's, and works as before.
+    locks
+        .run(&["lock", "logs/held.log", "--client", "other"])
+        .assert_refused(1, "Resource already locked by 'keeper'");
+    locks.ok(&["unlock", "logs/held.log", "--client", "keeper"]);
+}
