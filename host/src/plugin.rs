@@ -133,16 +133,8 @@ pub fn run(
     let component = runtime.load(&composed, "plugin")?;
     let mut linker = Linker::new(runtime.engine());
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_error)?;
-    let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
-    wasi.allow_blocking_current_thread(true)
-        .inherit_stdio()
-        .arg(plugin)
-        .args(args)
-        .preopened_dir(dir, GUEST_DIR, wasmtime_wasi::FsPerms::ReadWrite)
-        .map_err(|e| Error::Directory {
-            dir: dir.to_path_buf(),
-            source: std::io::Error::other(format!("{e}")),
-        })?;
+    let mut wasi = Runtime::wasi_builder(dir, GUEST_DIR)?;
+    wasi.inherit_stdio().arg(plugin).args(args);
     let _tokio = runtime.enter();
     let mut store = runtime.new_store(wasi.build(), Default::default());
     let command =

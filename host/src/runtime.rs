@@ -175,6 +175,14 @@ impl Runtime {
     /// A WASI context whose only capability is `dir`, preopened read-write
     /// as `guest_dir`.
     pub(crate) fn wasi_for(dir: &Path, guest_dir: &str) -> Result<WasiCtx, Error> {
+        Ok(Self::wasi_builder(dir, guest_dir)?.build())
+    }
+
+    /// [`Runtime::wasi_for`], still open to more (arguments, stdio).
+    pub(crate) fn wasi_builder(
+        dir: &Path,
+        guest_dir: &str,
+    ) -> Result<wasmtime_wasi::WasiCtxBuilder, Error> {
         let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
         builder
             .allow_blocking_current_thread(true)
@@ -183,7 +191,7 @@ impl Runtime {
                 dir: dir.to_path_buf(),
                 source: std::io::Error::other(format!("{e}")),
             })?;
-        Ok(builder.build())
+        Ok(builder)
     }
 
     /// A store for one instance, with the runtime's limits: memory cap and

@@ -63,6 +63,31 @@ fn a_plugin_locks_through_the_same_registry_as_the_cli() {
 }
 
 #[test]
+fn the_rotator_repeats_with_times() {
+    let locks = Locks::new();
+    let run = Run::from(
+        plugin_run(
+            &locks,
+            Path::new(ROTATOR),
+            &[],
+            &["app.log", "--client", "c", "--times", "3"],
+        )
+        .output()
+        .expect("run hasp plugin run"),
+    );
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:?}");
+    assert!(
+        run.stdout.starts_with("3 rotations in ") && run.stdout.lines().count() == 1,
+        "{run:?}"
+    );
+    // Three grants, all released: the next one is the fourth.
+    assert_eq!(
+        locks.json(&["lock", "logs/app.log", "--client", "x", "--json"])["fencing"],
+        4
+    );
+}
+
+#[test]
 fn two_plugins_racing_for_one_log_one_wins_and_the_other_names_it() {
     let locks = Locks::new();
     for round in 0..5 {
