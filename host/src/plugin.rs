@@ -129,8 +129,8 @@ pub fn run(
     dir: &Path,
     args: &[String],
 ) -> Result<i32, Error> {
-    let composed = compose(plugin, bytes)?;
-    let component = runtime.load(&composed, "plugin")?;
+    // Composed and compiled once per plugin and guest; then from the cache.
+    let component = runtime.load_made("plugin", bytes, || compose(plugin, bytes))?;
     let mut linker = Linker::new(runtime.engine());
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_error)?;
     let mut wasi = Runtime::wasi_builder(dir, GUEST_DIR)?;

@@ -234,18 +234,21 @@ impl Runtime {
         &self.inner.engine
     }
 
-    /// Compiles the component `wasm` (`name` in the cache file name), or
-    /// loads it from the cache.
-    pub(crate) fn load(&self, wasm: &[u8], name: &str) -> Result<Component, Error> {
+    /// The component made from `source` by `make` (the plugin composed
+    /// with the guest, say), compiled, or loaded from the cache when this
+    /// `source` was made and compiled before with this guest.
+    pub(crate) fn load_made(
+        &self,
+        name: &str,
+        source: &[u8],
+        make: impl FnOnce() -> Result<Vec<u8>, Error>,
+    ) -> Result<Component, Error> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        wasm.hash(&mut hasher);
-        load_component(
-            &self.inner.engine,
-            wasm,
-            name,
-            &format!("{:016x}", hasher.finish()),
-        )
+        source.hash(&mut hasher);
+        GUEST_HASH.hash(&mut hasher);
+        let hash = format!("{:016x}", hasher.finish());
+        load_or_make(&self.inner.engine, name, &hash, make)
     }
 
     /// Enters the runtime's Tokio context for the duration of the guard.
@@ -319,6 +322,17 @@ fn load_component(
     name: &str,
     hash: &str,
 ) -> Result<Component, Error> {
+    load_or_make(engine, name, hash, || Ok(wasm.to_vec()))
+}
+
+/// Loads the compiled component `name`-`hash` from the cache, or makes its
+/// bytes with `make`, compiles them and caches the result.
+fn load_or_make(
+    engine: &Engine,
+    name: &str,
+    hash: &str,
+    make: impl FnOnce() -> Result<Vec<u8>, Error>,
+) -> Result<Component, Error> {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -335,7 +349,9 @@ fn load_component(
             }
         }
     }
-    let compiled = engine.precompile_component(wasm).map_err(runtime_error)?;
+    let compiled = engine
+        .precompile_component(&make()?)
+        .map_err(runtime_error)?;
     if let Some(path) = &cached {
         store(path, &compiled); // a cache that cannot be written only costs time
     }
