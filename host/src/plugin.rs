@@ -139,7 +139,19 @@ pub fn run(
     let mut store = runtime.new_store(wasi.build(), Default::default());
     let command =
         wasmtime_wasi::p2::bindings::sync::Command::instantiate(&mut store, &component, &linker)
-            .map_err(|e| plugin_error(plugin, format!("cannot start it: {e:#}")))?;
+            .map_err(|e| {
+                let why = format!("{e:#}");
+                plugin_error(
+                    plugin,
+                    if why.contains("wasi:cli/run") {
+                        "it is not a command: it exports no `wasi:cli/run` (with the wasip2 crate: \
+                 `wasip2::cli::command::export!`)"
+                            .to_string()
+                    } else {
+                        format!("cannot start it: {why}")
+                    },
+                )
+            })?;
     match command.wasi_cli_run().call_run(&mut store) {
         Ok(Ok(())) => Ok(0),
         Ok(Err(())) => Ok(1),

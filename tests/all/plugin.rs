@@ -241,6 +241,15 @@ fn bad_plugins_get_an_error_naming_them_and_leave_the_locks_alone() {
              but this hasp provides hasp:lock@0.1.0",
         ),
         (
+            write(
+                plugins,
+                "library.wasm",
+                &wat::parse_str("(component)").expect("component"),
+            ),
+            vec![],
+            "it is not a command: it exports no `wasi:cli/run`",
+        ),
+        (
             write(plugins, "trap.wasm", &component("", false, "unreachable")),
             vec![],
             "it trapped (wasm trap: wasm `unreachable` instruction executed)",
