@@ -1199,7 +1199,7 @@ fn oversized_requests_get_431_414_413_and_chunked_411() {
 fn malformed_requests_get_json_errors_and_change_nothing() {
     let locks = Locks::new();
     let server = Server::start(&locks, &[]);
-    let cases: [(&[u8], u16, &str); 8] = [
+    let cases: [(&[u8], u16, &str); 12] = [
         (b"HELLO\r\n\r\n", 400, "bad-request"),
         (b"GET /canhaz/x\r\n\r\n", 400, "bad-request"),
         (
@@ -1234,6 +1234,26 @@ fn malformed_requests_get_json_errors_and_change_nothing() {
         ),
         (
             &request("GET", "/v1/lock", &[], None),
+            405,
+            "method-not-allowed",
+        ),
+        (
+            &request("POST", "/canhaz/x", &[], Some("")),
+            405,
+            "method-not-allowed",
+        ),
+        (
+            &request("GET", "/RPC2", &[], None),
+            405,
+            "method-not-allowed",
+        ),
+        (
+            &request("DELETE", "/healthz", &[], None),
+            405,
+            "method-not-allowed",
+        ),
+        (
+            &request("POST", "/metrics", &[], Some("")),
             405,
             "method-not-allowed",
         ),

@@ -212,7 +212,8 @@ impl App {
         if path == "/healthz" {
             return (
                 Door::Other,
-                Response::json(200, &serde_json::json!({"ok": true})),
+                only(request, "GET", "/healthz")
+                    .unwrap_or_else(|| Response::json(200, &serde_json::json!({"ok": true}))),
             );
         }
         if !self.authorized(request) {
@@ -225,11 +226,8 @@ impl App {
             return (Door::V1, v1::handle(&self.locks, route, request).await);
         }
         if path == "/RPC2" || path == "/" {
-            if request.method != "POST" {
-                return (
-                    Door::XmlRpc,
-                    Response::error(405, "method-not-allowed", "XML-RPC calls are POSTed"),
-                );
+            if let Some(refused) = only(request, "POST", "XML-RPC") {
+                return (Door::XmlRpc, refused);
             }
             return (
                 Door::XmlRpc,
@@ -239,11 +237,8 @@ impl App {
         for verb in ["canhaz", "nowant", "dohaz"] {
             if let Some(rest) = path.strip_prefix('/').and_then(|p| p.strip_prefix(verb)) {
                 if let Some(rest) = rest.strip_prefix('/') {
-                    if request.method != "GET" {
-                        return (
-                            Door::Locker,
-                            Response::error(405, "method-not-allowed", "Locker calls are GETs"),
-                        );
+                    if let Some(refused) = only(request, "GET", "Locker") {
+                        return (Door::Locker, refused);
                     }
                     return (
                         Door::Locker,
@@ -253,6 +248,9 @@ impl App {
             }
         }
         if path == "/metrics" {
+            if let Some(refused) = only(request, "GET", "/metrics") {
+                return (Door::Other, refused);
+            }
             let text = self.locks.metrics.render();
             return (
                 Door::Other,
@@ -289,6 +287,17 @@ impl App {
         }
         false
     }
+}
+
+/// A 405 for a request to `what` made with another method than `method`.
+fn only(request: &Request, method: &str, what: &str) -> Option<Response> {
+    (request.method != method).then(|| {
+        Response::error(
+            405,
+            "method-not-allowed",
+            &format!("{what} answers {method} only, not {}", request.method),
+        )
+    })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
