@@ -1,11 +1,7 @@
 //! Hierarchical locks through the CLI: the cases of Locker's README, the AND
 //! rule of the two flags in both orders, and how names are normalised.
 
-use crate::support::Locks;
-
-fn already(holder: &str) -> String {
-    format!("Resource already locked by '{holder}'")
-}
+use crate::support::{already, Locks};
 
 #[test]
 fn lock_on_child_blocks_parent_and_grandchild_but_not_sibling() {

@@ -7,7 +7,9 @@
 //! the kernel through /proc/locks before the holder lets go. Nothing here
 //! waits for time to pass.
 
-use crate::support::{child_blocked, hasp_in, host_name, Holder, Locks, Run, Watchdog, HOLD};
+use crate::support::{
+    child_blocked, hasp_in, host_name, now_ms, Holder, Locks, Run, Watchdog, HOLD,
+};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -62,13 +64,6 @@ fn record(locks: &Locks, path: &str) -> (u32, String, u64, String) {
     let host = next();
     let since = next().parse().expect("milliseconds");
     (pid, host, since, next())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis() as u64
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for milliseconds since the epoch, counted the slow

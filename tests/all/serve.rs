@@ -3,7 +3,7 @@
 //! gocept.lockd's XML-RPC, raw TCP for the JSON API's edges and for requests
 //! no polite client would send.
 
-use crate::support::{Locks, Run};
+use crate::support::{already, is_uuid_v4, sorted_keys, Locks, Run, GRANT_KEYS};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -466,37 +466,10 @@ fn held(locks: &Locks) -> Vec<String> {
         .collect()
 }
 
-/// Whether `s` is a UUID v4 in its lowercase 8-4-4-4-12 form.
-fn is_uuid_v4(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, &c)| match i {
-            8 | 13 | 18 | 23 => c == b'-',
-            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
-        })
-        && b[14] == b'4'
-        && matches!(b[19], b'8' | b'9' | b'a' | b'b')
-}
-
 fn token(grant: &Value) -> String {
     let token = grant["token"].as_str().unwrap_or_default();
     assert!(is_uuid_v4(token), "no UUID v4 token in {grant}");
     token.to_string()
-}
-
-fn sorted_keys(object: &Value) -> Vec<&str> {
-    let mut keys: Vec<&str> = object
-        .as_object()
-        .unwrap_or_else(|| panic!("not an object: {object}"))
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort();
-    keys
-}
-
-fn already(holder: &str) -> String {
-    format!("Resource already locked by '{holder}'")
 }
 
 // ---------------------------------------------------------------- Locker
@@ -736,18 +709,7 @@ fn v1_lock_and_unlock_with_fencing_and_refusals() {
         &json!({"resource": "/db/main/", "client": "ci-1"}),
     );
     assert_eq!(status, 200, "{grant}");
-    assert_eq!(
-        sorted_keys(&grant),
-        [
-            "client",
-            "fencing",
-            "lock_children",
-            "lock_parents",
-            "resource",
-            "since_ms",
-            "token"
-        ]
-    );
+    assert_eq!(sorted_keys(&grant), GRANT_KEYS);
     assert_eq!(grant["resource"], "db/main");
     assert_eq!(grant["client"], "ci-1");
     assert_eq!(grant["fencing"], 1);

@@ -317,3 +317,51 @@ impl Watchdog {
         self.thread.join().expect("watchdog thread")
     }
 }
+
+/// gocept.lockd's refusal naming `holder`.
+pub fn already(holder: &str) -> String {
+    format!("Resource already locked by '{holder}'")
+}
+
+/// Whether `s` is a UUID v4 in its lowercase 8-4-4-4-12 form.
+pub fn is_uuid_v4(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        })
+        && b[14] == b'4'
+        && matches!(b[19], b'8' | b'9' | b'a' | b'b')
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// The keys of a JSON object, sorted.
+pub fn sorted_keys(object: &serde_json::Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = object
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {object}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// The keys of a grant as every door prints it in JSON, sorted.
+pub const GRANT_KEYS: [&str; 7] = [
+    "client",
+    "fencing",
+    "lock_children",
+    "lock_parents",
+    "resource",
+    "since_ms",
+    "token",
+];

@@ -1,20 +1,8 @@
 //! Unlock tokens, anonymous locks and fencing tokens, through the CLI. Every
 //! `hasp` call is a fresh process, so everything here also survives restarts.
 
-use crate::support::Locks;
+use crate::support::{is_uuid_v4, now_ms, sorted_keys, Locks, GRANT_KEYS};
 use serde_json::Value;
-
-/// Whether `s` is a UUID v4 in its lowercase 8-4-4-4-12 form.
-fn is_uuid_v4(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, &c)| match i {
-            8 | 13 | 18 | 23 => c == b'-',
-            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
-        })
-        && b[14] == b'4'
-        && matches!(b[19], b'8' | b'9' | b'a' | b'b')
-}
 
 fn token(grant: &Value) -> &str {
     grant["token"].as_str().expect("a token string")
@@ -24,11 +12,6 @@ fn fencing(held: &Value) -> u64 {
     held["fencing"].as_u64().expect("a fencing number")
 }
 
-fn now_ms() -> u64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    since.expect("clock after 1970").as_millis() as u64
-}
-
 #[test]
 fn lock_json_prints_the_whole_grant() {
     let locks = Locks::new();
@@ -36,21 +19,7 @@ fn lock_json_prints_the_whole_grant() {
     let grant = locks.json(&["lock", "/deploy/prod/", "--client", "ci-42", "--json"]);
     let after = now_ms();
 
-    let keys: Vec<&String> = grant.as_object().expect("a JSON object").keys().collect();
-    let mut keys: Vec<&str> = keys.into_iter().map(String::as_str).collect();
-    keys.sort();
-    assert_eq!(
-        keys,
-        [
-            "client",
-            "fencing",
-            "lock_children",
-            "lock_parents",
-            "resource",
-            "since_ms",
-            "token"
-        ]
-    );
+    assert_eq!(sorted_keys(&grant), GRANT_KEYS);
     assert_eq!(grant["resource"], "deploy/prod");
     assert_eq!(grant["client"], "ci-42");
     assert_eq!(fencing(&grant), 1);
