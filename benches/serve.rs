@@ -1,7 +1,8 @@
 //! `hasp serve` under load: the real binary on loopback, driven by raw
 //! HTTP/1.1 keep-alive connections (std threads, std::net).
 //! Run: `cargo bench --bench serve` (`HASP_BENCH_DIR` picks the filesystem,
-//! `HASP_BENCH_SECS` the seconds per row, default 3). Prints one table:
+//! `HASP_BENCH_SECS` the seconds per row, default 3, `HASP_BENCH_SERVE_ARGS`
+//! extra `hasp serve` flags). Prints one table:
 //!
 //! - lock+unlock cycles through Locker's doors (GET /canhaz, /nowant with the
 //!   token) at 1, 16 and 64 connections, each connection on its own 16
@@ -746,6 +747,10 @@ impl Server {
             .args(["serve", "--addr", "127.0.0.1:0"]);
         if fsync {
             cmd.arg("--fsync");
+        }
+        // Extra `hasp serve` flags to compare settings, e.g. `--workers 2`.
+        if let Ok(extra) = std::env::var("HASP_BENCH_SERVE_ARGS") {
+            cmd.args(extra.split_whitespace());
         }
         let mut child = cmd
             .stdin(Stdio::null())
