@@ -24,6 +24,9 @@ usage: hasp.wasm [--dir GUEST_DIR] COMMAND
 GUEST_DIR is the lock directory as the runtime preopened it (`--dir HOST::GUEST`
 for wasmtime); without --dir, the only preopen.";
 
+/// The options that take a value (`--name VALUE`).
+const VALUE_OPTIONS: [&str; 3] = ["--dir", "--client", "--token"];
+
 /// Exports `wasi:cli/run`.
 pub struct Command;
 
@@ -285,12 +288,16 @@ impl Args {
         }
     }
 
-    /// Takes the next argument that is not an option.
+    /// Takes the next argument that is neither an option nor the value of
+    /// one not taken yet (`--client ID` may come before the resource).
     fn positional(&mut self) -> Option<String> {
-        let i = self
-            .rest
-            .iter()
-            .position(|a| a.as_deref().is_some_and(|a| !a.starts_with('-')))?;
+        let i = (0..self.rest.len()).find(|&i| {
+            let value_of_option = i > 0
+                && self.rest[i - 1]
+                    .as_deref()
+                    .is_some_and(|prev| VALUE_OPTIONS.contains(&prev));
+            !value_of_option && self.rest[i].as_deref().is_some_and(|a| !a.starts_with('-'))
+        })?;
         self.rest[i].take()
     }
 

@@ -47,8 +47,10 @@ pub struct Disk {
 }
 
 /// How many node directories a registry keeps open at most (each holds up
-/// to three descriptors); past that the cache starts again empty.
-const OPEN_NODES: usize = 256;
+/// to three descriptors); past that the cache starts again empty. Several
+/// registries share a process (`hasp serve` runs one per worker), so this
+/// stays well under the usual limit of 1024 open files.
+const OPEN_NODES: usize = 32;
 
 /// A node directory held open across calls, with its `.fence` and `.ix`
 /// once they exist. Holding them is safe because none is ever removed or
@@ -204,8 +206,9 @@ impl Disk {
     }
 
     /// Lets go of every node directory held open. Called when a node was
-    /// found gone, which the layout rules out but an operator may do.
-    fn forget(&self) {
+    /// found gone, which the layout rules out but an operator may do, and
+    /// after any failed call (out of descriptors, say).
+    pub fn forget(&self) {
         self.nodes.borrow_mut().clear();
     }
 

@@ -78,19 +78,19 @@ mod export {
         }
 
         fn lock(&self, resource: String, options: LockOptions) -> Result<Grant, Error> {
-            Registry::lock(self, &resource, &options)
+            Registry::lock(self, &resource, &options).inspect_err(|e| self.failed(e))
         }
 
         fn unlock(&self, resource: String, key: UnlockKey) -> Result<Holder, Error> {
-            Registry::unlock(self, &resource, &key)
+            Registry::unlock(self, &resource, &key).inspect_err(|e| self.failed(e))
         }
 
         fn status(&self, resource: String) -> Result<Option<Holder>, Error> {
-            Registry::status(self, &resource)
+            Registry::status(self, &resource).inspect_err(|e| self.failed(e))
         }
 
         fn list(&self, prefix: String) -> Result<Vec<Holder>, Error> {
-            Registry::list(self, &prefix)
+            Registry::list(self, &prefix).inspect_err(|e| self.failed(e))
         }
     }
 

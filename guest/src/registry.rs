@@ -65,6 +65,18 @@ impl Registry {
         })
     }
 
+    /// After a failed call: lets go of the directories held open, which may
+    /// be the cause (out of descriptors; a directory removed or replaced).
+    pub fn failed(&self, err: &Error) {
+        use crate::hasp::lock::types::ErrorCode;
+        if matches!(
+            err.code,
+            ErrorCode::Storage(_) | ErrorCode::Busy | ErrorCode::CorruptRecord(_)
+        ) {
+            self.disk.forget();
+        }
+    }
+
     /// Takes a lock; see the WIT docs of `registry.lock`.
     pub fn lock(&self, resource: &str, options: &LockOptions) -> Result<Grant, Error> {
         self.disk.begin_call();

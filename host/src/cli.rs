@@ -224,6 +224,18 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
                 memory: max_memory.saturating_mul(1 << 20),
             })?;
             let name = plugin.display().to_string();
+            // The runtime stops running code at the limit; a plugin waiting
+            // inside a host call (a sleep, its input) is stopped here, a
+            // moment later.
+            let message = format!(
+                "plugin {name}: it ran past its time limit ({} s) and was stopped",
+                timeout.as_secs_f64()
+            );
+            std::thread::spawn(move || {
+                std::thread::sleep(timeout + Duration::from_millis(500));
+                eprintln!("{message}");
+                std::process::exit(2);
+            });
             Ok(hasp::plugin::run(&runtime, &name, &bytes, &dir, &args)?)
         }
         Command::Run(run) => run_locked(&dir, run),

@@ -8,5 +8,24 @@ mod child;
 mod cli;
 
 fn main() {
+    raise_open_file_limit();
     std::process::exit(cli::run());
+}
+
+/// Lets this process open as many files as the hard limit allows: each
+/// guest instance keeps some lock directories open, and `hasp serve` runs
+/// several (the soft limit is often 1024).
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }

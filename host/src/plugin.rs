@@ -7,8 +7,13 @@
 //! plugin that is a command (`wasi:cli/run`) here, with the lock directory
 //! preopened as `/locks` and nothing else: no environment, no network, no
 //! other files. A plugin runs under the runtime's [`Limits`](crate::Limits)
-//! (wall-clock time, memory); whatever it does, it can change the lock
-//! directory only through the guest's rules.
+//! (time, memory).
+//!
+//! Composed, plugin and guest are one component with one set of WASI
+//! imports, so the plugin can also reach `/locks` itself, around the
+//! guest's rules: run only plugins you would trust with the lock directory.
+//! (Serving `hasp:lock/registry` from a separate guest instance, with the
+//! plugin given no preopen at all, would close this; not done yet.)
 
 use crate::error::Error;
 use crate::registry::GUEST_DIR;
@@ -135,7 +140,15 @@ pub fn run(
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_error)?;
     let mut wasi = Runtime::wasi_builder(dir, GUEST_DIR)?;
     wasi.inherit_stdio().arg(plugin).args(args);
-    let _tokio = runtime.enter();
+    // A plugin may sleep or wait on its input: wasmtime-wasi then waits on
+    // Tokio's timers and I/O, which need a runtime with threads that drive
+    // them (the registry's thread-less one would wait for ever).
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(runtime_error)?;
+    let _tokio = tokio.enter();
     let mut store = runtime.new_store(wasi.build(), Default::default());
     let command =
         wasmtime_wasi::p2::bindings::sync::Command::instantiate(&mut store, &component, &linker)

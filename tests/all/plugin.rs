@@ -88,6 +88,59 @@ fn the_rotator_repeats_with_times() {
 }
 
 #[test]
+fn a_plugin_may_sleep_while_it_holds_a_lock() {
+    let locks = Locks::new();
+    let out = plugin_run(
+        &locks,
+        Path::new(ROTATOR),
+        &[],
+        &["app.log", "--client", "slow", "--work-ms", "20"],
+    )
+    .output()
+    .expect("run hasp plugin run");
+    let run = Run::from(out);
+    assert_eq!(
+        (run.code, run.stdout.as_str(), run.stderr.as_str()),
+        (
+            0,
+            "slow rotates app.log (fencing token 1)\nslow rotated app.log\n",
+            ""
+        )
+    );
+}
+
+#[test]
+fn a_plugin_waiting_past_its_time_limit_is_stopped() {
+    let locks = Locks::new();
+    let out = plugin_run(
+        &locks,
+        Path::new(ROTATOR),
+        &["--timeout", "0.2"],
+        &[
+            "app.log",
+            "--client",
+            "stuck",
+            "--work-ms",
+            "600000",
+            "--keep",
+        ],
+    )
+    .output()
+    .expect("run hasp plugin run");
+    let run = Run::from(out);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(
+        run.stderr,
+        format!("plugin {ROTATOR}: it ran past its time limit (0.2 s) and was stopped\n")
+    );
+    // Its lock was granted before it stalled: a lock, like any other.
+    assert_eq!(
+        locks.json(&["status", "logs/app.log", "--json"])["client"],
+        "stuck"
+    );
+}
+
+#[test]
 fn two_plugins_racing_for_one_log_one_wins_and_the_other_names_it() {
     let locks = Locks::new();
     for round in 0..5 {

@@ -119,7 +119,8 @@ fn the_gocept_session_under_stock_wasmtime_run() {
     ));
     wasm(&locks, &["unlock", "resource1", "--client", "client1"])
         .assert_refused(1, "Resource not locked");
-    assert_ok(&wasm(&locks, &["lock", "resource1", "--client", "client2"]));
+    // Options may come first, as with `hasp`.
+    assert_ok(&wasm(&locks, &["lock", "--client", "client2", "resource1"]));
     assert_eq!(
         locks.json(&["status", "resource1", "--json"])["client"],
         "client2"

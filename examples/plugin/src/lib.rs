@@ -13,8 +13,9 @@
 //! or compose it with the hasp guest (`hasp plugin compose`) and run the
 //! result under the stock `wasmtime run --dir ./locks::/locks`.
 //!
-//! Arguments: `LOG --client ID [--keep | --times N]`. It locks `logs/LOG` as
-//! ID, "rotates" (prints what it would do), and unlocks — unless `--keep`,
+//! Arguments: `LOG --client ID [--work-ms MS] [--keep | --times N]`. It locks
+//! `logs/LOG` as ID, "rotates" (prints what it would do, then takes MS
+//! milliseconds, default 0, as a real rotation would), and unlocks — unless `--keep`,
 //! which leaves the lock held, as a rotator that crashed midway would. For
 //! benchmarks, `--times N` rotates N times in a row (lock + unlock each) and
 //! prints only `N rotations in X ms (Y µs each)`. Exit codes: 0 rotated,
@@ -64,12 +65,17 @@ struct Args {
     keep: bool,
     /// `--times N`: rotate N times and print only a timing summary.
     times: Option<u32>,
+    /// `--work-ms MS`: how long one rotation takes while the lock is held.
+    work_ms: u64,
 }
 
 /// Does the work; the text to print and the exit code.
 fn rotate(args: &[String]) -> (String, u8) {
     let Some(args) = parse(args) else {
-        return ("usage: LOG --client ID [--keep | --times N]\n".into(), 2);
+        return (
+            "usage: LOG --client ID [--work-ms MS] [--keep | --times N]\n".into(),
+            2,
+        );
     };
     let registry = match Registry::open(LOCKS) {
         Ok(registry) => registry,
@@ -123,6 +129,9 @@ fn rotate_once(registry: &Registry, args: &Args) -> (String, u8) {
         "{client} rotates {log} (fencing token {})\n",
         grant.holder.fencing
     );
+    if args.work_ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(args.work_ms));
+    }
     if args.keep {
         return (text, 0);
     }
@@ -136,12 +145,13 @@ fn rotate_once(registry: &Registry, args: &Args) -> (String, u8) {
 }
 
 fn parse(args: &[String]) -> Option<Args> {
-    let (mut log, mut client, mut keep, mut times) = (None, None, false, None);
+    let (mut log, mut client, mut keep, mut times, mut work_ms) = (None, None, false, None, 0);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--client" => client = Some(args.next()?.clone()),
             "--keep" => keep = true,
+            "--work-ms" => work_ms = args.next()?.parse().ok()?,
             "--times" => times = Some(args.next()?.parse().ok().filter(|&n| n > 0)?),
             other if !other.starts_with('-') && log.is_none() => log = Some(other.to_string()),
             _ => return None,
@@ -155,5 +165,6 @@ fn parse(args: &[String]) -> Option<Args> {
         client: client?,
         keep,
         times,
+        work_ms,
     })
 }
