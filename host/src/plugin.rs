@@ -65,9 +65,25 @@ pub fn compose(plugin: &str, bytes: &[u8]) -> Result<Vec<u8>, Error> {
             format!("its hasp:lock imports do not match what hasp@{PROVIDED} exports: {e:#}"),
         )
     })?;
-    graph
+    let composed = graph
         .encode(EncodeOptions::default())
-        .map_err(|e| plugin_error(plugin, format!("cannot compose it with hasp: {e:#}")))
+        .map_err(|e| plugin_error(plugin, format!("cannot compose it with hasp: {e:#}")))?;
+    // wac plugs what matches and leaves the rest: refuse a half-plugged one.
+    let mut check = CompositionGraph::new();
+    let result = Package::from_bytes("hasp:composed", None, composed.clone(), check.types_mut())
+        .map_err(|e| plugin_error(plugin, format!("cannot compose it with hasp: {e:#}")))?;
+    if let Some(left) = check.types()[result.ty()]
+        .imports
+        .keys()
+        // `types` holds only types: it needs no instance to run.
+        .find(|name| name.starts_with("hasp:") && !name.starts_with("hasp:lock/types@"))
+    {
+        return Err(plugin_error(
+            plugin,
+            format!("its import `{left}` does not match what hasp@{PROVIDED} exports"),
+        ));
+    }
+    Ok(composed)
 }
 
 /// A core module, or not WebAssembly at all, gets a clear error.
@@ -134,6 +150,7 @@ pub fn run(
     dir: &Path,
     args: &[String],
 ) -> Result<i32, Error> {
+    check_header(plugin, bytes)?;
     // Composed and compiled once per plugin and guest; then from the cache.
     let component = runtime.load_made("plugin", bytes, || compose(plugin, bytes))?;
     let mut linker = Linker::new(runtime.engine());

@@ -247,6 +247,8 @@ impl Runtime {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         source.hash(&mut hasher);
         GUEST_HASH.hash(&mut hasher);
+        // A new hasp may compose differently with the same guest.
+        env!("CARGO_PKG_VERSION").hash(&mut hasher);
         let hash = format!("{:016x}", hasher.finish());
         load_or_make(&self.inner.engine, name, &hash, make)
     }
@@ -364,7 +366,14 @@ fn store(path: &Path, bytes: &[u8]) {
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
-    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+    // Unique per process, thread and call: two writers never share a file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".tmp-{}-{:?}-{}",
+        std::process::id(),
+        std::thread::current().id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -211,12 +211,17 @@ fn bad_preopens_and_arguments_get_clear_errors() {
     }
     let traversal = wasm(&locks, &["lock", "../escape", "--client", "x"]);
     assert_eq!(traversal.code, 2, "{traversal:?}");
-    assert!(!locks
-        .path()
-        .parent()
-        .expect("parent")
-        .join("escape")
-        .exists());
+    assert!(
+        traversal
+            .stderr
+            .contains("invalid resource name '../escape'"),
+        "{traversal:?}"
+    );
+    assert_eq!(
+        locks.ok(&["status", "--json"]).trim(),
+        "[]",
+        "nothing was locked"
+    );
 }
 
 #[test]
@@ -236,6 +241,13 @@ fn component_path_writes_the_component_once_into_the_cache() {
     let bytes = std::fs::read(&first).expect("component file");
     // A component, not a core module: magic, then version 0x0d, layer 1.
     assert_eq!(&bytes[..8], b"\0asm\x0d\0\x01\0");
+    let modified = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .expect("mtime")
+    };
+    let written = modified(&first);
     assert_eq!(path_of(), first);
     assert_eq!(std::fs::read(&first).expect("again"), bytes);
+    assert_eq!(modified(&first), written, "the second call wrote it again");
 }
