@@ -31,9 +31,10 @@ impl Pool {
         for n in 0..workers.max(1) {
             let registry = Registry::open_with(runtime, dir)?;
             let (jobs, queue) = mpsc::channel::<Job>();
+            let (runtime, dir) = (runtime.clone(), dir.to_path_buf());
             std::thread::Builder::new()
                 .name(format!("hasp-worker-{n}"))
-                .spawn(move || work(registry, queue))
+                .spawn(move || work(registry, queue, &runtime, &dir))
                 .map_err(|e| Error::Runtime(format!("cannot start a worker thread: {e}")))?;
             senders.push(jobs);
         }
@@ -72,9 +73,16 @@ impl Pool {
     }
 }
 
-fn work(mut registry: Registry, queue: mpsc::Receiver<Job>) {
+fn work(mut registry: Registry, queue: mpsc::Receiver<Job>, runtime: &Runtime, dir: &Path) {
     // Ends when the pool is dropped.
     while let Ok(job) = queue.recv() {
-        job(&mut registry);
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut registry)));
+        if ran.is_err() {
+            // The caller got an error (its reply was dropped); this worker
+            // goes on, with a fresh instance if one can be made.
+            if let Ok(fresh) = Registry::open_with(runtime, dir) {
+                registry = fresh;
+            }
+        }
     }
 }
