@@ -156,7 +156,7 @@ row '(c) hasp Rust API in-process, distinct resources (`cargo bench --bench api`
 section "One rotation (lock+unlock) as a whole process, warm"
 bench '`wasmtime run --dir LOCKS::/locks COMPOSED LOG --client c`' "$WARM_RUNS" "" \
     "${WT_WARM[@]}" "$COMPOSED" p.log --client c
-bench '`hasp --dir LOCKS plugin run ROTATOR -- LOG --client c` (composed once, then cached)' "$WARM_RUNS" "" \
+bench '`hasp --dir LOCKS plugin run ROTATOR -- LOG --client c` (compiled once, then cached)' "$WARM_RUNS" "" \
     "$HASP" --dir "$LOCKS" plugin run "$PLUGIN" -- p.log --client c
 
 echo "| Measurement | Median | Mean ± σ | Runs |"

@@ -24,3 +24,19 @@ pub mod process {
 
     pub use self::hasp::lock::file_lock;
 }
+
+/// World `plugin`: what a plugin imports. The host serves it (`plugin.rs`),
+/// each registry backed by a guest instance of its own.
+pub mod plugin {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit",
+        imports: { default: trappable },
+        with: {
+            "hasp:lock/types": crate::bindings::registry::types,
+            "hasp:lock/registry.registry": crate::plugin::Served,
+        },
+    });
+
+    pub use self::hasp::lock::registry;
+}

@@ -1,27 +1,28 @@
-//! Plugins: a user's component that imports `hasp:lock/registry`, with the
-//! hasp guest plugged into that import (wac composition), so the plugin's
-//! lock calls run the same rules on the same directory as every other door.
+//! Plugins: a user's component that imports `hasp:lock/registry`.
 //!
-//! [`compose`] makes one component of plugin + guest, runnable anywhere
-//! components run (`wasmtime run --dir ./locks::/locks`); [`run`] runs a
-//! plugin that is a command (`wasi:cli/run`) here, with the lock directory
-//! preopened as `/locks` and nothing else: no environment, no network, no
-//! other files. A plugin runs under the runtime's [`Limits`](crate::Limits)
-//! (time, memory).
+//! [`run`] runs a plugin that is a command (`wasi:cli/run`) here and serves
+//! its `hasp:lock/registry` import itself: each registry the plugin opens
+//! is a guest instance of its own, in its own store, with the lock
+//! directory preopened. The plugin gets no preopen at all (and no
+//! environment or network), so it reaches the lock directory only through
+//! the guest's rules. It runs under the runtime's [`Limits`](crate::Limits)
+//! (time, memory per linear memory).
 //!
-//! Composed, plugin and guest are one component with one set of WASI
-//! imports, so the plugin can also reach `/locks` itself, around the
-//! guest's rules: run only plugins you would trust with the lock directory.
-//! (Serving `hasp:lock/registry` from a separate guest instance, with the
-//! plugin given no preopen at all, would close this; not done yet.)
+//! [`compose`] instead plugs the guest into the plugin's imports (wac), one
+//! component that runs wherever components run (`wasmtime run --dir
+//! ./locks::/locks`). There plugin and guest share one set of WASI imports,
+//! so the plugin can reach the preopen too: it is trusted with it.
 
+use crate::bindings::plugin::registry::{Host, HostRegistry};
+use crate::bindings::plugin::Plugin;
+use crate::bindings::registry::types as wit;
 use crate::error::Error;
-use crate::registry::GUEST_DIR;
-use crate::runtime::{runtime_error, Runtime, GUEST_WASM};
+use crate::registry::{Registry, GUEST_DIR};
+use crate::runtime::{runtime_error, Runtime, State, GUEST_WASM};
 use std::path::Path;
 use wac_graph::types::{ItemKind, Package};
 use wac_graph::{plug, CompositionGraph, EncodeOptions};
-use wasmtime::component::Linker;
+use wasmtime::component::{HasSelf, Linker, Resource};
 
 /// The `hasp:lock` version this host provides to plugins.
 const PROVIDED: &str = "0.1.0";
@@ -40,17 +41,8 @@ fn plugin_error(plugin: &str, message: impl Into<String>) -> Error {
 /// plugs the hasp guest into its `hasp:lock` imports. Returns the composed
 /// component, or the plugin itself when it imports nothing from hasp.
 pub fn compose(plugin: &str, bytes: &[u8]) -> Result<Vec<u8>, Error> {
-    check_header(plugin, bytes)?;
     let mut graph = CompositionGraph::new();
-    let socket = Package::from_bytes("hasp:plugin", None, bytes.to_vec(), graph.types_mut())
-        .map_err(|e| plugin_error(plugin, format!("cannot read it as a component: {e:#}")))?;
-    let socket = graph
-        .register_package(socket)
-        .map_err(|e| plugin_error(plugin, format!("{e:#}")))?;
-    let mut wants_hasp = false;
-    for (name, kind) in &graph.types()[graph[socket].ty()].imports {
-        wants_hasp |= check_import(plugin, name, kind)?;
-    }
+    let (socket, wants_hasp) = check(plugin, bytes, &mut graph)?;
     if !wants_hasp {
         return Ok(bytes.to_vec());
     }
@@ -84,6 +76,26 @@ pub fn compose(plugin: &str, bytes: &[u8]) -> Result<Vec<u8>, Error> {
         ));
     }
     Ok(composed)
+}
+
+/// Checks that `bytes` is a component whose imports hasp can satisfy;
+/// registers it in `graph`. True when it imports from `hasp:lock`.
+fn check(
+    plugin: &str,
+    bytes: &[u8],
+    graph: &mut CompositionGraph,
+) -> Result<(wac_graph::PackageId, bool), Error> {
+    check_header(plugin, bytes)?;
+    let package = Package::from_bytes("hasp:plugin", None, bytes.to_vec(), graph.types_mut())
+        .map_err(|e| plugin_error(plugin, format!("cannot read it as a component: {e:#}")))?;
+    let package = graph
+        .register_package(package)
+        .map_err(|e| plugin_error(plugin, format!("{e:#}")))?;
+    let mut wants_hasp = false;
+    for (name, kind) in &graph.types()[graph[package].ty()].imports {
+        wants_hasp |= check_import(plugin, name, kind)?;
+    }
+    Ok((package, wants_hasp))
 }
 
 /// A core module, or not WebAssembly at all, gets a clear error.
@@ -151,12 +163,20 @@ pub fn run(
     args: &[String],
 ) -> Result<i32, Error> {
     check_header(plugin, bytes)?;
-    // Composed and compiled once per plugin and guest; then from the cache.
-    let component = runtime.load_made("plugin", bytes, || compose(plugin, bytes))?;
+    // Checked and compiled once per plugin; then from the cache.
+    let component = runtime.load_made("plugin-served", bytes, || {
+        check(plugin, bytes, &mut CompositionGraph::new())?;
+        Ok(bytes.to_vec())
+    })?;
     let mut linker = Linker::new(runtime.engine());
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_error)?;
-    let mut wasi = Runtime::wasi_builder(dir, GUEST_DIR)?;
-    wasi.inherit_stdio().arg(plugin).args(args);
+    Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(runtime_error)?;
+    // No preopen: the lock directory is the registries' alone.
+    let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+    wasi.allow_blocking_current_thread(true)
+        .inherit_stdio()
+        .arg(plugin)
+        .args(args);
     // A plugin may sleep or wait on its input: wasmtime-wasi then waits on
     // Tokio's timers and I/O, which need a runtime with threads that drive
     // them (the registry's thread-less one would wait for ever).
@@ -167,6 +187,7 @@ pub fn run(
         .map_err(runtime_error)?;
     let _tokio = tokio.enter();
     let mut store = runtime.new_store(wasi.build(), Default::default());
+    store.data_mut().served = Some((runtime.clone(), dir.to_path_buf()));
     let command =
         wasmtime_wasi::p2::bindings::sync::Command::instantiate(&mut store, &component, &linker)
             .map_err(|e| {
@@ -210,5 +231,81 @@ fn stopped(err: &wasmtime::Error, limits: &crate::Limits) -> String {
         )
     } else {
         format!("it stopped: {cause}")
+    }
+}
+
+/// A registry a plugin opened: a guest instance of its own on the lock
+/// directory, in its own store.
+pub struct Served {
+    registry: Registry,
+}
+
+impl Host for State {}
+
+impl HostRegistry for State {
+    fn open(&mut self, dir: String) -> wasmtime::Result<Result<Resource<Served>, wit::Error>> {
+        let refused = |message: String| {
+            Ok(Err(wit::Error {
+                code: wit::ErrorCode::Storage(dir.clone()),
+                message,
+            }))
+        };
+        let Some((runtime, locks)) = &self.served else {
+            return refused(format!("cannot open {dir}: this host serves no registry"));
+        };
+        if dir.trim_end_matches('/') != GUEST_DIR {
+            return refused(format!(
+                "cannot open {dir}: no such preopened directory (plugins get {GUEST_DIR})"
+            ));
+        }
+        match Registry::open_with(runtime, locks) {
+            Ok(registry) => Ok(Ok(self.table.push(Served { registry })?)),
+            Err(err) => refused(err.to_string()),
+        }
+    }
+
+    fn lock(
+        &mut self,
+        this: Resource<Served>,
+        resource: String,
+        options: wit::LockOptions,
+    ) -> wasmtime::Result<Result<wit::Grant, wit::Error>> {
+        self.table
+            .get_mut(&this)?
+            .registry
+            .lock_wit(&resource, &options)
+    }
+
+    fn unlock(
+        &mut self,
+        this: Resource<Served>,
+        resource: String,
+        key: wit::UnlockKey,
+    ) -> wasmtime::Result<Result<wit::Holder, wit::Error>> {
+        self.table
+            .get_mut(&this)?
+            .registry
+            .unlock_wit(&resource, &key)
+    }
+
+    fn status(
+        &mut self,
+        this: Resource<Served>,
+        resource: String,
+    ) -> wasmtime::Result<Result<Option<wit::Holder>, wit::Error>> {
+        self.table.get_mut(&this)?.registry.status_wit(&resource)
+    }
+
+    fn list(
+        &mut self,
+        this: Resource<Served>,
+        prefix: String,
+    ) -> wasmtime::Result<Result<Vec<wit::Holder>, wit::Error>> {
+        self.table.get_mut(&this)?.registry.list_wit(&prefix)
+    }
+
+    fn drop(&mut self, this: Resource<Served>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
     }
 }

@@ -182,6 +182,61 @@ impl Registry {
         Ok(held.into_iter().map(holder).collect())
     }
 
+    /// `lock`, with the guest's own types: for plugins, which get the
+    /// guest's answer as it is. `Err` only for a trap.
+    pub(crate) fn lock_wit(
+        &mut self,
+        resource: &str,
+        options: &wit::LockOptions,
+    ) -> wasmtime::Result<Result<wit::Grant, wit::Error>> {
+        self.call_raw(|guest, handle, store| {
+            guest
+                .hasp_lock_registry()
+                .registry()
+                .call_lock(store, handle, resource, options)
+        })
+    }
+
+    /// `unlock`, with the guest's own types (see [`Registry::lock_wit`]).
+    pub(crate) fn unlock_wit(
+        &mut self,
+        resource: &str,
+        key: &wit::UnlockKey,
+    ) -> wasmtime::Result<Result<wit::Holder, wit::Error>> {
+        self.call_raw(|guest, handle, store| {
+            guest
+                .hasp_lock_registry()
+                .registry()
+                .call_unlock(store, handle, resource, key)
+        })
+    }
+
+    /// `status`, with the guest's own types (see [`Registry::lock_wit`]).
+    pub(crate) fn status_wit(
+        &mut self,
+        resource: &str,
+    ) -> wasmtime::Result<Result<Option<wit::Holder>, wit::Error>> {
+        self.call_raw(|guest, handle, store| {
+            guest
+                .hasp_lock_registry()
+                .registry()
+                .call_status(store, handle, resource)
+        })
+    }
+
+    /// `list`, with the guest's own types (see [`Registry::lock_wit`]).
+    pub(crate) fn list_wit(
+        &mut self,
+        prefix: &str,
+    ) -> wasmtime::Result<Result<Vec<wit::Holder>, wit::Error>> {
+        self.call_raw(|guest, handle, store| {
+            guest
+                .hasp_lock_registry()
+                .registry()
+                .call_list(store, handle, prefix)
+        })
+    }
+
     /// Starts measuring the time the guest spends in host functions (the
     /// filesystem, clock and random calls of WASI). For benchmarks: it adds a
     /// hook to every host call.
@@ -219,6 +274,29 @@ impl Registry {
             self.live = None; // trapped: the next call gets a fresh instance
         }
         Error::from_call(outcome, &self.dir)
+    }
+
+    /// [`Registry::call`], leaving the guest's answer as it is.
+    fn call_raw<T>(
+        &mut self,
+        f: impl FnOnce(
+            &Guest,
+            ResourceAny,
+            &mut Store<State>,
+        ) -> wasmtime::Result<Result<T, wit::Error>>,
+    ) -> wasmtime::Result<Result<T, wit::Error>> {
+        let ticks = self.runtime.deadline_ticks();
+        let runtime = self.runtime.clone();
+        let _tokio = runtime.enter();
+        let live = self
+            .live()
+            .map_err(|e| wasmtime::Error::msg(e.to_string()))?;
+        live.store.set_epoch_deadline(ticks);
+        let outcome = f(&live.guest, live.handle, &mut live.store);
+        if outcome.is_err() {
+            self.live = None;
+        }
+        outcome
     }
 
     fn live(&mut self) -> Result<&mut Live, Error> {

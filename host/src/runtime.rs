@@ -82,6 +82,8 @@ pub(crate) struct State {
     /// Set by a host call that blocked on a lock: that wait does not count
     /// against the call's time limit.
     pub waited: bool,
+    /// For a plugin: the runtime and lock directory its registries open.
+    pub served: Option<(Runtime, PathBuf)>,
 }
 
 /// Accumulates the time the guest spends waiting on host functions.
@@ -209,6 +211,7 @@ impl Runtime {
             host_time: HostTimer::default(),
             lock_dirs,
             waited: false,
+            served: None,
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -247,8 +250,10 @@ impl Runtime {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         source.hash(&mut hasher);
         GUEST_HASH.hash(&mut hasher);
-        // A new hasp may compose differently with the same guest.
+        // A new hasp may compose differently with the same guest; `name`
+        // tells how the component was made.
         env!("CARGO_PKG_VERSION").hash(&mut hasher);
+        name.hash(&mut hasher);
         let hash = format!("{:016x}", hasher.finish());
         load_or_make(&self.inner.engine, name, &hash, make)
     }

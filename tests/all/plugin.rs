@@ -4,7 +4,7 @@
 //! script; misbehaving plugins are written here as component text.
 
 use crate::support::{Locks, Run};
-use crate::wasmtime_cli::wasmtime;
+use crate::wasmtime_cli::{component as guest_component, wasmtime};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -84,6 +84,29 @@ fn the_rotator_repeats_with_times() {
     assert_eq!(
         locks.json(&["lock", "logs/app.log", "--client", "x", "--json"])["fencing"],
         4
+    );
+}
+
+#[test]
+fn a_plugin_reaches_the_lock_directory_only_through_the_registry() {
+    // The hasp guest is itself a command that looks for a preopened lock
+    // directory: run as a plugin, it finds none.
+    let locks = Locks::new();
+    locks.ok(&["lock", "held", "--client", "keeper"]);
+    let out = plugin_run(
+        &locks,
+        guest_component(),
+        &[],
+        &["unlock", "held", "--client", "keeper"],
+    )
+    .output()
+    .expect("run hasp plugin run");
+    let run = Run::from(out);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.starts_with("no lock directory"), "{run:?}");
+    assert_eq!(
+        locks.json(&["status", "held", "--json"])["client"],
+        "keeper"
     );
 }
 

@@ -63,7 +63,7 @@ pub(crate) fn wasmtime() -> &'static Path {
 }
 
 /// The guest component, as `hasp component path` gives it.
-fn component() -> &'static Path {
+pub(crate) fn component() -> &'static Path {
     static WASM: OnceLock<PathBuf> = OnceLock::new();
     WASM.get_or_init(|| {
         let out = Command::new(hasp_bin())
