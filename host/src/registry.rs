@@ -133,12 +133,7 @@ impl Registry {
             lock_parents: options.lock_parents,
             lock_children: options.lock_children,
         };
-        let grant = self.call(|guest, handle, store| {
-            guest
-                .hasp_lock_registry()
-                .registry()
-                .call_lock(store, handle, resource, &options)
-        })?;
+        let grant = self.call(guest_lock(resource, &options))?;
         Ok(Grant {
             holder: holder(grant.holder),
             token: grant.token,
@@ -151,35 +146,21 @@ impl Registry {
             UnlockKey::Client(c) => wit::UnlockKey::Client(c.clone()),
             UnlockKey::Token(t) => wit::UnlockKey::Token(t.clone()),
         };
-        let held = self.call(|guest, handle, store| {
-            guest
-                .hasp_lock_registry()
-                .registry()
-                .call_unlock(store, handle, resource, &key)
-        })?;
-        Ok(holder(held))
+        Ok(holder(self.call(guest_unlock(resource, &key))?))
     }
 
     /// The lock on exactly `resource`, or `None` when it is free.
     pub fn status(&mut self, resource: &str) -> Result<Option<Holder>, Error> {
-        let held = self.call(|guest, handle, store| {
-            guest
-                .hasp_lock_registry()
-                .registry()
-                .call_status(store, handle, resource)
-        })?;
-        Ok(held.map(holder))
+        Ok(self.call(guest_status(resource))?.map(holder))
     }
 
     /// Every lock at or below `prefix` (`""` for all), sorted by resource.
     pub fn list(&mut self, prefix: &str) -> Result<Vec<Holder>, Error> {
-        let held = self.call(|guest, handle, store| {
-            guest
-                .hasp_lock_registry()
-                .registry()
-                .call_list(store, handle, prefix)
-        })?;
-        Ok(held.into_iter().map(holder).collect())
+        Ok(self
+            .call(guest_list(prefix))?
+            .into_iter()
+            .map(holder)
+            .collect())
     }
 
     /// `lock`, with the guest's own types: for plugins, which get the
@@ -189,12 +170,7 @@ impl Registry {
         resource: &str,
         options: &wit::LockOptions,
     ) -> wasmtime::Result<Result<wit::Grant, wit::Error>> {
-        self.call_raw(|guest, handle, store| {
-            guest
-                .hasp_lock_registry()
-                .registry()
-                .call_lock(store, handle, resource, options)
-        })
+        self.call_through(guest_lock(resource, options))
     }
 
     /// `unlock`, with the guest's own types (see [`Registry::lock_wit`]).
@@ -203,12 +179,7 @@ impl Registry {
         resource: &str,
         key: &wit::UnlockKey,
     ) -> wasmtime::Result<Result<wit::Holder, wit::Error>> {
-        self.call_raw(|guest, handle, store| {
-            guest
-                .hasp_lock_registry()
-                .registry()
-                .call_unlock(store, handle, resource, key)
-        })
+        self.call_through(guest_unlock(resource, key))
     }
 
     /// `status`, with the guest's own types (see [`Registry::lock_wit`]).
@@ -216,12 +187,7 @@ impl Registry {
         &mut self,
         resource: &str,
     ) -> wasmtime::Result<Result<Option<wit::Holder>, wit::Error>> {
-        self.call_raw(|guest, handle, store| {
-            guest
-                .hasp_lock_registry()
-                .registry()
-                .call_status(store, handle, resource)
-        })
+        self.call_through(guest_status(resource))
     }
 
     /// `list`, with the guest's own types (see [`Registry::lock_wit`]).
@@ -229,12 +195,7 @@ impl Registry {
         &mut self,
         prefix: &str,
     ) -> wasmtime::Result<Result<Vec<wit::Holder>, wit::Error>> {
-        self.call_raw(|guest, handle, store| {
-            guest
-                .hasp_lock_registry()
-                .registry()
-                .call_list(store, handle, prefix)
-        })
+        self.call_through(guest_list(prefix))
     }
 
     /// Starts measuring the time the guest spends in host functions (the
@@ -254,16 +215,25 @@ impl Registry {
             .map_or_else(Default::default, |live| live.store.data().host_time.total)
     }
 
+    /// Runs one guest call under the runtime's limits, as `hasp::Error`.
+    fn call<T>(&mut self, f: impl GuestCall<T>) -> Result<T, Error> {
+        let outcome = self.call_raw(f)?;
+        Error::from_call(outcome, &self.dir)
+    }
+
+    /// Runs one guest call, leaving the guest's answer as it is; a failure
+    /// to start an instance becomes a trap of the caller.
+    fn call_through<T>(&mut self, f: impl GuestCall<T>) -> wasmtime::Result<Result<T, wit::Error>> {
+        self.call_raw(f)
+            .map_err(|e| wasmtime::Error::msg(e.to_string()))?
+    }
+
     /// Runs one guest call under the runtime's limits. A trap drops the
     /// instance; the next call starts a fresh one.
-    fn call<T>(
+    fn call_raw<T>(
         &mut self,
-        f: impl FnOnce(
-            &Guest,
-            ResourceAny,
-            &mut Store<State>,
-        ) -> wasmtime::Result<Result<T, wit::Error>>,
-    ) -> Result<T, Error> {
+        f: impl GuestCall<T>,
+    ) -> Result<wasmtime::Result<Result<T, wit::Error>>, Error> {
         let ticks = self.runtime.deadline_ticks();
         let runtime = self.runtime.clone();
         let _tokio = runtime.enter();
@@ -273,30 +243,7 @@ impl Registry {
         if outcome.is_err() {
             self.live = None; // trapped: the next call gets a fresh instance
         }
-        Error::from_call(outcome, &self.dir)
-    }
-
-    /// [`Registry::call`], leaving the guest's answer as it is.
-    fn call_raw<T>(
-        &mut self,
-        f: impl FnOnce(
-            &Guest,
-            ResourceAny,
-            &mut Store<State>,
-        ) -> wasmtime::Result<Result<T, wit::Error>>,
-    ) -> wasmtime::Result<Result<T, wit::Error>> {
-        let ticks = self.runtime.deadline_ticks();
-        let runtime = self.runtime.clone();
-        let _tokio = runtime.enter();
-        let live = self
-            .live()
-            .map_err(|e| wasmtime::Error::msg(e.to_string()))?;
-        live.store.set_epoch_deadline(ticks);
-        let outcome = f(&live.guest, live.handle, &mut live.store);
-        if outcome.is_err() {
-            self.live = None;
-        }
-        outcome
+        Ok(outcome)
     }
 
     fn live(&mut self) -> Result<&mut Live, Error> {
@@ -346,6 +293,59 @@ fn install_timer(store: &mut Store<State>) {
         }
         Ok(())
     });
+}
+
+/// One call on the guest's registry handle.
+trait GuestCall<T>:
+    FnOnce(&Guest, ResourceAny, &mut Store<State>) -> wasmtime::Result<Result<T, wit::Error>>
+{
+}
+
+impl<T, F> GuestCall<T> for F where
+    F: FnOnce(&Guest, ResourceAny, &mut Store<State>) -> wasmtime::Result<Result<T, wit::Error>>
+{
+}
+
+fn guest_lock<'a>(
+    resource: &'a str,
+    options: &'a wit::LockOptions,
+) -> impl GuestCall<wit::Grant> + 'a {
+    move |guest, handle, store| {
+        guest
+            .hasp_lock_registry()
+            .registry()
+            .call_lock(store, handle, resource, options)
+    }
+}
+
+fn guest_unlock<'a>(
+    resource: &'a str,
+    key: &'a wit::UnlockKey,
+) -> impl GuestCall<wit::Holder> + 'a {
+    move |guest, handle, store| {
+        guest
+            .hasp_lock_registry()
+            .registry()
+            .call_unlock(store, handle, resource, key)
+    }
+}
+
+fn guest_status(resource: &str) -> impl GuestCall<Option<wit::Holder>> + '_ {
+    move |guest, handle, store| {
+        guest
+            .hasp_lock_registry()
+            .registry()
+            .call_status(store, handle, resource)
+    }
+}
+
+fn guest_list(prefix: &str) -> impl GuestCall<Vec<wit::Holder>> + '_ {
+    move |guest, handle, store| {
+        guest
+            .hasp_lock_registry()
+            .registry()
+            .call_list(store, handle, prefix)
+    }
 }
 
 fn holder(h: wit::Holder) -> Holder {
