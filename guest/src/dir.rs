@@ -59,9 +59,10 @@ impl Dir {
         }
     }
 
-    /// Whether this directory was removed (no name leads to it any more).
-    pub fn is_removed(&self) -> Io<bool> {
-        Ok(self.root.stat()?.link_count == 0)
+    /// The link count of this directory: 2 plus its subdirectories where
+    /// the filesystem counts them (ext4, XFS, tmpfs), 1 on some others.
+    pub fn link_count(&self) -> Io<u64> {
+        Ok(self.root.stat()?.link_count)
     }
 
     /// Whether anything (a symlink included) has the name `path`.
@@ -144,11 +145,6 @@ impl Dir {
         self.root.rename_at(from, &dir.root, to)
     }
 
-    /// Makes `to` in directory `dir` a hard link to file `from` here.
-    pub fn link_into(&self, from: &str, dir: &Dir, to: &str) -> Io<()> {
-        self.root.link_at(PathFlags::empty(), from, &dir.root, to)
-    }
-
     /// Removes file `path`; false if it was not there.
     pub fn unlink(&self, path: &str) -> Io<bool> {
         match self.root.unlink_file_at(path) {
@@ -167,10 +163,9 @@ impl Dir {
         }
     }
 
-    /// The names in directory `path`, or `None` if it does not exist. A
-    /// listing during which an entry vanished starts over, so every entry
-    /// present throughout is in the result. `Busy` if it never settles.
-    pub fn names(&self, path: &str) -> Io<Option<Vec<String>>> {
+    /// The entries in directory `path` with their types, or `None` if it
+    /// does not exist; listed as [`Dir::names`] lists them.
+    pub fn entries(&self, path: &str) -> Io<Option<Vec<(String, DescriptorType)>>> {
         for _ in 0..LISTING_RETRIES {
             let Some(dir) = self.open_dir(path)? else {
                 return Ok(None);
@@ -183,25 +178,41 @@ impl Dir {
         Err(ErrorCode::Busy)
     }
 
+    /// The names in directory `path`, or `None` if it does not exist. A
+    /// listing during which an entry vanished starts over, so every entry
+    /// present throughout is in the result. `Busy` if it never settles.
+    pub fn names(&self, path: &str) -> Io<Option<Vec<String>>> {
+        for _ in 0..LISTING_RETRIES {
+            let Some(dir) = self.open_dir(path)? else {
+                return Ok(None);
+            };
+            match dir.list_once() {
+                Err(ErrorCode::NoEntry) => continue,
+                other => return other.map(|e| Some(e.into_iter().map(|(n, _)| n).collect())),
+            }
+        }
+        Err(ErrorCode::Busy)
+    }
+
     /// The names in this directory, as [`Dir::names`] lists them.
     pub fn list(&self) -> Io<Vec<String>> {
         for _ in 0..LISTING_RETRIES {
             match self.list_once() {
                 Err(ErrorCode::NoEntry) => continue,
-                other => return other,
+                other => return other.map(|e| e.into_iter().map(|(n, _)| n).collect()),
             }
         }
         Err(ErrorCode::Busy)
     }
 
     /// One pass over this directory; `NoEntry` if an entry vanished meanwhile.
-    fn list_once(&self) -> Io<Vec<String>> {
+    fn list_once(&self) -> Io<Vec<(String, DescriptorType)>> {
         let entries = self.root.read_directory()?;
-        let mut names = Vec::new();
+        let mut out = Vec::new();
         while let Some(entry) = entries.read_directory_entry()? {
-            names.push(entry.name);
+            out.push((entry.name, entry.type_));
         }
-        Ok(names)
+        Ok(out)
     }
 }
 

@@ -1,121 +1,66 @@
-//! The atomic filesystem steps the registry is built from, all inside the
-//! lock directory. See docs/FORMAT.md for the layout and for why these steps
+//! The filesystem steps the registry is built from, all inside the lock
+//! directory. See docs/FORMAT.md for the layout and for why these steps
 //! never double-grant.
 //!
-//! Each step is one WASI filesystem call whose outcome is all-or-nothing: a
-//! record is written in full under `tmp/` and then *renamed* into place as a
-//! node's `.slot` directory (a rename onto a non-empty directory fails, which
-//! makes a slot exclusive); a lock is released by unlinking its record, whose
-//! file name is the grant's unique token; a fencing mark moves by renaming
-//! the one file that names it.
+//! A node's state is the name of the one file in its `.lock` directory, and
+//! every change of it is one `rename` of that file ([`Disk::change`]), which
+//! fails when the name it starts from is gone. So a change made from a stale
+//! reading simply fails, and the caller reads again.
 
 use crate::dir::Dir;
 use crate::errors;
-use crate::hasp::lock::types::{Error, Grant};
-use crate::name::{self, Name};
-use crate::record;
-use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::{BTreeSet, HashMap};
+use crate::hasp::lock::types::Error;
+use crate::name;
+use crate::record::{self, State};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use wasip2::filesystem::types::{DescriptorType, ErrorCode};
 
 /// Directory holding one node directory per resource, nested like the names.
 pub const NODES: &str = "nodes";
-/// Staging area for records before they are renamed into place.
+/// Staging area for the first state of a new node.
 pub const TMP: &str = "tmp";
 /// File naming the layout version of the lock directory.
 pub const FORMAT: &str = "FORMAT";
 /// The content of [`FORMAT`] for this layout.
-pub const FORMAT_LINE: &str = "hasp-lock-dir 1";
+pub const FORMAT_LINE: &str = "hasp-lock-dir 2";
 
-/// Inside a node: the slot directory (empty or one record named by its token).
-const SLOT: &str = ".slot";
-/// Inside a node: the fencing mark, one empty file named `<n>-<token>`.
-const FENCE: &str = ".fence";
-/// Inside a node: markers of descendants locked with lock-parents.
-const MARKS: &str = ".ix";
+/// Inside a node: the directory holding its one state file.
+const LOCK: &str = ".lock";
+
+/// How many nodes a registry keeps open at most (two descriptors each);
+/// past that it starts again empty. Several registries share a process
+/// (`hasp serve` runs one per worker).
+const OPEN_NODES: usize = 128;
 
 /// The lock directory.
 pub struct Disk {
     dir: Dir,
     /// `tmp/`, held open.
     tmp: Dir,
-    /// Node directories held open, by node path (see [`Node`]).
+    /// Nodes held open, by node path (see [`Node`]).
     nodes: RefCell<HashMap<String, Rc<Node>>>,
-    /// Counts calls, so each held node is checked once per call.
-    call: Cell<u64>,
 }
 
-/// How many node directories a registry keeps open at most (each holds up
-/// to three descriptors); past that the cache starts again empty. Several
-/// registries share a process (`hasp serve` runs one per worker), so this
-/// stays well under the usual limit of 1024 open files.
-const OPEN_NODES: usize = 32;
-
-/// A node directory held open across calls, with its `.fence` and `.ix`
-/// once they exist. Holding them is safe because none is ever removed or
-/// replaced once it exists (the slot is: it is always reached by name).
-/// Nothing here is lock state: every answer still comes from the disk.
+/// A node directory and its `.lock`, held open across calls. Holding them
+/// is safe because neither is ever removed or replaced once it exists.
+/// Nothing here is lock state: every decision is a rename on the disk.
 struct Node {
     dir: Dir,
-    fence: OnceCell<Dir>,
-    marks: OnceCell<Dir>,
-    /// The mark this registry saw last; checked on disk before it is used.
-    hint: RefCell<Option<Mark>>,
-    /// The call in which the directory was last found still in place.
-    checked: Cell<u64>,
+    lock: Dir,
+    /// The state file name this registry saw or wrote last, which may be
+    /// stale: it is looked up, or renamed from, before it counts.
+    hint: RefCell<Option<String>>,
 }
 
-/// A record written in full under `tmp/`, not yet committed.
-pub struct Staged {
-    /// `<token>` in `tmp/`: becomes the node's `.slot` on commit.
-    dir: String,
-    /// The record's file name inside it (the token).
-    file: String,
-}
-
-impl Staged {
-    fn path(&self) -> String {
-        format!("{}/{}", self.dir, self.file)
-    }
-}
-
-/// The record found in a node's slot, with the file it lives in.
-pub struct Slot {
-    /// The record's file name inside `.slot` (the grant's token).
-    pub file: String,
-    /// The parsed record.
-    pub grant: Grant,
-}
-
-/// A node's fencing mark: the highest fencing number handed out there, and
-/// the token of the attempt that claimed it (`None` for the initial `0`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mark {
-    /// The number.
-    pub number: u64,
-    /// Who claimed it.
-    pub token: Option<String>,
-}
-
-impl Mark {
-    fn file_name(&self) -> String {
-        match &self.token {
-            Some(token) => format!("{}-{token}", self.number),
-            None => self.number.to_string(),
-        }
-    }
-
-    fn parse(file: &str) -> Option<Mark> {
-        let (number, token) = match file.split_once('-') {
-            Some((n, t)) => (n, Some(t.to_string())),
-            None => (file, None),
-        };
-        Some(Mark {
-            number: number.parse().ok()?,
-            token,
-        })
-    }
+/// A state read from disk: the file name and what it says.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// The state file's name in `.lock`.
+    pub name: String,
+    /// What it says.
+    pub state: State,
 }
 
 impl Disk {
@@ -152,44 +97,30 @@ impl Disk {
             dir,
             tmp,
             nodes: RefCell::new(HashMap::new()),
-            call: Cell::new(0),
         })
     }
 
-    /// Starts a registry call: nodes held open are checked again (once) in
-    /// it, so a node an operator removed meanwhile is opened afresh.
-    pub fn begin_call(&self) {
-        self.call.set(self.call.get() + 1);
-    }
-
-    /// The node directory at `path`, held open; `None` if it does not exist.
+    /// The node at `path` with its `.lock`, held open; `None` if either is
+    /// missing (a node made but never locked has no `.lock` yet).
     fn node(&self, path: &str) -> Result<Option<Rc<Node>>, Error> {
-        let held = self.nodes.borrow().get(path).cloned();
-        if let Some(node) = held {
-            if node.checked.get() == self.call.get() {
-                return Ok(Some(node));
-            }
-            if matches!(node.dir.is_removed(), Ok(false)) {
-                node.checked.set(self.call.get());
-                return Ok(Some(node));
-            }
-            self.forget();
+        if let Some(node) = self.nodes.borrow().get(path) {
+            return Ok(Some(node.clone()));
         }
         let dir = match self.dir.open_dir(path) {
             Ok(Some(dir)) => dir,
             Ok(None) => return Ok(None),
-            Err(err) => {
-                // Perhaps out of descriptors: let go of the cached ones.
-                self.forget();
-                return Err(self.not_a_node(path, err));
-            }
+            Err(err) => return Err(self.not_a_node(path, err)),
+        };
+        let lock_path = format!("{path}/{LOCK}");
+        let lock = match dir.open_dir(LOCK) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return Ok(None),
+            Err(err) => return Err(self.not_a_node(&lock_path, err)),
         };
         let node = Rc::new(Node {
             dir,
-            fence: OnceCell::new(),
-            marks: OnceCell::new(),
+            lock,
             hint: RefCell::new(None),
-            checked: Cell::new(self.call.get()),
         });
         let mut nodes = self.nodes.borrow_mut();
         if nodes.len() >= OPEN_NODES {
@@ -199,345 +130,195 @@ impl Disk {
         Ok(Some(node))
     }
 
-    /// The node directory at `path`, which must exist.
-    fn existing(&self, path: &str) -> Result<Rc<Node>, Error> {
-        self.node(path)?
-            .ok_or_else(|| errors::storage("open", path, ErrorCode::NoEntry))
-    }
-
-    /// Lets go of every node directory held open. Called when a node was
-    /// found gone, which the layout rules out but an operator may do, and
-    /// after any failed call (out of descriptors, say).
+    /// Lets go of every node held open. Called when a node was found gone,
+    /// which the layout rules out but an operator may do, and after any
+    /// failed call (out of descriptors, say).
     pub fn forget(&self) {
         self.nodes.borrow_mut().clear();
     }
 
-    /// Why `path` could not be opened as a node directory, for people.
+    /// Why `path` could not be opened as a directory, for people: names the
+    /// first level of it that is a symlink or not a directory. Lets go of
+    /// the nodes held open first: the cause may be too many open files.
     fn not_a_node(&self, path: &str, err: ErrorCode) -> Error {
-        match self.dir.kind(path) {
-            Ok(Some(DescriptorType::SymbolicLink)) => errors::symlink(path),
-            Ok(Some(DescriptorType::Directory)) | Ok(None) | Err(_) => {
-                errors::storage("open", path, err)
+        self.forget();
+        let ends = path.match_indices('/').map(|(at, _)| at);
+        for level in ends.chain([path.len()]).map(|end| &path[..end]) {
+            match self.dir.kind(level) {
+                Ok(Some(DescriptorType::Directory)) => {}
+                Ok(Some(DescriptorType::SymbolicLink)) => return errors::symlink(level),
+                Ok(Some(_)) => return errors::storage("use", level, ErrorCode::NotDirectory),
+                Ok(None) | Err(_) => break,
             }
-            Ok(Some(_)) => errors::storage("use", path, ErrorCode::NotDirectory),
         }
+        errors::storage("open", path, err)
     }
 
-    /// Makes sure the node directory of `name` and of all its ancestors exist,
-    /// refusing any that is a symlink. Returns the node's relative path.
-    pub fn ensure_node(&self, name: &Name) -> Result<String, Error> {
-        let full = name.node_path();
-        // Held open (and still in place): its levels were checked when opened.
-        if self.nodes.borrow().contains_key(&full) && self.node(&full)?.is_some() {
-            return Ok(full);
-        }
-        let mut end = NODES.len();
-        while end < full.len() {
-            end = full[end + 1..]
-                .find('/')
-                .map_or(full.len(), |at| end + 1 + at);
-            let level = &full[..end];
-            let mut kind = self.dir.kind(level).map_err(fail("inspect", level))?;
-            if kind.is_none() {
-                if self.dir.mkdir(level).map_err(fail("create", level))? {
-                    continue;
+    /// The last state this registry saw or wrote on `node`, unchecked: only
+    /// good to rename from (which checks it).
+    pub fn hint(&self, node: &str) -> Option<Seen> {
+        let held = self.nodes.borrow().get(node).cloned()?;
+        let name = held.hint.borrow().clone()?;
+        let state = record::decode(&name).ok()?;
+        Some(Seen { name, state })
+    }
+
+    /// The state of `node` as it is on disk now, or `None` for a node that
+    /// was never locked.
+    pub fn read(&self, node: &str) -> Result<Option<Seen>, Error> {
+        for fresh in [false, true] {
+            let Some(held) = self.node(node)? else {
+                return Ok(None);
+            };
+            let hint = held.hint.borrow().clone();
+            if let Some(name) = hint {
+                let path = format!("{node}/{LOCK}/{name}");
+                if held.lock.exists(&name).map_err(fail("inspect", &path))? {
+                    return seen(node, name).map(Some);
                 }
-                kind = self.dir.kind(level).map_err(fail("inspect", level))?;
             }
-            match kind {
-                Some(DescriptorType::Directory) => {}
-                Some(DescriptorType::SymbolicLink) => return Err(errors::symlink(level)),
-                Some(_) => return Err(errors::storage("use", level, ErrorCode::NotDirectory)),
-                None => return Err(errors::storage("create", level, ErrorCode::NoEntry)),
+            let path = format!("{node}/{LOCK}");
+            let mut names = held.lock.list().map_err(fail("read", &path))?;
+            match names.len() {
+                1 => {
+                    let name = names.pop().unwrap_or_default();
+                    *held.hint.borrow_mut() = Some(name.clone());
+                    return seen(node, name).map(Some);
+                }
+                // A `.lock` is never empty: this one was removed while held
+                // open. Let go of everything and look again.
+                0 if !fresh => self.forget(),
+                0 => return Err(errors::corrupt(&path, "it is empty")),
+                _ => return Err(errors::corrupt(&path, "it holds more than one file")),
             }
         }
-        self.existing(&full)?;
-        Ok(full)
+        Err(errors::busy(node))
     }
 
-    /// The record in `node`'s slot, or `None` when the slot is empty.
-    ///
-    /// Emptiness is asked with `rmdir .slot`: it succeeds only on an empty
-    /// slot, and a missing slot is as good as an empty one (the commit's
-    /// rename creates it), so one call answers the common case.
-    pub fn read_slot(&self, node: &str) -> Result<Option<Slot>, Error> {
-        let Some(dir) = self.node(node)? else {
+    /// The state of `node` read without holding anything open, for walks
+    /// over many nodes; `None` for a node that was never locked.
+    pub fn peek(&self, node: &str) -> Result<Option<Seen>, Error> {
+        let path = format!("{node}/{LOCK}");
+        let Some(mut names) = self.dir.names(&path).map_err(fail("read", &path))? else {
             return Ok(None);
         };
-        let slot = format!("{node}/{SLOT}");
-        match dir.dir.rmdir(SLOT) {
-            Ok(_) => return Ok(None),
-            Err(ErrorCode::NotEmpty | ErrorCode::Exist) => {}
-            // A read-only directory, say: look inside instead.
-            Err(_) => {}
-        }
-        let Some(mut files) = dir.dir.names(SLOT).map_err(fail("read", &slot))? else {
-            return Ok(None);
-        };
-        let file = match files.len() {
-            0 => return Ok(None),
-            1 => files.pop().unwrap_or_default(),
-            _ => return Err(errors::corrupt(&slot, "it holds more than one record")),
-        };
-        self.slot_file(node, &file)
-    }
-
-    /// The record named `file` in `node`'s slot, or `None` if it is not there.
-    pub fn slot_file(&self, node: &str, file: &str) -> Result<Option<Slot>, Error> {
-        let Some(dir) = self.node(node)? else {
-            return Ok(None);
-        };
-        let path = format!("{SLOT}/{file}");
-        let Some(grant) = read_record(&dir.dir, &path, &format!("{node}/{path}"))? else {
-            return Ok(None); // released meanwhile
-        };
-        Ok(Some(Slot {
-            file: file.to_string(),
-            grant,
-        }))
-    }
-
-    /// Writes `grant` in full as `tmp/<token>/<token>`, ready to be linked as
-    /// a marker and renamed into place.
-    pub fn stage(&self, grant: &Grant) -> Result<Staged, Error> {
-        let staged = Staged {
-            dir: grant.token.clone(),
-            file: grant.token.clone(),
-        };
-        make_dir(&self.tmp, &staged.dir)?;
-        if let Err(err) = write_new(&self.tmp, &staged.path(), record::encode(grant).as_bytes()) {
-            self.discard(&staged);
-            return Err(err);
-        }
-        Ok(staged)
-    }
-
-    /// Removes a staged record that was not committed (best effort).
-    pub fn discard(&self, staged: &Staged) {
-        let _ = self.tmp.unlink(&staged.path());
-        let _ = self.tmp.rmdir(&staged.dir);
-    }
-
-    /// Renames the staged record's directory into place as `node`'s slot.
-    /// False, leaving the staged record as it was, when the slot is taken.
-    pub fn commit(&self, staged: &Staged, node: &str) -> Result<bool, Error> {
-        let slot = format!("{node}/{SLOT}");
-        let dir = self.existing(node)?;
-        match self.tmp.rename_into(&staged.dir, &dir.dir, SLOT) {
-            Ok(()) => Ok(true),
-            Err(ErrorCode::NotEmpty | ErrorCode::Exist) => Ok(false),
-            Err(ErrorCode::NoEntry) => {
-                // The node directory held open was removed: start over.
-                self.forget();
-                Ok(false)
-            }
-            Err(err) => Err(errors::storage("rename into", &slot, err)),
+        match names.len() {
+            1 => seen(node, names.pop().unwrap_or_default()).map(Some),
+            0 => Err(errors::corrupt(&path, "it is empty")),
+            _ => Err(errors::corrupt(&path, "it holds more than one file")),
         }
     }
 
-    /// Removes the record `file` from `node`'s slot. False if it was gone.
-    pub fn release(&self, node: &str, file: &str) -> Result<bool, Error> {
-        let Some(dir) = self.node(node)? else {
+    /// Renames `node`'s state file from `from` to `to`: the one way a state
+    /// changes. False, changing nothing, when the state is no longer `from`.
+    pub fn change(&self, node: &str, from: &str, to: &str) -> Result<bool, Error> {
+        let Some(held) = self.node(node)? else {
             return Ok(false);
         };
-        let path = format!("{SLOT}/{file}");
-        dir.dir
-            .unlink(&path)
-            .map_err(fail("remove", &format!("{node}/{path}")))
-    }
-
-    /// `node`'s `.fence`, held open once it exists.
-    fn fence<'a>(&self, node: &str, dir: &'a Node) -> Result<Option<&'a Dir>, Error> {
-        if let Some(fence) = dir.fence.get() {
-            return Ok(Some(fence));
-        }
-        let path = format!("{node}/{FENCE}");
-        let Some(fence) = dir.dir.open_dir(FENCE).map_err(fail("read", &path))? else {
-            return Ok(None);
-        };
-        Ok(Some(dir.fence.get_or_init(|| fence)))
-    }
-
-    /// The fencing mark of `node`, or `None` before its first lock attempt.
-    pub fn fence_mark(&self, node: &str) -> Result<Option<Mark>, Error> {
-        let Some(dir) = self.node(node)? else {
-            return Ok(None);
-        };
-        let Some(fence) = self.fence(node, &dir)? else {
-            return Ok(None);
-        };
-        let hint = dir.hint.borrow().clone();
-        if let Some(hint) = hint {
-            if fence.exists(&hint.file_name()).unwrap_or(false) {
-                return Ok(Some(hint));
-            }
-        }
-        let path = format!("{node}/{FENCE}");
-        let mark = fence
-            .list()
-            .map_err(fail("read", &path))?
-            .iter()
-            .filter_map(|n| Mark::parse(n))
-            .max_by_key(|m| m.number);
-        *dir.hint.borrow_mut() = mark.clone();
-        Ok(mark)
-    }
-
-    /// Whether the fencing mark of `node` is exactly `mark` (one look, since
-    /// `.fence` holds one file).
-    pub fn is_mark(&self, node: &str, mark: &Mark) -> Result<bool, Error> {
-        let Some(dir) = self.node(node)? else {
-            return Ok(false);
-        };
-        let Some(fence) = self.fence(node, &dir)? else {
-            return Ok(false);
-        };
-        let file = mark.file_name();
-        let found = fence
-            .exists(&file)
-            .map_err(fail("inspect", &format!("{node}/{FENCE}/{file}")))?;
-        if found {
-            *dir.hint.borrow_mut() = Some(mark.clone());
-        }
-        Ok(found)
-    }
-
-    /// Creates the initial mark `0` of `node` unless it has one: a staged
-    /// directory renamed onto `.fence`, which fails once `.fence` holds a mark.
-    pub fn fence_init(&self, node: &str) -> Result<(), Error> {
-        let dir = self.existing(node)?;
-        let staged = Staged {
-            dir: crate::token::uuid_v4(),
-            file: "0".to_string(),
-        };
-        make_dir(&self.tmp, &staged.dir)?;
-        write_new(&self.tmp, &staged.path(), b"")?;
-        let target = format!("{node}/{FENCE}");
-        match self.tmp.rename_into(&staged.dir, &dir.dir, FENCE) {
-            Ok(()) => Ok(()),
-            Err(ErrorCode::NotEmpty | ErrorCode::Exist) => {
-                self.discard(&staged);
-                Ok(())
-            }
-            Err(err) => {
-                self.discard(&staged);
-                Err(errors::storage("rename into", &target, err))
-            }
-        }
-    }
-
-    /// Moves the mark of `node` from `from` to `to`: a rename of the one mark
-    /// file, which only one caller can win. False when it is no longer `from`.
-    pub fn fence_advance(&self, node: &str, from: &Mark, to: &Mark) -> Result<bool, Error> {
-        let dir = self.existing(node)?;
-        let old = from.file_name();
-        let Some(fence) = self.fence(node, &dir)? else {
-            return Ok(false);
-        };
-        match fence.rename(&old, &to.file_name()) {
+        match held.lock.rename(from, to) {
             Ok(()) => {
-                *dir.hint.borrow_mut() = Some(to.clone());
+                *held.hint.borrow_mut() = Some(to.to_string());
                 Ok(true)
             }
             Err(ErrorCode::NoEntry) => {
-                *dir.hint.borrow_mut() = None;
+                *held.hint.borrow_mut() = None;
                 Ok(false)
             }
             Err(err) => Err(errors::storage(
                 "rename",
-                &format!("{node}/{FENCE}/{old}"),
+                &format!("{node}/{LOCK}/{from}"),
                 err,
             )),
         }
     }
 
-    /// `node`'s `.ix`, held open once it exists; created first if `create`.
-    fn marks<'a>(&self, node: &str, dir: &'a Node, create: bool) -> Result<Option<&'a Dir>, Error> {
-        if let Some(marks) = dir.marks.get() {
-            return Ok(Some(marks));
-        }
-        let path = format!("{node}/{MARKS}");
-        if create {
-            dir.dir.mkdir(MARKS).map_err(fail("create", &path))?;
-        }
-        let Some(marks) = dir.dir.open_dir(MARKS).map_err(fail("read", &path))? else {
-            return Ok(None);
-        };
-        Ok(Some(dir.marks.get_or_init(|| marks)))
-    }
-
-    /// Makes the staged record findable from ancestor `node`: a hard link
-    /// `.ix/<token>` to the record itself (no copy is written).
-    pub fn link_marker(&self, node: &str, staged: &Staged) -> Result<(), Error> {
-        let dir = self.existing(node)?;
-        let marker = format!("{node}/{MARKS}/{}", staged.file);
-        let Some(marks) = self.marks(node, &dir, true)? else {
-            return Err(errors::storage("link", &marker, ErrorCode::NoEntry));
-        };
-        self.tmp
-            .link_into(&staged.path(), marks, &staged.file)
-            .map_err(fail("link", &marker))
-    }
-
-    /// Removes the marker of attempt `token` from ancestor `node` (best effort).
-    pub fn unmark(&self, node: &str, token: &str) {
-        if let Ok(Some(dir)) = self.node(node) {
-            if let Ok(Some(marks)) = self.marks(node, &dir, false) {
-                let _ = marks.unlink(token);
+    /// Makes the node at `path` and each missing level above it (refusing
+    /// symlinks), and gives each level that has none its first state, `0`:
+    /// then every ancestor of a node has a state to read and hint.
+    pub fn make_node(&self, path: &str) -> Result<(), Error> {
+        let mut end = NODES.len();
+        while end < path.len() {
+            end = path[end + 1..]
+                .find('/')
+                .map_or(path.len(), |at| end + 1 + at);
+            let level = &path[..end];
+            let mut kind = self.dir.kind(level).map_err(fail("inspect", level))?;
+            if kind.is_none() && self.dir.mkdir(level).map_err(fail("create", level))? {
+                kind = Some(DescriptorType::Directory);
+            } else if kind.is_none() {
+                kind = self.dir.kind(level).map_err(fail("inspect", level))?;
             }
-        }
-    }
-
-    /// The resources named by the markers in `node`, each once. A marker is a
-    /// hard link to a complete record, so one that does not parse is corrupt
-    /// and reported: skipping it could grant over its lock.
-    pub fn marked(&self, node: &str) -> Result<BTreeSet<String>, Error> {
-        let mut out = BTreeSet::new();
-        let Some(dir) = self.node(node)? else {
-            return Ok(out);
-        };
-        let Some(marks) = self.marks(node, &dir, false)? else {
-            return Ok(out);
-        };
-        let path = format!("{node}/{MARKS}");
-        for marker in marks.list().map_err(fail("read", &path))? {
-            if let Some(grant) = read_record(marks, &marker, &format!("{path}/{marker}"))? {
-                out.insert(grant.holder.resource);
-            }
-        }
-        Ok(out)
-    }
-
-    /// `node` and every node below it, depth first.
-    pub fn walk(&self, node: &str, out: &mut Vec<String>) -> Result<(), Error> {
-        out.push(node.to_string());
-        let children = self.dir.names(node).map_err(fail("read", node))?;
-        for child in children.unwrap_or_default() {
-            if name::decode_segment(&child).is_none() {
-                continue; // `.slot`, `.fence`, `.ix`
-            }
-            let path = format!("{node}/{child}");
-            if self.dir.kind(&path).map_err(fail("inspect", &path))?
-                == Some(DescriptorType::Directory)
-            {
-                self.walk(&path, out)?;
+            match kind {
+                Some(DescriptorType::Directory) => self.first_state(level)?,
+                Some(DescriptorType::SymbolicLink) => return Err(errors::symlink(level)),
+                Some(_) => return Err(errors::storage("use", level, ErrorCode::NotDirectory)),
+                None => return Err(errors::storage("create", level, ErrorCode::NoEntry)),
             }
         }
         Ok(())
     }
+
+    /// Gives the node directory `path` its first state, `0`, unless it has a
+    /// `.lock`: a staged `.lock` holding `0`, renamed into place. A directory
+    /// rename onto a non-empty directory fails, so only the first counts.
+    fn first_state(&self, path: &str) -> Result<(), Error> {
+        let lock = format!("{path}/{LOCK}");
+        match self.dir.kind(&lock).map_err(fail("inspect", &lock))? {
+            None => {}
+            Some(DescriptorType::SymbolicLink) => return Err(errors::symlink(&lock)),
+            Some(_) => return Ok(()),
+        }
+        let node = open_dir(&self.dir, path)?;
+        let staged = crate::token::uuid_v4();
+        let first = format!("{staged}/{}", record::free_name(0));
+        make_dir(&self.tmp, &staged)?;
+        let moved = write_new(&self.tmp, &first, b"").and_then(|()| {
+            self.tmp
+                .rename_into(&staged, &node, LOCK)
+                .or_else(|err| match err {
+                    ErrorCode::NotEmpty | ErrorCode::Exist => Ok(()),
+                    err => Err(errors::storage("rename into", &lock, err)),
+                })
+        });
+        // Gone if it moved into place; if not, it is cleaned up here.
+        let _ = self.tmp.unlink(&first);
+        let _ = self.tmp.rmdir(&staged);
+        moved
+    }
+
+    /// Whether `node` certainly has no child nodes: its link count says it
+    /// has exactly one subdirectory, its `.lock`. False when unsure.
+    pub fn is_leaf(&self, node: &str) -> Result<bool, Error> {
+        let Some(held) = self.node(node)? else {
+            return Ok(false);
+        };
+        let count = held.dir.link_count().map_err(fail("inspect", node))?;
+        Ok(count == 3)
+    }
+
+    /// The child nodes of `node`: their node paths and resource segments.
+    pub fn children(&self, node: &str) -> Result<Vec<(String, String)>, Error> {
+        let entries = self.dir.entries(node).map_err(fail("read", node))?;
+        let mut out = Vec::new();
+        for (entry, kind) in entries.unwrap_or_default() {
+            // `.lock`, and anything hasp did not make, is not a node.
+            let Some(segment) = name::decode_segment(&entry) else {
+                continue;
+            };
+            if kind == DescriptorType::Directory {
+                out.push((format!("{node}/{entry}"), segment));
+            }
+        }
+        Ok(out)
+    }
 }
 
-/// Reads and parses the record file `path` in `dir` (`shown` names it for
-/// people); `None` if it is gone.
-fn read_record(dir: &Dir, path: &str, shown: &str) -> Result<Option<Grant>, Error> {
-    let Some(bytes) = dir.read(path).map_err(fail("read", shown))? else {
-        return Ok(None);
-    };
-    let text =
-        String::from_utf8(bytes).map_err(|_| errors::corrupt(shown, "it is not UTF-8 text"))?;
-    record::decode(&text)
-        .map(Some)
-        .map_err(|why| errors::corrupt(shown, &why))
+/// Parses the state file `name` of `node`.
+fn seen(node: &str, name: String) -> Result<Seen, Error> {
+    match record::decode(&name) {
+        Ok(state) => Ok(Seen { name, state }),
+        Err(why) => Err(errors::corrupt(&format!("{node}/{LOCK}/{name}"), &why)),
+    }
 }
 
 fn open_dir(dir: &Dir, path: &str) -> Result<Dir, Error> {

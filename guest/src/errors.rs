@@ -54,10 +54,10 @@ pub fn invalid(what: &str, value: &str, why: &str) -> Error {
     }
 }
 
-/// A record file that does not parse. `path` is relative to the lock directory.
+/// A lock state that does not parse. `path` is relative to the lock directory.
 pub fn corrupt(path: &str, why: &str) -> Error {
     Error {
-        message: format!("corrupt record file {path}: {why}"),
+        message: format!("corrupt lock state {path}: {why}"),
         code: ErrorCode::CorruptRecord(path.to_string()),
     }
 }

@@ -9,13 +9,12 @@
 
 use crate::errors;
 use crate::hasp::lock::types::Error;
+use crate::record::{self, MAX_CLIENT_ON_DISK};
 
 /// Longest accepted resource name, in bytes (after trimming the slashes).
 pub const MAX_NAME: usize = 1024;
 /// Longest on-disk form of one segment, in bytes (filesystems allow 255).
 pub const MAX_SEGMENT: usize = 200;
-/// Longest accepted client id, in bytes.
-pub const MAX_CLIENT: usize = 256;
 
 /// A validated, canonical resource name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,14 +77,17 @@ impl Name {
     }
 }
 
-/// Validates a client id: 1 to [`MAX_CLIENT`] bytes, no control characters.
+/// Validates a client id: not empty, no control characters, at most
+/// [`MAX_CLIENT_ON_DISK`] bytes in its on-disk form.
 pub fn check_client(client: &str) -> Result<(), Error> {
     let bad = |why: &str| errors::invalid("client id", client, why);
     if client.is_empty() {
         return Err(bad("it is empty"));
     }
-    if client.len() > MAX_CLIENT {
-        return Err(bad(&format!("it is longer than {MAX_CLIENT} bytes")));
+    if record::encode_client(client).len() > MAX_CLIENT_ON_DISK {
+        return Err(bad(&format!(
+            "it is longer than {MAX_CLIENT_ON_DISK} bytes on disk"
+        )));
     }
     if let Some(c) = client.chars().find(|c| c.is_control()) {
         return Err(bad(&format!("it contains the control character {c:?}")));
@@ -94,8 +96,8 @@ pub fn check_client(client: &str) -> Result<(), Error> {
 }
 
 /// On-disk form of a segment: `%` becomes `%25` and a leading `.` becomes
-/// `%2E`, so no segment can collide with the `.slot`, `.fence` and `.ix`
-/// entries that share its directory. Everything else is kept, so `ls` shows
+/// `%2E`, so no segment can collide with the `.lock` directory that shares
+/// its parent. Everything else is kept, so `ls` shows
 /// names as users wrote them.
 pub fn encode_segment(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());

@@ -1,92 +1,171 @@
-//! The record of one granted lock, as stored on disk (format version 1).
+//! The state of one resource, as stored on disk (format version 2): the name
+//! of the one, empty, file in its node's `.lock` directory.
 //!
 //! ```text
-//! hasp-lock 1
-//! resource: foo/bar
-//! client: client1
-//! token: 0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b
-//! fencing: 7
-//! since-ms: 1763913600123
-//! lock-parents: true
-//! lock-children: true
+//! 7                                                      free; 7 numbers handed out
+//! 8+0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b+pc+1763913600123+client1    held
 //! ```
 //!
-//! One `key: value` per line, UTF-8, `\n` endings. `client` is absent for an
-//! anonymous lock. Readers ignore keys they do not know, so later versions can
-//! add lines; a different first line means a format this reader must refuse.
-//! See docs/FORMAT.md.
+//! A held name is `<fencing>+<token>+<flags>+<since-ms>[+<client>]`: flags
+//! are `p` or `-` (lock-parents) then `c` or `-` (lock-children); the client
+//! id, absent for an anonymous lock, comes last with `%` written `%25` and
+//! `/` written `%2F`. See docs/FORMAT.md.
 
 use crate::hasp::lock::types::{Grant, Holder};
+use crate::token;
 
-/// First line of every version-1 record.
-pub const MAGIC: &str = "hasp-lock 1";
+/// Longest on-disk form of a client id, in bytes: a held name stays under
+/// the 255 bytes filesystems allow (the other fields take at most 76).
+pub const MAX_CLIENT_ON_DISK: usize = 160;
 
-/// Serialises a grant to its on-disk text.
-pub fn encode(grant: &Grant) -> String {
-    let h = &grant.holder;
-    let mut out = format!("{MAGIC}\nresource: {}\n", h.resource);
-    if let Some(client) = &h.client {
-        out.push_str(&format!("client: {client}\n"));
+/// What a node's state file says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Free; the number is the last fencing number handed out.
+    Free(u64),
+    /// Held by the lock described.
+    Held(Held),
+}
+
+/// A held lock, as its state file name records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// Its fencing number.
+    pub fencing: u64,
+    /// Its unlock token.
+    pub token: String,
+    /// Taken with lock-parents.
+    pub lock_parents: bool,
+    /// Taken with lock-children.
+    pub lock_children: bool,
+    /// When it was granted, in milliseconds since the Unix epoch.
+    pub since_ms: u64,
+    /// Its client id; `None` for an anonymous lock.
+    pub client: Option<String>,
+}
+
+impl Held {
+    /// The lock of `grant`.
+    pub fn of(grant: &Grant) -> Held {
+        let h = &grant.holder;
+        Held {
+            fencing: h.fencing,
+            token: grant.token.clone(),
+            lock_parents: h.lock_parents,
+            lock_children: h.lock_children,
+            since_ms: h.since_ms,
+            client: h.client.clone(),
+        }
     }
-    out.push_str(&format!(
-        "token: {}\nfencing: {}\nsince-ms: {}\nlock-parents: {}\nlock-children: {}\n",
-        grant.token, h.fencing, h.since_ms, h.lock_parents, h.lock_children
-    ));
+
+    /// Who holds it, as the API reports it, for the resource `resource`.
+    pub fn holder(&self, resource: &str) -> Holder {
+        Holder {
+            resource: resource.to_string(),
+            client: self.client.clone(),
+            fencing: self.fencing,
+            since_ms: self.since_ms,
+            lock_parents: self.lock_parents,
+            lock_children: self.lock_children,
+        }
+    }
+
+    /// The state file name of this lock.
+    pub fn file_name(&self) -> String {
+        let flags = [
+            if self.lock_parents { 'p' } else { '-' },
+            if self.lock_children { 'c' } else { '-' },
+        ];
+        let mut out = format!(
+            "{}+{}+{}{}+{}",
+            self.fencing, self.token, flags[0], flags[1], self.since_ms
+        );
+        if let Some(client) = &self.client {
+            out.push('+');
+            out.push_str(&encode_client(client));
+        }
+        out
+    }
+}
+
+/// The state file name of a free node whose last number was `number`.
+pub fn free_name(number: u64) -> String {
+    number.to_string()
+}
+
+/// Parses a state file name; the error says what is wrong with it.
+pub fn decode(name: &str) -> Result<State, String> {
+    let mut fields = name.splitn(5, '+');
+    let fencing = fields.next().unwrap_or_default();
+    let fencing = number(fencing).ok_or_else(|| format!("{fencing:?} is not a number"))?;
+    let Some(token) = fields.next() else {
+        return Ok(State::Free(fencing));
+    };
+    if !token::is_well_formed(token) {
+        return Err(format!("{token:?} is not an unlock token"));
+    }
+    let (lock_parents, lock_children) = match fields.next() {
+        Some(flags) => match flags.as_bytes() {
+            [p @ (b'p' | b'-'), c @ (b'c' | b'-')] => (*p == b'p', *c == b'c'),
+            _ => return Err(format!("{flags:?} is not `pc`, `p-`, `-c` or `--`")),
+        },
+        None => return Err("the flags are missing".to_string()),
+    };
+    let since_ms = match fields.next() {
+        Some(since) => number(since).ok_or_else(|| format!("{since:?} is not a time"))?,
+        None => return Err("the time is missing".to_string()),
+    };
+    let client = match fields.next() {
+        Some(client) => Some(
+            decode_client(client)
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| format!("{client:?} is not an encoded client id"))?,
+        ),
+        None => None,
+    };
+    Ok(State::Held(Held {
+        fencing,
+        token: token.to_string(),
+        lock_parents,
+        lock_children,
+        since_ms,
+        client,
+    }))
+}
+
+/// On-disk form of a client id: `%` becomes `%25`, `/` becomes `%2F`.
+pub fn encode_client(client: &str) -> String {
+    let mut out = String::with_capacity(client.len());
+    for c in client.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '/' => out.push_str("%2F"),
+            _ => out.push(c),
+        }
+    }
     out
 }
 
-/// Parses a record's text; the error says what is wrong with it.
-pub fn decode(text: &str) -> Result<Grant, String> {
-    let mut lines = text.lines();
-    match lines.next() {
-        Some(MAGIC) => {}
-        Some(first) if first.starts_with("hasp-lock ") => {
-            return Err(format!("unsupported record version {first:?}"))
+fn decode_client(encoded: &str) -> Option<String> {
+    let mut out = String::with_capacity(encoded.len());
+    let mut rest = encoded;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        match rest.get(at..at + 3) {
+            Some("%25") => out.push('%'),
+            Some("%2F") => out.push('/'),
+            _ => return None,
         }
-        _ => return Err("missing the `hasp-lock 1` header".to_string()),
+        rest = &rest[at + 3..];
     }
-    let (mut resource, mut client, mut token) = (None, None, None);
-    let (mut fencing, mut since, mut parents, mut children) = (None, None, None, None);
-    for line in lines {
-        let Some((key, value)) = line.split_once(": ") else {
-            return Err(format!("malformed line {line:?}"));
-        };
-        let value = value.to_string();
-        match key {
-            "resource" => resource = Some(value),
-            "client" => client = Some(value),
-            "token" => token = Some(value),
-            "fencing" => fencing = Some(number(key, &value)?),
-            "since-ms" => since = Some(number(key, &value)?),
-            "lock-parents" => parents = Some(flag(key, &value)?),
-            "lock-children" => children = Some(flag(key, &value)?),
-            _ => {} // a later minor version's key
-        }
-    }
-    let missing = |key: &str| format!("missing `{key}`");
-    Ok(Grant {
-        holder: Holder {
-            resource: resource.ok_or_else(|| missing("resource"))?,
-            client,
-            fencing: fencing.ok_or_else(|| missing("fencing"))?,
-            since_ms: since.ok_or_else(|| missing("since-ms"))?,
-            lock_parents: parents.ok_or_else(|| missing("lock-parents"))?,
-            lock_children: children.ok_or_else(|| missing("lock-children"))?,
-        },
-        token: token.ok_or_else(|| missing("token"))?,
-    })
+    out.push_str(rest);
+    (!out.chars().any(char::is_control)).then_some(out)
 }
 
-fn number(key: &str, value: &str) -> Result<u64, String> {
-    value
-        .parse()
-        .map_err(|_| format!("`{key}` is not a number: {value:?}"))
-}
-
-fn flag(key: &str, value: &str) -> Result<bool, String> {
-    match value {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err(format!("`{key}` is not true or false: {value:?}")),
-    }
+/// A decimal number as hasp writes it: digits only, no leading zero.
+fn number(text: &str) -> Option<u64> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
 }

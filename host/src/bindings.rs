@@ -10,6 +10,19 @@ pub mod registry {
     pub use self::hasp::lock::types;
 }
 
+/// World `guest` again, with exports called asynchronously: `hasp serve`
+/// runs guest calls on its network threads, each on a fiber of its own.
+pub mod registry_async {
+    wasmtime::component::bindgen!({
+        world: "guest",
+        path: "../wit",
+        exports: { default: async },
+        with: {
+            "hasp:lock/types": crate::bindings::registry::types,
+        },
+    });
+}
+
 /// World `process`: the lock-file component, which imports `file-lock`.
 pub mod process {
     wasmtime::component::bindgen!({

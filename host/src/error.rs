@@ -37,12 +37,12 @@ pub enum Error {
         /// What is wrong, quoting the input.
         message: String,
     },
-    /// A record file in the lock directory does not parse.
+    /// A lock state in the lock directory does not parse.
     #[error("{message} (lock directory {})", dir.display())]
     CorruptRecord {
         /// The lock directory.
         dir: PathBuf,
-        /// The record file, relative to `dir`.
+        /// The state file (or its `.lock` directory), relative to `dir`.
         file: PathBuf,
         /// What is wrong with it.
         message: String,

@@ -128,24 +128,13 @@ impl Registry {
     /// Takes a lock on `resource`. Never waits: a held resource (or a
     /// conflicting parent or child) gives [`Error::AlreadyLocked`] at once.
     pub fn lock(&mut self, resource: &str, options: &LockOptions) -> Result<Grant, Error> {
-        let options = wit::LockOptions {
-            client: options.client.clone(),
-            lock_parents: options.lock_parents,
-            lock_children: options.lock_children,
-        };
-        let grant = self.call(guest_lock(resource, &options))?;
-        Ok(Grant {
-            holder: holder(grant.holder),
-            token: grant.token,
-        })
+        let options = wit_options(options);
+        Ok(grant(self.call(guest_lock(resource, &options))?))
     }
 
     /// Releases the lock on `resource` if `key` owns it; returns what was held.
     pub fn unlock(&mut self, resource: &str, key: &UnlockKey) -> Result<Holder, Error> {
-        let key = match key {
-            UnlockKey::Client(c) => wit::UnlockKey::Client(c.clone()),
-            UnlockKey::Token(t) => wit::UnlockKey::Token(t.clone()),
-        };
+        let key = wit_key(key);
         Ok(holder(self.call(guest_unlock(resource, &key))?))
     }
 
@@ -348,7 +337,33 @@ fn guest_list(prefix: &str) -> impl GuestCall<Vec<wit::Holder>> + '_ {
     }
 }
 
-fn holder(h: wit::Holder) -> Holder {
+/// Lock options as the guest takes them.
+pub(crate) fn wit_options(options: &LockOptions) -> wit::LockOptions {
+    wit::LockOptions {
+        client: options.client.clone(),
+        lock_parents: options.lock_parents,
+        lock_children: options.lock_children,
+    }
+}
+
+/// An unlock key as the guest takes it.
+pub(crate) fn wit_key(key: &UnlockKey) -> wit::UnlockKey {
+    match key {
+        UnlockKey::Client(c) => wit::UnlockKey::Client(c.clone()),
+        UnlockKey::Token(t) => wit::UnlockKey::Token(t.clone()),
+    }
+}
+
+/// A grant as the guest gave it.
+pub(crate) fn grant(g: wit::Grant) -> Grant {
+    Grant {
+        holder: holder(g.holder),
+        token: g.token,
+    }
+}
+
+/// A holder as the guest gave it.
+pub(crate) fn holder(h: wit::Holder) -> Holder {
     Holder {
         resource: h.resource,
         client: h.client,

@@ -3,6 +3,7 @@
 
 use crate::bindings::process::ProcessPre;
 use crate::bindings::registry::GuestPre;
+use crate::bindings::registry_async::GuestPre as AsyncGuestPre;
 use crate::error::Error;
 use crate::file_lock::LockDirs;
 use std::path::{Path, PathBuf};
@@ -56,9 +57,13 @@ struct Inner {
     /// otherwise start a multi-threaded one of their own.
     tokio: tokio::runtime::Runtime,
     engine: Engine,
+    /// The guest component, compiled for `engine`.
+    component: Component,
     pre: GuestPre<State>,
     /// Loaded on first use: registry commands never pay for it.
     process: OnceLock<ProcessPre<State>>,
+    /// The guest for asynchronous calls (`hasp serve`), made on first use.
+    serving: OnceLock<Serving>,
     limits: Limits,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -67,6 +72,11 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// The guest linked for asynchronous calls; see [`Runtime::serving`].
+pub(crate) struct Serving {
+    pub pre: AsyncGuestPre<State>,
 }
 
 /// Per-instance host state.
@@ -142,8 +152,10 @@ impl Runtime {
             inner: Arc::new(Inner {
                 tokio,
                 engine,
+                component,
                 pre,
                 process: OnceLock::new(),
+                serving: OnceLock::new(),
                 limits,
                 ticker_stop,
             }),
@@ -172,6 +184,28 @@ impl Runtime {
         let pre = linker.instantiate_pre(&component).map_err(runtime_error)?;
         let pre = ProcessPre::new(pre).map_err(runtime_error)?;
         Ok(self.inner.process.get_or_init(|| pre))
+    }
+
+    /// The guest component linked for asynchronous calls, each on a fiber
+    /// of its own: `hasp serve` calls it from its network threads, with no
+    /// handoff to another thread. Linked on first use.
+    pub(crate) fn serving(&self) -> Result<&Serving, Error> {
+        if let Some(serving) = self.inner.serving.get() {
+            return Ok(serving);
+        }
+        let engine = &self.inner.engine;
+        let mut linker = Linker::<State>::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(runtime_error)?;
+        crate::bindings::registry_async::Guest::add_to_linker::<State, HasSelf<State>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(runtime_error)?;
+        let pre = linker
+            .instantiate_pre(&self.inner.component)
+            .map_err(runtime_error)?;
+        let pre = AsyncGuestPre::new(pre).map_err(runtime_error)?;
+        Ok(self.inner.serving.get_or_init(|| Serving { pre }))
     }
 
     /// A WASI context whose only capability is `dir`, preopened read-write

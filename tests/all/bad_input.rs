@@ -1,7 +1,7 @@
 //! Bad input and broken lock directories: exit 2, a one-line message, and
 //! nothing changed on disk (and nothing ever granted).
 
-use crate::support::{hasp_in, Locks};
+use crate::support::{already, hasp_in, Locks, Run};
 use std::fs;
 use std::path::Path;
 
@@ -159,7 +159,7 @@ fn longest_accepted_names_and_client_ids_work() {
     let seg = "a".repeat(200);
     let name = format!("{seg}/{seg}/{seg}/{seg}/{seg}/{}", "b".repeat(19));
     assert_eq!(name.len(), 1024);
-    let client = "c".repeat(256);
+    let client = "c".repeat(160);
     let percent = "%".repeat(66);
     for name in [name.as_str(), percent.as_str()] {
         let grant = locks.json(&["lock", &format!("/{name}/"), "--client", &client, "--json"]);
@@ -175,21 +175,58 @@ fn longest_accepted_names_and_client_ids_work() {
             serde_json::Value::Null
         );
     }
+    // A client id counts in bytes as it is written on disk, where `%` and
+    // `/` take three: each of these takes exactly 160.
+    for client in [
+        format!("{}c", "%".repeat(53)),
+        format!("{}c", "/".repeat(53)),
+        "é".repeat(80),
+        "+".repeat(160),
+    ] {
+        let grant = locks.json(&["lock", "free", "--client", &client, "--json"]);
+        assert_eq!(grant["client"], client.as_str());
+        assert_eq!(
+            locks.json(&["status", "free", "--json"])["client"],
+            client.as_str()
+        );
+        locks
+            .run(&["lock", "free", "--client", "other"])
+            .assert_refused(1, &already(&client));
+        locks.ok(&["unlock", "free", "--client", &client]);
+    }
 }
 
 #[test]
 fn bad_client_ids_are_rejected() {
     let locks = setup();
-    let long = "c".repeat(257);
-    let wide = format!("{}é", "c".repeat(255));
     let msg = "invalid client id '";
-    for client in [
-        "", &long, &wide, "c\nd", "c\x01", "c\x7f", "\u{85}", "owner\n",
-    ] {
+    for client in ["", "c\nd", "c\x01", "c\x7f", "\u{85}", "owner\n"] {
         rejected(&locks, &["lock", "free", "--client", client], msg);
         rejected(&locks, &["lock", "held", "--client", client], msg);
         // Not "not owner" (exit 1): the id is refused before anything else.
         rejected(&locks, &["unlock", "held", "--client", client], msg);
+    }
+    // One byte over 160 as written on disk (`%` and `/` take three there).
+    for client in [
+        "c".repeat(161),
+        format!("{}é", "c".repeat(159)),
+        format!("{}cc", "%".repeat(53)),
+        format!("{}cc", "/".repeat(53)),
+        "%".repeat(54),
+    ] {
+        for args in [
+            &["lock", "free", "--client", &client][..],
+            &["lock", "held", "--client", &client],
+            &["unlock", "held", "--client", &client],
+        ] {
+            rejected(&locks, args, msg);
+            let run = locks.run(args);
+            assert!(
+                run.stderr
+                    .ends_with("': it is longer than 160 bytes on disk\n"),
+                "hasp {args:?}: {run:?}"
+            );
+        }
     }
     still_held(&locks);
 }
@@ -360,22 +397,39 @@ fn nodes_that_is_a_regular_file_is_an_error_and_untouched() {
 
 #[test]
 fn lock_dir_of_an_incompatible_format_is_refused_and_untouched() {
-    let locks = Locks::new();
-    fs::write(locks.path().join("FORMAT"), "hasp-lock-dir 2\n").expect("write");
-    let before = locks.tree();
-    for args in [&["lock", "x", "--client", "c"][..], &["status"]] {
-        let run = locks.run(args);
-        assert_eq!(
-            (run.code, run.stdout.as_str()),
-            (2, ""),
-            "hasp {args:?}: {run:?}"
-        );
-        assert!(run.stderr.contains("FORMAT"), "{run:?}");
-        assert!(run.stderr.contains("hasp-lock-dir 2"), "{run:?}");
+    for line in ["hasp-lock-dir 1", "hasp-lock-dir 3", "hasp-lock 1"] {
+        let locks = Locks::new();
+        fs::write(locks.path().join("FORMAT"), format!("{line}\n")).expect("write");
+        // What a format 1 directory holds: a record in a slot.
+        let slot = locks.path().join("nodes/x/.slot");
+        fs::create_dir_all(&slot).expect("make slot");
+        fs::write(
+            slot.join("0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b"),
+            "hasp-lock 1\nresource: x\nclient: c\n",
+        )
+        .expect("write record");
+        let before = locks.tree();
+        for args in [
+            &["lock", "x", "--client", "c"][..],
+            &["lock", "y", "--client", "c"],
+            &["unlock", "x", "--client", "c"],
+            &["status", "x", "--json"],
+            &["status"],
+        ] {
+            let run = locks.run(args);
+            assert_eq!(
+                (run.code, run.stdout.as_str()),
+                (2, ""),
+                "{line}: hasp {args:?}: {run:?}"
+            );
+            assert!(run.stderr.contains("FORMAT"), "{line}: {run:?}");
+            assert!(run.stderr.contains(line), "{line}: {run:?}");
+            assert_eq!(run.stderr.lines().count(), 1, "{line}: {run:?}");
+        }
+        assert_eq!(locks.tree(), before, "{line}");
+        let format = fs::read_to_string(locks.path().join("FORMAT")).expect("read");
+        assert_eq!(format, format!("{line}\n"));
     }
-    assert_eq!(locks.tree(), before);
-    let format = fs::read_to_string(locks.path().join("FORMAT")).expect("read");
-    assert_eq!(format, "hasp-lock-dir 2\n");
 }
 
 fn empty_dir(dir: &Path) -> bool {
@@ -430,135 +484,174 @@ fn symlinked_nodes_or_tmp_leading_out_grant_nothing_and_write_nothing_outside() 
     }
 }
 
-/// Locks `p/res` for real, then overwrites its record with `garbage`.
-/// Returns the record's path relative to the lock directory.
-fn corrupt_record(locks: &Locks, garbage: &[u8]) -> String {
-    locks.ok(&["lock", "p/res", "--client", "c1"]);
-    let slot = locks.path().join("nodes/p/res/.slot");
-    let files: Vec<_> = fs::read_dir(&slot).expect("slot").collect();
-    assert_eq!(files.len(), 1, "one record in {}", slot.display());
-    let name = files[0].as_ref().expect("entry").file_name();
-    let rel = format!("nodes/p/res/.slot/{}", name.to_string_lossy());
-    fs::write(locks.path().join(&rel), garbage).expect("write garbage");
-    rel
+/// A valid unlock token, for state names written by hand.
+const UUID: &str = "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b";
+
+/// State names that are neither free (`<n>`) nor held
+/// (`<fencing>+<token>+<flags>+<since-ms>[+<client>]`).
+fn corrupt_names() -> Vec<String> {
+    vec![
+        "garbage".to_string(),
+        "7+not-a-token+pc+1".to_string(),
+        format!("7+{UUID}+xx+1"),
+        format!("7+{UUID}+pc"),
+        format!("7+{UUID}+pc+soon"),
+        format!("x+{UUID}+pc+1+c1"),
+    ]
 }
 
-/// Whether a slot directory holds any record.
-fn slot_holds_a_record(locks: &Locks, node: &str) -> bool {
-    fs::read_dir(locks.path().join(node).join(".slot")).is_ok_and(|mut d| d.next().is_some())
+/// Locks `p/res` for real (by `c1`), then renames its state to `name`.
+/// Returns the token of the lock and the state's path relative to the lock
+/// directory.
+fn corrupt_state(locks: &Locks, name: &str) -> (String, String) {
+    let grant = locks.json(&["lock", "p/res", "--client", "c1", "--json"]);
+    let token = grant["token"].as_str().expect("token").to_string();
+    let states = locks.state_files("p/res");
+    assert_eq!(states.len(), 1, "one state in p/res: {states:?}");
+    let lock = locks.path().join("nodes/p/res/.lock");
+    fs::rename(lock.join(&states[0]), lock.join(name)).expect("rename the state");
+    (token, format!("nodes/p/res/.lock/{name}"))
+}
+
+/// Whether nothing holds the node `node` on disk: it was never made, or its
+/// one state is a free one (a bare number).
+fn free_on_disk(locks: &Locks, node: &str) -> bool {
+    match locks.state_files(node).as_slice() {
+        [] => true,
+        [one] => !one.is_empty() && one.bytes().all(|b| b.is_ascii_digit()),
+        _ => false,
+    }
+}
+
+/// Runs `args`, expects exit 2 with the one line `corrupt lock state
+/// {path}: ...` on stderr and nothing on stdout; returns the run.
+#[track_caller]
+fn corrupt(locks: &Locks, args: &[&str], path: &str) -> Run {
+    let run = locks.run(args);
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (2, ""),
+        "hasp {args:?}: {run:?}"
+    );
+    assert!(
+        run.stderr
+            .starts_with(&format!("corrupt lock state {path}: ")),
+        "hasp {args:?}: {run:?} should name {path}"
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "hasp {args:?}: {run:?}");
+    run
 }
 
 #[test]
-fn corrupt_record_is_reported_with_its_file_and_never_granted_over() {
-    for garbage in [&b"garbage\n"[..], b"\xff\xfe\x00binary", b""] {
+fn corrupt_state_is_reported_with_its_file_and_never_granted_over() {
+    for name in corrupt_names() {
         let locks = Locks::new();
-        let rel = corrupt_record(&locks, garbage);
+        let (token, rel) = corrupt_state(&locks, &name);
         for args in [
             &["status", "p/res"][..],
             &["status", "/p/res", "--json"],
             &["status"],
+            &["status", "--json"],
             &["lock", "p/res", "--client", "c2"],
             &["lock", "p/res", "--client", "c1"],
             &["lock", "p/res", "--no-lock-parents", "--no-lock-children"],
             &["lock", "p/res/child", "--client", "c2"],
             &["unlock", "p/res", "--client", "c1"],
+            &["unlock", "p/res", "--token", &token],
         ] {
-            let run = locks.run(args);
-            assert_eq!(
-                (run.code, run.stdout.as_str()),
-                (2, ""),
-                "hasp {args:?}: {run:?}"
-            );
-            assert!(
-                run.stderr.contains(&rel),
-                "hasp {args:?}: {run:?} should name {rel}"
-            );
+            corrupt(&locks, args, &rel);
         }
+        assert_eq!(locks.state_files("p/res"), [name.as_str()], "state kept");
+        for node in ["p", "p/res/child"] {
+            assert!(free_on_disk(&locks, node), "{name}: {node} was granted");
+        }
+        // Unrelated resources, and calls that do not need the node, work.
         assert_eq!(
-            fs::read(locks.path().join(&rel)).expect("record kept"),
-            garbage
+            locks.json(&["status", "p", "--json"]),
+            serde_json::Value::Null
         );
-        for node in ["nodes/p", "nodes/p/res/child"] {
-            assert!(!slot_holds_a_record(&locks, node), "{node} was granted");
-        }
-        // Unrelated resources keep working.
         locks.ok(&["lock", "q", "--client", "c2"]);
+        locks.ok(&["lock", "p/other", "--client", "c2"]);
     }
 }
 
 #[test]
-fn corrupt_child_record_keeps_its_parent_from_being_granted() {
+fn corrupt_child_state_keeps_its_parent_from_being_granted() {
     // Whether the unreadable lock on p/res blocks its parent cannot be known,
-    // so locking `p` must fail (exit 2, naming a corrupt record) like locking
-    // `p/res/child` does, never grant.
-    for garbage in [&b"garbage\n"[..], b"\xff\xfe", b""] {
-        let shown = String::from_utf8_lossy(garbage);
+    // so locking `p` with lock-children must fail (exit 2, naming the state)
+    // like locking `p/res/child` does, never grant.
+    for name in corrupt_names() {
         let locks = Locks::new();
-        corrupt_record(&locks, garbage);
-        let run = locks.run(&["lock", "p", "--client", "c2"]);
+        let (_, rel) = corrupt_state(&locks, &name);
+        corrupt(&locks, &["lock", "p", "--client", "c2"], &rel);
+        assert!(free_on_disk(&locks, "p"), "{name}: p was granted");
         assert_eq!(
-            (run.code, run.stdout.as_str()),
-            (2, ""),
-            "{shown:?}: {run:?}"
+            locks.json(&["status", "p", "--json"]),
+            serde_json::Value::Null,
+            "{name}"
         );
-        assert!(
-            run.stderr.starts_with("corrupt record file nodes/p/"),
-            "{shown:?}: {run:?}"
-        );
-        assert!(
-            !slot_holds_a_record(&locks, "nodes/p"),
-            "{shown:?}: p was granted"
-        );
+        // Without lock-children, `p` does not depend on its children.
+        locks.ok(&["lock", "p", "--client", "c2", "--no-lock-children"]);
+        assert_eq!(locks.json(&["status", "p", "--json"])["client"], "c2");
     }
 }
 
 #[test]
-fn hand_made_bad_records_are_reported_with_their_file() {
-    let bad: [(&str, &str); 4] = [
-        ("hasp-lock 2\nresource: h\n", "version"),
-        ("hasp-lock 1\nresource: h\nfencing: many\n", "fencing"),
-        (
-            "hasp-lock 1\nresource: h\ntoken: x\nsince-ms: 1\n",
-            "missing",
-        ),
-        ("hasp-lock 1\nno separator\n", "no separator"),
-    ];
-    for (text, why) in bad {
+fn hand_made_bad_states_are_reported_with_their_file() {
+    for name in corrupt_names() {
         let locks = Locks::new();
         locks.ok(&["status"]);
-        let slot = locks.path().join("nodes/h/.slot");
-        fs::create_dir_all(&slot).expect("make slot");
-        let rel = "nodes/h/.slot/0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b";
-        fs::write(locks.path().join(rel), text).expect("write record");
+        let lock = locks.path().join("nodes/h/.lock");
+        fs::create_dir_all(&lock).expect("make .lock");
+        fs::write(lock.join(&name), "").expect("write the state");
+        let rel = format!("nodes/h/.lock/{name}");
         for args in [
             &["status", "h", "--json"][..],
+            &["status"],
             &["lock", "h", "--client", "c"],
+            &["lock", "h/child", "--client", "c"],
+            &["unlock", "h", "--client", "c"],
         ] {
-            let run = locks.run(args);
-            assert_eq!(
-                (run.code, run.stdout.as_str()),
-                (2, ""),
-                "{text:?}: {run:?}"
-            );
-            assert!(run.stderr.contains(rel), "{text:?}: {run:?}");
-            assert!(run.stderr.contains(why), "{text:?}: {run:?}");
+            corrupt(&locks, args, &rel);
         }
-        assert_eq!(
-            fs::read_to_string(locks.path().join(rel)).expect("kept"),
-            text
-        );
+        assert_eq!(locks.state_files("h"), [name.as_str()], "state kept");
+        assert!(free_on_disk(&locks, "h/child"), "{name}: h/child granted");
     }
+}
 
-    // Two records in one slot: the slot itself is named.
-    let locks = Locks::new();
-    locks.ok(&["lock", "h", "--client", "c1"]);
-    let extra = locks
-        .path()
-        .join("nodes/h/.slot/0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b");
-    fs::write(extra, "hasp-lock 1\n").expect("write");
-    let run = locks.run(&["lock", "h/child", "--client", "c2"]);
-    assert_eq!(run.code, 2, "{run:?}");
-    assert!(run.stderr.contains("nodes/h/.slot"), "{run:?}");
-    let run = locks.run(&["unlock", "h", "--client", "c1"]);
-    assert_eq!(run.code, 2, "{run:?}");
+#[test]
+fn lock_dir_holding_two_states_is_reported_and_never_granted_over() {
+    // Held plus a stray free name, and two free names made by hand.
+    for by_hand in [false, true] {
+        let locks = Locks::new();
+        locks.ok(&["status"]);
+        let lock = locks.path().join("nodes/h/.lock");
+        if by_hand {
+            fs::create_dir_all(&lock).expect("make .lock");
+            fs::write(lock.join("3"), "").expect("write a state");
+        } else {
+            locks.ok(&["lock", "h", "--client", "c1"]);
+        }
+        fs::write(lock.join("5"), "").expect("write a second state");
+        let before = locks.state_files("h");
+        assert_eq!(before.len(), 2, "{before:?}");
+        for args in [
+            &["status", "h", "--json"][..],
+            &["status"],
+            &["lock", "h", "--client", "c2"],
+            &["lock", "h", "--no-lock-parents", "--no-lock-children"],
+            &["lock", "h/child", "--client", "c2"],
+            &["unlock", "h", "--client", "c1"],
+        ] {
+            let run = corrupt(&locks, args, "nodes/h/.lock");
+            assert!(
+                run.stderr
+                    .starts_with("corrupt lock state nodes/h/.lock: it holds more than one file"),
+                "hasp {args:?}: {run:?}"
+            );
+        }
+        assert_eq!(locks.state_files("h"), before, "states kept");
+        assert!(free_on_disk(&locks, "h/child"), "h/child was granted");
+        locks.ok(&["lock", "q", "--client", "c2"]);
+    }
 }

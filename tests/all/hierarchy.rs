@@ -311,17 +311,26 @@ fn names_that_look_like_internal_entries_are_ordinary_resources() {
     // `q` is taken without lock-children, so its children are independent.
     locks.ok(&["lock", "q", "--client", "parent", "--no-lock-children"]);
     let odd = [
-        "q/.slot",
-        "q/.fence",
-        "q/.ix",
-        "q/%2Eslot",
+        "q/.lock",
+        "q/.other/.lock/0",
+        "q/%2Elock",
         "q/%25",
         "q/...",
-        "q/.hidden/.slot",
+        "q/.hidden/.lock",
+        "q/1+0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b+pc+1",
     ];
     for name in odd {
         locks.ok(&["lock", name, "--client", name]);
     }
+    // None of them went into `q`'s own state directory.
+    let states = locks.state_files("q");
+    assert!(
+        states.len() == 1
+            && states[0].starts_with("1+")
+            && states[0].contains("+p-+")
+            && states[0].ends_with("+parent"),
+        "{states:?}"
+    );
     let held = locks.json(&["status", "q", "--json"]);
     assert_eq!(
         (held["client"].as_str(), held["fencing"].as_u64()),

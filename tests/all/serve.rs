@@ -1001,7 +1001,15 @@ fn node_directories_removed_under_a_running_daemon_are_made_again() {
     assert_eq!(status, 200, "{again}");
 
     // The grant is in the directory everybody else reads, not a removed one.
-    assert!(locks.path().join("nodes/gone/x/.slot").is_dir());
+    let since = again["since_ms"].as_u64().expect("since_ms");
+    assert_eq!(
+        locks.state_files("gone/x"),
+        [format!(
+            "{}+{}+pc+{since}+b",
+            again["fencing"],
+            token(&again)
+        )]
+    );
     locks
         .run(&["lock", "gone/x", "--client", "cli"])
         .assert_refused(1, &already("b"));

@@ -96,6 +96,21 @@ impl Locks {
             .unwrap_or_else(|e| panic!("hasp {args:?} printed no JSON ({e}): {stdout:?}"))
     }
 
+    /// The names in `nodes/<node>/.lock` (docs/FORMAT.md, "Layout"),
+    /// sorted; empty if there is no such directory. `node` is the node's
+    /// path below `nodes/`, which for plain names is the resource name.
+    pub fn state_files(&self, node: &str) -> Vec<String> {
+        let lock = self.path().join("nodes").join(node).join(".lock");
+        let Ok(entries) = std::fs::read_dir(lock) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Every file and directory below the lock directory, sorted, relative.
     pub fn tree(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();

@@ -1,4 +1,4 @@
-//! The lock calls every door shares: run on the worker pool, made durable
+//! The lock calls every door shares: run on the instance pool, made durable
 //! under `--fsync`, counted, and announced to waiters. The rules stay in the
 //! guest; this only carries calls and results.
 
@@ -6,8 +6,10 @@ use super::durable::Syncer;
 use super::http::Response;
 use super::metrics::{Metrics, Outcome};
 use super::pool::Pool;
+use crate::registry;
 use crate::{Error, Grant, Holder, LockOptions, UnlockKey};
 use serde_json::json;
+use std::future::Future;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -38,12 +40,19 @@ impl Locks {
 
     /// Takes a lock at once or is refused.
     pub async fn lock(&self, resource: String, options: LockOptions) -> Result<Grant, Error> {
-        let key = resource.clone();
-        let result = self
-            .call(Some(&key), move |registry| {
-                registry.lock(&resource, &options)
-            })
-            .await;
+        let options = registry::wit_options(&options);
+        let result = retry_busy(|| {
+            let (name, options) = (resource.clone(), options.clone());
+            self.pool
+                .call(Some(&resource), move |guest, handle, store| {
+                    Box::pin(async move {
+                        let registry = guest.hasp_lock_registry().registry();
+                        registry.call_lock(store, handle, &name, &options).await
+                    })
+                })
+        })
+        .await
+        .map(registry::grant);
         if result.is_ok() {
             self.durable().await;
         }
@@ -78,12 +87,19 @@ impl Locks {
 
     /// Releases a lock held by `key`; returns what was held.
     pub async fn unlock(&self, resource: String, key: UnlockKey) -> Result<Holder, Error> {
-        let name = resource.clone();
-        let result = self
-            .call(Some(&name), move |registry| {
-                registry.unlock(&resource, &key)
-            })
-            .await;
+        let key = registry::wit_key(&key);
+        let result = retry_busy(|| {
+            let (name, key) = (resource.clone(), key.clone());
+            self.pool
+                .call(Some(&resource), move |guest, handle, store| {
+                    Box::pin(async move {
+                        let registry = guest.hasp_lock_registry().registry();
+                        registry.call_unlock(store, handle, &name, &key).await
+                    })
+                })
+        })
+        .await
+        .map(registry::holder);
         if result.is_ok() {
             self.durable().await;
             self.released.notify_waiters();
@@ -94,10 +110,18 @@ impl Locks {
 
     /// The lock on `resource`, if granted.
     pub async fn status(&self, resource: String) -> Result<Option<Holder>, Error> {
-        let key = resource.clone();
-        let result = self
-            .call(Some(&key), move |registry| registry.status(&resource))
-            .await;
+        let result = retry_busy(|| {
+            let name = resource.clone();
+            self.pool
+                .call(Some(&resource), move |guest, handle, store| {
+                    Box::pin(async move {
+                        let registry = guest.hasp_lock_registry().registry();
+                        registry.call_status(store, handle, &name).await
+                    })
+                })
+        })
+        .await
+        .map(|held| held.map(registry::holder));
         if result.is_err() {
             self.metrics.outcome(Outcome::Failed);
         }
@@ -106,26 +130,21 @@ impl Locks {
 
     /// Every granted lock at or below `prefix`.
     pub async fn list(&self, prefix: String) -> Result<Vec<Holder>, Error> {
-        let result = self
-            .call(None, move |registry| registry.list(&prefix))
-            .await;
+        let result = retry_busy(|| {
+            let prefix = prefix.clone();
+            self.pool.call(None, move |guest, handle, store| {
+                Box::pin(async move {
+                    let registry = guest.hasp_lock_registry().registry();
+                    registry.call_list(store, handle, &prefix).await
+                })
+            })
+        })
+        .await
+        .map(|all| all.into_iter().map(registry::holder).collect());
         if result.is_err() {
             self.metrics.outcome(Outcome::Failed);
         }
         result
-    }
-
-    /// Runs `f` on a pooled registry (the one of `resource`, if given),
-    /// retrying while the disk is in flux.
-    async fn call<T: Send + 'static>(
-        &self,
-        resource: Option<&str>,
-        mut f: impl FnMut(&mut crate::Registry) -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Error> {
-        self.pool
-            .run(resource, move |registry| retry_busy(|| f(registry)))
-            .await
-            .and_then(|r| r)
     }
 
     async fn durable(&self) {
@@ -143,10 +162,13 @@ impl Locks {
     }
 }
 
-fn retry_busy<T>(mut call: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+/// Runs `call` again while the disk is in flux (`busy`), a few times.
+async fn retry_busy<T, F: Future<Output = Result<T, Error>>>(
+    mut call: impl FnMut() -> F,
+) -> Result<T, Error> {
     let mut tries = 0;
     loop {
-        match call() {
+        match call().await {
             Err(Error::Busy { .. }) if tries < BUSY_RETRIES => tries += 1,
             other => return other,
         }

@@ -65,17 +65,11 @@ struct App {
 pub fn serve(config: ServeConfig) -> Result<(), Error> {
     let io = |what: &str, e: std::io::Error| Error::Runtime(format!("{what}: {e}"));
     let runtime = Runtime::shared()?;
-    let pool = pool::Pool::start(&runtime, &config.dir, config.workers)?;
     let syncer = if config.fsync {
         Some(durable::Syncer::start(&config.dir).map_err(|e| io("cannot start syncing", e))?)
     } else {
         None
     };
-    let app = Arc::new(App {
-        locks: Locks::new(pool, syncer),
-        token: config.token.clone(),
-        log: config.log,
-    });
     let reactor = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -83,6 +77,12 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         .build()
         .map_err(|e| io("cannot start the network runtime", e))?;
     reactor.block_on(async move {
+        let pool = pool::Pool::start(&runtime, &config.dir, config.workers).await?;
+        let app = Arc::new(App {
+            locks: Locks::new(pool, syncer),
+            token: config.token.clone(),
+            log: config.log,
+        });
         // Handlers first: a signal that follows the startup line must stop
         // the server cleanly, not kill it.
         let signals = Signals::new();

@@ -1,58 +1,77 @@
-//! A fixed set of worker threads, each with its own registry (its own guest
-//! instance) on the served directory. Requests run in parallel; the on-disk
-//! protocol, not the pool, keeps conflicting grants apart, exactly as it
-//! does between processes. Nothing is cached that decides a grant: every
-//! call asks the disk.
+//! A fixed set of guest instances on the served directory, called from the
+//! network threads themselves: each call runs the guest on a fiber, so a
+//! request never waits for another thread to pick it up. Instances work in
+//! parallel; the on-disk protocol, not the pool, keeps conflicting grants
+//! apart, exactly as it does between processes. Nothing is cached that
+//! decides a grant: every call asks the disk.
 //!
-//! A call about one resource always runs on the same worker (chosen by a
+//! A call about one resource always goes to the same instance (chosen by a
 //! hash of the name), so the directories that guest keeps open and the
-//! fencing mark it saw last are the ones it needs next; other calls take
-//! turns.
+//! state it saw last are the ones it needs next; other calls take turns.
 
-use crate::{Error, Registry, Runtime};
+use crate::bindings::registry::types as wit;
+use crate::bindings::registry_async::Guest;
+use crate::file_lock::LockDirs;
+use crate::registry::GUEST_DIR;
+use crate::runtime::{runtime_error, Serving, State};
+use crate::{Error, Runtime};
 use std::collections::hash_map::DefaultHasher;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use tokio::sync::Mutex;
+use wasmtime::component::ResourceAny;
+use wasmtime::Store;
 
-type Job = Box<dyn FnOnce(&mut Registry) + Send>;
-
-/// Runs closures on a registry of the served directory.
+/// Guest instances of the served directory.
 pub struct Pool {
-    workers: Vec<mpsc::Sender<Job>>,
+    runtime: Runtime,
+    dir: PathBuf,
+    /// Each instance, or `None` until it is needed again after a trap.
+    instances: Vec<Mutex<Option<Live>>>,
     turn: AtomicUsize,
 }
 
+/// One guest instance with the registry it opened.
+struct Live {
+    store: Store<State>,
+    guest: Guest,
+    handle: ResourceAny,
+}
+
+/// What one guest call returns: a trap, or the guest's answer.
+type Outcome<T> = wasmtime::Result<Result<T, wit::Error>>;
+/// One guest call in progress on an instance.
+type Call<'a, T> = Pin<Box<dyn Future<Output = Outcome<T>> + Send + 'a>>;
+
 impl Pool {
-    /// Starts `workers` threads, each with a registry open on `dir`.
-    pub fn start(runtime: &Runtime, dir: &Path, workers: usize) -> Result<Pool, Error> {
-        let mut senders = Vec::new();
-        for n in 0..workers.max(1) {
-            let registry = Registry::open_with(runtime, dir)?;
-            let (jobs, queue) = mpsc::channel::<Job>();
-            let (runtime, dir) = (runtime.clone(), dir.to_path_buf());
-            std::thread::Builder::new()
-                .name(format!("hasp-worker-{n}"))
-                .spawn(move || work(registry, queue, &runtime, &dir))
-                .map_err(|e| Error::Runtime(format!("cannot start a worker thread: {e}")))?;
-            senders.push(jobs);
+    /// Starts `size` instances, each with a registry open on `dir`.
+    pub async fn start(runtime: &Runtime, dir: &Path, size: usize) -> Result<Pool, Error> {
+        let serving = runtime.serving()?;
+        let mut instances = Vec::new();
+        for _ in 0..size.max(1) {
+            instances.push(Mutex::new(Some(instantiate(runtime, serving, dir).await?)));
         }
         Ok(Pool {
-            workers: senders,
+            runtime: runtime.clone(),
+            dir: dir.to_path_buf(),
+            instances,
             turn: AtomicUsize::new(0),
         })
     }
 
-    /// Runs `f` on one worker's registry and returns its result: the worker
-    /// of `resource` when there is one, else the next in turn.
-    pub async fn run<T: Send + 'static>(
+    /// Runs one guest call on the instance of `resource` (or the next in
+    /// turn) under the runtime's limits. A trap, or a panic, drops the
+    /// instance; the next call on it starts a fresh one.
+    pub async fn call<T>(
         &self,
         resource: Option<&str>,
-        f: impl FnOnce(&mut Registry) -> T + Send + 'static,
+        call: impl for<'a> FnOnce(&'a Guest, ResourceAny, &'a mut Store<State>) -> Call<'a, T>,
     ) -> Result<T, Error> {
-        let n = self.workers.len();
-        let worker = match resource {
+        let n = self.instances.len();
+        let at = match resource {
             Some(name) => {
                 let mut hasher = DefaultHasher::new();
                 name.hash(&mut hasher);
@@ -60,29 +79,40 @@ impl Pool {
             }
             None => self.turn.fetch_add(1, Ordering::Relaxed) % n,
         };
-        let (done, result) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |registry| {
-            let _ = done.send(f(registry));
-        });
-        self.workers[worker]
-            .send(job)
-            .map_err(|_| Error::Runtime("the worker pool has stopped".into()))?;
-        result
-            .await
-            .map_err(|_| Error::Runtime("a worker stopped during the call".into()))
+        let mut slot = self.instances[at].lock().await;
+        // Out of the slot while it runs: if the call never returns (a panic
+        // unwinds, or the request is dropped), the slot is left empty.
+        let mut live = match slot.take() {
+            Some(live) => live,
+            None => instantiate(&self.runtime, self.runtime.serving()?, &self.dir).await?,
+        };
+        live.store.set_epoch_deadline(self.runtime.deadline_ticks());
+        let outcome = call(&live.guest, live.handle, &mut live.store).await;
+        if outcome.is_ok() {
+            *slot = Some(live);
+        }
+        Error::from_call(outcome, &self.dir)
     }
 }
 
-fn work(mut registry: Registry, queue: mpsc::Receiver<Job>, runtime: &Runtime, dir: &Path) {
-    // Ends when the pool is dropped.
-    while let Ok(job) = queue.recv() {
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut registry)));
-        if ran.is_err() {
-            // The caller got an error (its reply was dropped); this worker
-            // goes on, with a fresh instance if one can be made.
-            if let Ok(fresh) = Registry::open_with(runtime, dir) {
-                registry = fresh;
-            }
-        }
-    }
+async fn instantiate(runtime: &Runtime, serving: &Serving, dir: &Path) -> Result<Live, Error> {
+    let wasi = Runtime::wasi_for(dir, GUEST_DIR)?;
+    let mut store = runtime.new_store(wasi, LockDirs::default());
+    let guest = serving
+        .pre
+        .instantiate_async(&mut store)
+        .await
+        .map_err(runtime_error)?;
+    let opened = guest
+        .hasp_lock_registry()
+        .registry()
+        .call_open(&mut store, GUEST_DIR)
+        .await
+        .map_err(|trap| Error::Trap(format!("{trap:#}")))?;
+    let handle = opened.map_err(|err| Error::from_guest(err, dir))?;
+    Ok(Live {
+        store,
+        guest,
+        handle,
+    })
 }
