@@ -1,5 +1,11 @@
 //! `hasp serve` under load: the real binary on loopback, driven by raw
-//! HTTP/1.1 keep-alive connections (std threads, std::net).
+//! HTTP/1.1 keep-alive connections. The throughput rows drive all their
+//! connections from one client thread, an event loop (a tokio current-thread
+//! runtime, one task per connection), as wrk does: the load generator shares
+//! the CPU with the server, and a blocking thread per connection would spend
+//! it on context switches that the figures would charge to the server. The
+//! contention rows and `--big` use a std thread per client with a blocking
+//! std::net client.
 //! Run: `cargo bench --bench serve` (`HASP_BENCH_DIR` picks the filesystem,
 //! `HASP_BENCH_SECS` the seconds per row, default 3, `HASP_BENCH_SERVE_ARGS`
 //! extra `hasp serve` flags). Prints one table:
@@ -24,6 +30,7 @@
 //! held locks through the server, reports the daemon's RSS, kills it (-9) and
 //! times its restart until /healthz answers and a held lock shows as held.
 
+use std::future::Future;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -31,8 +38,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 /// Distinct resources per connection, taken round robin.
 const NAMES_PER_CONN: usize = 16;
@@ -179,7 +189,8 @@ impl Point {
 
 /// `conns` connections doing lock+unlock cycles for `run`, each on its own
 /// resources `bench/TAG/CONN/0..16`, so that no two connections contend; with
-/// `fresh`, on a resource never locked before at every cycle instead.
+/// `fresh`, on a resource never locked before at every cycle instead. All the
+/// connections are tasks on one client thread (a current-thread runtime).
 fn throughput(
     server: &Server,
     door: Door,
@@ -188,52 +199,63 @@ fn throughput(
     tag: usize,
     fresh: bool,
 ) -> Point {
-    let barrier = Arc::new(Barrier::new(conns + 1));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let barrier = Arc::new(tokio::sync::Barrier::new(conns));
     let addr = server.addr;
-    let threads: Vec<_> = (0..conns)
-        .map(|c| {
-            let barrier = barrier.clone();
-            thread::spawn(move || {
-                let mut http = Http::new(addr);
-                let client = format!("c{c}");
-                let names: Vec<String> = (0..NAMES_PER_CONN)
-                    .map(|i| format!("bench/{tag}/{c}/{i}"))
-                    .collect();
-                let (mut errors, mut first_error) = (0, None);
-                // Warm up: connect, and create the nodes (the first lock of a
-                // resource makes its directories: `fresh` measures that).
-                for name in &names {
-                    if let Err(e) = cycle(&mut http, door, name, &client) {
-                        errors += 1;
-                        first_error.get_or_insert(format!("warm-up: {e}"));
-                    }
-                }
-                barrier.wait();
-                let start = Instant::now();
-                let mut latencies = Vec::with_capacity(4096);
-                let mut i = 0;
-                while start.elapsed() < run {
-                    let t = Instant::now();
-                    let name = if fresh {
-                        format!("bench/{tag}/{c}/new/{i}")
-                    } else {
-                        names[i % NAMES_PER_CONN].clone()
-                    };
-                    match cycle(&mut http, door, &name, &client) {
-                        Ok(()) => latencies.push(t.elapsed()),
-                        Err(e) => {
+    let results = runtime.block_on(async move {
+        let tasks: Vec<_> = (0..conns)
+            .map(|c| {
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    let mut http = AsyncHttp::new(addr);
+                    let client = format!("c{c}");
+                    let names: Vec<String> = (0..NAMES_PER_CONN)
+                        .map(|i| format!("bench/{tag}/{c}/{i}"))
+                        .collect();
+                    let (mut errors, mut first_error) = (0, None);
+                    // Warm up: connect, and create the nodes (the first lock
+                    // of a resource makes its directories: `fresh` measures
+                    // that).
+                    for name in &names {
+                        if let Err(e) = cycle(&mut http, door, name, &client).await {
                             errors += 1;
-                            first_error.get_or_insert(e);
-                            thread::sleep(Duration::from_millis(1));
+                            first_error.get_or_insert(format!("warm-up: {e}"));
                         }
                     }
-                    i += 1;
-                }
-                (latencies, start.elapsed(), errors, first_error, http.drops)
+                    barrier.wait().await;
+                    let start = Instant::now();
+                    let mut latencies = Vec::with_capacity(4096);
+                    let mut i = 0;
+                    while start.elapsed() < run {
+                        let t = Instant::now();
+                        let name = if fresh {
+                            format!("bench/{tag}/{c}/new/{i}")
+                        } else {
+                            names[i % NAMES_PER_CONN].clone()
+                        };
+                        match cycle(&mut http, door, &name, &client).await {
+                            Ok(()) => latencies.push(t.elapsed()),
+                            Err(e) => {
+                                errors += 1;
+                                first_error.get_or_insert(e);
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                        }
+                        i += 1;
+                    }
+                    (latencies, start.elapsed(), errors, first_error, http.drops)
+                })
             })
-        })
-        .collect();
-    barrier.wait();
+            .collect();
+        let mut results = Vec::with_capacity(conns);
+        for task in tasks {
+            results.push(task.await.expect("client task"));
+        }
+        results
+    });
     let mut point = Point {
         conns,
         elapsed: Duration::ZERO,
@@ -242,8 +264,7 @@ fn throughput(
         drops: 0,
         first_error: None,
     };
-    for t in threads {
-        let (lat, elapsed, errors, first, drops) = t.join().expect("client thread");
+    for (lat, elapsed, errors, first, drops) in results {
         point.latencies.extend(lat);
         point.elapsed = point.elapsed.max(elapsed);
         point.errors += errors;
@@ -256,26 +277,26 @@ fn throughput(
 }
 
 /// One lock+unlock of `name` through `door`.
-fn cycle(http: &mut Http, door: Door, name: &str, client: &str) -> Result<(), String> {
+async fn cycle(http: &mut impl Client, door: Door, name: &str, client: &str) -> Result<(), String> {
     match door {
-        Door::Locker => match canhaz(http, name, client)? {
-            Ok(token) => nowant(http, name, &token),
+        Door::Locker => match canhaz(http, name, client).await? {
+            Ok(token) => nowant(http, name, &token).await,
             Err(holder) => Err(format!("canhaz {name}: refused, lockedBy {holder}")),
         },
         Door::XmlRpc => {
-            xmlrpc(http, "lock", name, client)?;
-            xmlrpc(http, "unlock", name, client)
+            xmlrpc(http, "lock", name, client).await?;
+            xmlrpc(http, "unlock", name, client).await
         }
         Door::V1 => {
             let body = serde_json::json!({"resource": name, "client": client});
-            let (status, reply) = http.post("/v1/lock", body.to_string().as_bytes())?;
+            let (status, reply) = http.post("/v1/lock", body.to_string().as_bytes()).await?;
             let json = json_of(&reply)?;
             let token = match (status, json["token"].as_str()) {
                 (200, Some(token)) => token.to_string(),
                 _ => return Err(format!("/v1/lock {name}: {status} {}", text(&reply))),
             };
             let body = serde_json::json!({"resource": name, "token": token});
-            let (status, reply) = http.post("/v1/unlock", body.to_string().as_bytes())?;
+            let (status, reply) = http.post("/v1/unlock", body.to_string().as_bytes()).await?;
             if status != 200 {
                 return Err(format!("/v1/unlock {name}: {status} {}", text(&reply)));
             }
@@ -286,8 +307,12 @@ fn cycle(http: &mut Http, door: Door, name: &str, client: &str) -> Result<(), St
 
 /// Locker's canhaz with a client id: `Ok(Ok(token))` on a grant,
 /// `Ok(Err(holder))` on a refusal.
-fn canhaz(http: &mut Http, name: &str, client: &str) -> Result<Result<String, String>, String> {
-    let (status, body) = http.get(&format!("/canhaz/{name}?id={client}"))?;
+async fn canhaz(
+    http: &mut impl Client,
+    name: &str,
+    client: &str,
+) -> Result<Result<String, String>, String> {
+    let (status, body) = http.get(&format!("/canhaz/{name}?id={client}")).await?;
     let json = json_of(&body)?;
     match (status, &json["ok"], json["token"].as_str()) {
         (200, serde_json::Value::Bool(true), Some(token)) => Ok(Ok(token.to_string())),
@@ -296,22 +321,27 @@ fn canhaz(http: &mut Http, name: &str, client: &str) -> Result<Result<String, St
     }
 }
 
-fn nowant(http: &mut Http, name: &str, token: &str) -> Result<(), String> {
-    let (status, body) = http.get(&format!("/nowant/{name}?token={token}"))?;
+async fn nowant(http: &mut impl Client, name: &str, token: &str) -> Result<(), String> {
+    let (status, body) = http.get(&format!("/nowant/{name}?token={token}")).await?;
     match (status, &json_of(&body)?["ok"]) {
         (200, serde_json::Value::Bool(true)) => Ok(()),
         _ => Err(format!("nowant {name}: {status} {}", text(&body))),
     }
 }
 
-fn xmlrpc(http: &mut Http, method: &str, name: &str, client: &str) -> Result<(), String> {
+async fn xmlrpc(
+    http: &mut impl Client,
+    method: &str,
+    name: &str,
+    client: &str,
+) -> Result<(), String> {
     let call = format!(
         "<?xml version=\"1.0\"?><methodCall><methodName>{method}</methodName><params>\
          <param><value><string>{name}</string></value></param>\
          <param><value><string>{client}</string></value></param>\
          </params></methodCall>"
     );
-    let (status, body) = http.post("/RPC2", call.as_bytes())?;
+    let (status, body) = http.post("/RPC2", call.as_bytes()).await?;
     let reply = text(&body);
     if status == 200 && reply.contains("<boolean>1</boolean>") && !reply.contains("<fault>") {
         Ok(())
@@ -457,7 +487,7 @@ fn fight(server: &Server, family: bool, run: Duration) -> Fight {
                     first_error.get_or_insert(e);
                     thread::sleep(Duration::from_millis(1));
                 };
-                let _ = http.get("/healthz");
+                let _ = now(http.get("/healthz"));
                 barrier.wait();
                 let start = Instant::now();
                 while start.elapsed() < run {
@@ -466,7 +496,7 @@ fn fight(server: &Server, family: bool, run: Duration) -> Fight {
                     rng ^= rng << 17;
                     let node = (rng % nodes as u64) as usize;
                     let resource = name(node);
-                    match canhaz(&mut http, &resource, &client) {
+                    match now(canhaz(&mut http, &resource, &client)) {
                         Ok(Ok(token)) => {
                             occupancy.enter(node);
                             grants += 1;
@@ -475,7 +505,7 @@ fn fight(server: &Server, family: bool, run: Duration) -> Fight {
                             }
                             thread::sleep(HOLD);
                             occupancy.leave(node);
-                            if let Err(e) = nowant(&mut http, &resource, &token) {
+                            if let Err(e) = now(nowant(&mut http, &resource, &token)) {
                                 fail(e, &mut errors);
                             }
                         }
@@ -553,7 +583,7 @@ fn big(n: usize) {
                         break;
                     }
                     let resource = name(i);
-                    match canhaz(&mut http, &resource, "bigholder") {
+                    match now(canhaz(&mut http, &resource, "bigholder")) {
                         Ok(Ok(_token)) => {}
                         Ok(Err(holder)) => {
                             errors += 1;
@@ -595,7 +625,7 @@ fn big(n: usize) {
     let cycles_start = Instant::now();
     while cycles_start.elapsed() < Duration::from_secs(1) && lat.len() < 500 {
         let t = Instant::now();
-        match cycle(&mut http, Door::Locker, "other/one", "c0") {
+        match now(cycle(&mut http, Door::Locker, "other/one", "c0")) {
             Ok(()) => lat.push(t.elapsed()),
             Err(e) => {
                 notes.push(format!("cycle beside {n} held locks: {e}"));
@@ -613,14 +643,14 @@ fn big(n: usize) {
     let listening = spawned.elapsed();
     let mut http = Http::new(restarted.addr);
     let healthy = loop {
-        if let Ok((200, _)) = http.get("/healthz") {
+        if let Ok((200, _)) = now(http.get("/healthz")) {
             break spawned.elapsed();
         }
         assert!(spawned.elapsed() < Duration::from_secs(3600), "no /healthz");
         thread::sleep(Duration::from_millis(1));
     };
     let probe = |http: &mut Http, i: usize| -> Result<bool, String> {
-        let (status, body) = http.get(&format!("/dohaz/{}", name(i)))?;
+        let (status, body) = now(http.get(&format!("/dohaz/{}", name(i))))?;
         let json = json_of(&body)?;
         match (status, json["lockedBy"].as_str()) {
             (200, Some("bigholder")) => Ok(true),
@@ -815,7 +845,7 @@ impl Server {
     /// grants without a release, and locks still held.
     fn audit(&self, notes: &mut Vec<String>) {
         let mut http = Http::new(self.addr);
-        match http.get("/metrics") {
+        match now(http.get("/metrics")) {
             Ok((200, body)) => {
                 let metrics = String::from_utf8_lossy(&body);
                 let value = |name: &str| {
@@ -838,7 +868,7 @@ impl Server {
             Ok((status, body)) => notes.push(format!("/metrics: {status} {}", text(&body))),
             Err(e) => notes.push(format!("/metrics: {e}")),
         }
-        match http.get("/v1/list") {
+        match now(http.get("/v1/list")) {
             Ok((200, body)) => match json_of(&body) {
                 Ok(json) => match json["locks"].as_array() {
                     Some(locks) if locks.is_empty() => {}
@@ -899,8 +929,166 @@ impl Drop for Server {
 }
 
 // ---------------------------------------------------------------------------
-// A minimal HTTP/1.1 keep-alive client
+// Minimal HTTP/1.1 keep-alive clients: blocking (`Http`) and event-loop
+// (`AsyncHttp`)
 
+/// An HTTP/1.1 keep-alive client. The requests of a cycle (`cycle`, `canhaz`,
+/// `nowant`, `xmlrpc`) are written once over it: `AsyncHttp` runs them as
+/// tasks of a runtime, `Http` blocks in them and so runs them with `now`.
+trait Client {
+    /// Status and body. A connection that fails, or that the server closes,
+    /// is counted as dropped and made anew at the next request.
+    async fn request(
+        &mut self,
+        method: &str,
+        target: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Vec<u8>), String>;
+
+    async fn get(&mut self, target: &str) -> Result<(u16, Vec<u8>), String> {
+        self.request("GET", target, None).await
+    }
+
+    async fn post(&mut self, target: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+        self.request("POST", target, Some(body)).await
+    }
+}
+
+/// Runs a future of `Http` requests to its end. `Http` does its I/O blocking,
+/// inside the first poll, so its futures never wait and need no runtime.
+fn now<T>(future: impl Future<Output = T>) -> T {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(value) => value,
+        Poll::Pending => unreachable!("a blocking Http request waited"),
+    }
+}
+
+/// The bytes of a request: head, and `body` if any.
+fn request_bytes(method: &str, target: &str, host: &str, body: Option<&[u8]>) -> Vec<u8> {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n");
+    if let Some(body) = body {
+        let kind = if target == "/RPC2" {
+            "text/xml"
+        } else {
+            "application/json"
+        };
+        req.push_str(&format!(
+            "Content-Type: {kind}\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body.unwrap_or_default());
+    bytes
+}
+
+/// A request's `outcome` (status, body, whether the connection stays open),
+/// after closing `conn`, counted in `drops`, if it failed or is not kept.
+fn settle<C>(
+    conn: &mut Option<C>,
+    drops: &mut u64,
+    outcome: io::Result<(u16, Vec<u8>, bool)>,
+    method: &str,
+    target: &str,
+) -> Result<(u16, Vec<u8>), String> {
+    match outcome {
+        Ok((status, body, keep)) => {
+            if !keep {
+                *conn = None;
+                *drops += 1;
+            }
+            Ok((status, body))
+        }
+        Err(e) => {
+            *conn = None;
+            *drops += 1;
+            Err(format!("{method} {target}: {e}"))
+        }
+    }
+}
+
+/// A response head, fed line by line (the status line first).
+#[derive(Default)]
+struct Head {
+    status: Option<u16>,
+    length: Option<usize>,
+    chunked: bool,
+    close: bool,
+}
+
+/// How a response's body ends.
+enum Framing {
+    Chunked,
+    Length(usize),
+    /// At the end of the connection.
+    Close,
+}
+
+impl Head {
+    /// Takes one line of the head; `Ok(true)` at the blank line ending it.
+    fn line(&mut self, line: &str) -> io::Result<bool> {
+        if self.status.is_none() {
+            let status = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| io::Error::other(format!("bad status line {line:?}")))?;
+            self.status = Some(status);
+            return Ok(false);
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            return Ok(true);
+        }
+        let Some((name, value)) = header.split_once(':') else {
+            return Err(io::Error::other(format!("bad header {header:?}")));
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            self.length = Some(value.parse::<usize>().map_err(io::Error::other)?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            self.chunked = value.eq_ignore_ascii_case("chunked");
+        } else if name.eq_ignore_ascii_case("connection") {
+            self.close = value.eq_ignore_ascii_case("close");
+        }
+        Ok(false)
+    }
+
+    /// The error for a connection closed before the head ended.
+    fn cut(&self) -> io::Error {
+        let what = match self.status {
+            None => "connection closed before a response",
+            Some(_) => "connection closed in headers",
+        };
+        io::Error::new(io::ErrorKind::UnexpectedEof, what)
+    }
+
+    fn framing(&self) -> Framing {
+        match (self.chunked, self.length) {
+            (true, _) => Framing::Chunked,
+            (false, Some(length)) => Framing::Length(length),
+            (false, None) => Framing::Close,
+        }
+    }
+
+    /// Status, body, and whether the connection stays open.
+    fn response(&self, body: Vec<u8>) -> (u16, Vec<u8>, bool) {
+        let keep = !self.close && !matches!(self.framing(), Framing::Close);
+        (self.status.unwrap_or_default(), body, keep)
+    }
+}
+
+/// The size on a chunk's size line.
+fn chunk_size(line: &str) -> io::Result<usize> {
+    usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).map_err(io::Error::other)
+}
+
+/// The blocking client: std::net, one thread per connection.
 struct Http {
     addr: SocketAddr,
     host: String,
@@ -918,16 +1106,10 @@ impl Http {
             drops: 0,
         }
     }
+}
 
-    fn get(&mut self, target: &str) -> Result<(u16, Vec<u8>), String> {
-        self.request("GET", target, None)
-    }
-
-    fn post(&mut self, target: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
-        self.request("POST", target, Some(body))
-    }
-
-    fn request(
+impl Client for Http {
+    async fn request(
         &mut self,
         method: &str,
         target: &str,
@@ -942,88 +1124,34 @@ impl Http {
             self.conn = Some(BufReader::with_capacity(16 * 1024, stream));
         }
         let conn = self.conn.as_mut().unwrap();
-        let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {}\r\n", self.host);
-        if let Some(body) = body {
-            let kind = if target == "/RPC2" {
-                "text/xml"
-            } else {
-                "application/json"
-            };
-            req.push_str(&format!(
-                "Content-Type: {kind}\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body.unwrap_or_default());
-        let result = conn
+        let bytes = request_bytes(method, target, &self.host, body);
+        let outcome = conn
             .get_mut()
             .write_all(&bytes)
             .and_then(|()| read_response(conn));
-        match result {
-            Ok((status, body, keep)) => {
-                if !keep {
-                    self.conn = None;
-                    self.drops += 1;
-                }
-                Ok((status, body))
-            }
-            Err(e) => {
-                self.conn = None;
-                self.drops += 1;
-                Err(format!("{method} {target}: {e}"))
-            }
-        }
+        settle(&mut self.conn, &mut self.drops, outcome, method, target)
     }
 }
 
 /// Status, body, and whether the connection stays open.
 fn read_response(conn: &mut BufReader<TcpStream>) -> io::Result<(u16, Vec<u8>, bool)> {
+    let mut head = Head::default();
     let mut line = String::new();
-    if conn.read_line(&mut line)? == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed before a response",
-        ));
-    }
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::other(format!("bad status line {line:?}")))?;
-    let (mut length, mut chunked, mut keep) = (None, false, true);
     loop {
         line.clear();
         if conn.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed in headers",
-            ));
+            return Err(head.cut());
         }
-        let header = line.trim_end();
-        if header.is_empty() {
+        if head.line(&line)? {
             break;
-        }
-        let Some((name, value)) = header.split_once(':') else {
-            return Err(io::Error::other(format!("bad header {header:?}")));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().map_err(io::Error::other)?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        } else if name.eq_ignore_ascii_case("connection") {
-            keep = !value.eq_ignore_ascii_case("close");
         }
     }
     let mut body = Vec::new();
-    if chunked {
-        loop {
+    match head.framing() {
+        Framing::Chunked => loop {
             line.clear();
             conn.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                .map_err(io::Error::other)?;
+            let size = chunk_size(&line)?;
             let at = body.len();
             body.resize(at + size, 0);
             conn.read_exact(&mut body[at..])?;
@@ -1032,13 +1160,106 @@ fn read_response(conn: &mut BufReader<TcpStream>) -> io::Result<(u16, Vec<u8>, b
             if size == 0 {
                 break;
             }
+        },
+        Framing::Length(length) => {
+            body.resize(length, 0);
+            conn.read_exact(&mut body)?;
         }
-    } else if let Some(length) = length {
-        body.resize(length, 0);
-        conn.read_exact(&mut body)?;
-    } else {
-        conn.read_to_end(&mut body)?;
-        keep = false;
+        Framing::Close => {
+            conn.read_to_end(&mut body)?;
+        }
     }
-    Ok((status, body, keep))
+    Ok(head.response(body))
+}
+
+/// The event-loop client: a tokio TcpStream, for a task among many on one
+/// thread. Each request (connect, or write and response) times out after
+/// `IO_TIMEOUT`, as `Http`'s socket timeouts do.
+struct AsyncHttp {
+    addr: SocketAddr,
+    host: String,
+    conn: Option<tokio::io::BufReader<tokio::net::TcpStream>>,
+    /// Connections that failed or were closed by the server mid-run.
+    drops: u64,
+}
+
+impl AsyncHttp {
+    fn new(addr: SocketAddr) -> AsyncHttp {
+        AsyncHttp {
+            addr,
+            host: addr.to_string(),
+            conn: None,
+            drops: 0,
+        }
+    }
+}
+
+impl Client for AsyncHttp {
+    async fn request(
+        &mut self,
+        method: &str,
+        target: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Vec<u8>), String> {
+        if self.conn.is_none() {
+            let stream =
+                tokio::time::timeout(IO_TIMEOUT, tokio::net::TcpStream::connect(self.addr))
+                    .await
+                    .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+                    .map_err(|e| format!("connect: {e}"))?;
+            stream.set_nodelay(true).ok();
+            self.conn = Some(tokio::io::BufReader::with_capacity(16 * 1024, stream));
+        }
+        let conn = self.conn.as_mut().unwrap();
+        let bytes = request_bytes(method, target, &self.host, body);
+        let exchange = async {
+            conn.get_mut().write_all(&bytes).await?;
+            read_response_async(conn).await
+        };
+        let outcome = tokio::time::timeout(IO_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
+        settle(&mut self.conn, &mut self.drops, outcome, method, target)
+    }
+}
+
+/// `read_response` for `AsyncHttp`.
+async fn read_response_async(
+    conn: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> io::Result<(u16, Vec<u8>, bool)> {
+    let mut head = Head::default();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if conn.read_line(&mut line).await? == 0 {
+            return Err(head.cut());
+        }
+        if head.line(&line)? {
+            break;
+        }
+    }
+    let mut body = Vec::new();
+    match head.framing() {
+        Framing::Chunked => loop {
+            line.clear();
+            conn.read_line(&mut line).await?;
+            let size = chunk_size(&line)?;
+            let at = body.len();
+            body.resize(at + size, 0);
+            conn.read_exact(&mut body[at..]).await?;
+            line.clear();
+            conn.read_line(&mut line).await?;
+            if size == 0 {
+                break;
+            }
+        },
+        Framing::Length(length) => {
+            body.resize(length, 0);
+            conn.read_exact(&mut body).await?;
+        }
+        Framing::Close => {
+            conn.read_to_end(&mut body).await?;
+        }
+    }
+    Ok(head.response(body))
 }

@@ -75,11 +75,17 @@ pub fn io_failure(action: &str, path: &str, reason: &str) -> Error {
     }
 }
 
-/// A lock directory laid out by a newer, incompatible hasp.
+/// A lock directory laid out by another, incompatible hasp.
 pub fn wrong_format(path: &str, found: &str) -> Error {
+    let advice = if found == "hasp-lock-dir 1" {
+        " (format 1, from an earlier hasp: release its locks with that hasp and \
+         remove the directory, or use another one)"
+    } else {
+        ""
+    };
     Error {
         message: format!(
-            "{path} says {}: this lock directory was written by an incompatible hasp",
+            "{path} says {}: this lock directory was written by an incompatible hasp{advice}",
             quoted(found)
         ),
         code: ErrorCode::Storage(path.to_string()),
