@@ -32,7 +32,7 @@ const LOCK: &str = ".lock";
 /// How many nodes a registry keeps open at most (two descriptors each);
 /// past that it starts again empty. Several registries share a process
 /// (`hasp serve` runs one per worker).
-const OPEN_NODES: usize = 128;
+const OPEN_NODES: usize = 64;
 
 /// The lock directory.
 pub struct Disk {

@@ -152,7 +152,7 @@ struct ServeArgs {
     /// Make every change survive power loss before it is acknowledged
     #[arg(long)]
     fsync: bool,
-    /// Guest instances serving requests in parallel [default: 2 per CPU]
+    /// Guest instances serving requests in parallel [default: 8 per CPU]
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
     /// A request must arrive whole within SECONDS of its first byte
@@ -312,7 +312,7 @@ fn serve(dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     }
     let workers = args
         .workers
-        .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, |n| n.get()));
+        .unwrap_or_else(|| 8 * std::thread::available_parallelism().map_or(1, |n| n.get()));
     hasp::serve::serve(hasp::serve::ServeConfig {
         dir,
         addr,

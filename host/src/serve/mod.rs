@@ -70,8 +70,10 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     } else {
         None
     };
+    // One network thread per CPU: guest calls run on them too.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let reactor = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .enable_all()
         .thread_name("hasp-io")
         .build()
