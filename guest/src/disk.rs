@@ -32,7 +32,7 @@ const LOCK: &str = ".lock";
 /// How many nodes a registry keeps open at most (two descriptors each);
 /// past that it starts again empty. Several registries share a process
 /// (`hasp serve` runs one per worker).
-const OPEN_NODES: usize = 64;
+const OPEN_NODES: usize = 128;
 
 /// The lock directory.
 pub struct Disk {
@@ -106,28 +106,43 @@ impl Disk {
         if let Some(node) = self.nodes.borrow().get(path) {
             return Ok(Some(node.clone()));
         }
-        let dir = match self.dir.open_dir(path) {
-            Ok(Some(dir)) => dir,
-            Ok(None) => return Ok(None),
-            Err(err) => return Err(self.not_a_node(path, err)),
+        let opened = match self.open_node(path) {
+            // Perhaps out of descriptors: let go of the held ones, try again.
+            Err(_) if !self.nodes.borrow().is_empty() => {
+                self.forget();
+                self.open_node(path)
+            }
+            other => other,
         };
-        let lock_path = format!("{path}/{LOCK}");
-        let lock = match dir.open_dir(LOCK) {
-            Ok(Some(lock)) => lock,
-            Ok(None) => return Ok(None),
-            Err(err) => return Err(self.not_a_node(&lock_path, err)),
+        let Some(node) = opened.map_err(|(at, err)| self.not_a_node(&at, err))? else {
+            return Ok(None);
         };
-        let node = Rc::new(Node {
-            dir,
-            lock,
-            hint: RefCell::new(None),
-        });
+        let node = Rc::new(node);
         let mut nodes = self.nodes.borrow_mut();
         if nodes.len() >= OPEN_NODES {
             nodes.clear();
         }
         nodes.insert(path.to_string(), node.clone());
         Ok(Some(node))
+    }
+
+    /// Opens the node at `path` and its `.lock`; on failure, the path that
+    /// failed and why.
+    fn open_node(&self, path: &str) -> Result<Option<Node>, (String, ErrorCode)> {
+        let Some(dir) = self.dir.open_dir(path).map_err(|e| (path.to_string(), e))? else {
+            return Ok(None);
+        };
+        let Some(lock) = dir
+            .open_dir(LOCK)
+            .map_err(|e| (format!("{path}/{LOCK}"), e))?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Node {
+            dir,
+            lock,
+            hint: RefCell::new(None),
+        }))
     }
 
     /// Lets go of every node held open. Called when a node was found gone,
