@@ -4,7 +4,7 @@
 //! wasmtime run --dir ./locks::/locks hasp.wasm lock resource1 --client client1
 //! ```
 //!
-//! Same rules, records and messages as `hasp lock`, `hasp unlock` and
+//! Same rules, on-disk states and messages as `hasp lock`, `hasp unlock` and
 //! `hasp status`, because they are the same registry code; the output and
 //! the exit codes (0 done, 1 refused, 2 failed) match the `hasp` CLI's.
 //! Process locks (`run`, `who`) need the host's `hasp:lock/file-lock`,

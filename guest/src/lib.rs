@@ -5,8 +5,8 @@
 //! two components:
 //!
 //! - the registry (world `guest`, the default build): named, hierarchical
-//!   locks kept as records — [`name`] (what a resource name or client id may
-//!   be), [`record`] (the on-disk record), [`disk`] (the atomic filesystem
+//!   locks kept as file names — [`name`] (what a resource name or client id may
+//!   be), [`record`] (the on-disk state), [`disk`] (the atomic filesystem
 //!   steps), [`registry`] (ownership, tokens, hierarchy, fencing);
 //! - process locks (world `process`, feature `process`): lock files held with
 //!   the host's OS locks — [`process`] (which file, what it records, messages).

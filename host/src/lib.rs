@@ -4,7 +4,7 @@
 //! This crate is the host. It runs the hasp guest component under wasmtime,
 //! hands it the lock directory (a WASI preopen, opened with cap-std) and
 //! carries calls in. It decides nothing itself: every rule — ownership,
-//! tokens, hierarchy, fencing, the record format and the messages — lives in
+//! tokens, hierarchy, fencing, the on-disk format and the messages — lives in
 //! the guest.
 //!
 //! The whole life of a lock:

@@ -89,14 +89,22 @@ enum Place {
 }
 
 fn place(path: &[String]) -> Place {
-    let p: Vec<&str> = path.iter().map(String::as_str).collect();
-    match p.as_slice() {
-        ["methodCall"] => Place::Call,
-        ["methodCall", "methodName"] => Place::MethodName,
-        ["methodCall", "params", "param"] => Place::Param,
-        ["methodCall", "params", "param", "value"] => Place::Value,
-        ["methodCall", "params", "param", "value", "string"] => Place::Typed,
-        _ => Place::Elsewhere,
+    // Compared in place: this runs for every event of every call.
+    const CALL: [&str; 5] = ["methodCall", "params", "param", "value", "string"];
+    let is =
+        |names: &[&str]| path.len() == names.len() && path.iter().zip(names).all(|(p, n)| p == n);
+    if is(&CALL[..1]) {
+        Place::Call
+    } else if is(&["methodCall", "methodName"]) {
+        Place::MethodName
+    } else if is(&CALL[..3]) {
+        Place::Param
+    } else if is(&CALL[..4]) {
+        Place::Value
+    } else if is(&CALL) {
+        Place::Typed
+    } else {
+        Place::Elsewhere
     }
 }
 
