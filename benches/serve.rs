@@ -8,7 +8,7 @@
 //! std::net client.
 //! Run: `cargo bench --bench serve` (`HASP_BENCH_DIR` picks the filesystem,
 //! `HASP_BENCH_SECS` the seconds per row, default 3, `HASP_BENCH_SERVE_ARGS`
-//! extra `hasp serve` flags). Prints one table:
+//! extra `hasp serve` flags, `HASP_BENCH_ONLY` some rows: see [`wanted`]). Prints one table:
 //!
 //! - lock+unlock cycles through Locker's doors (GET /canhaz, /nowant with the
 //!   token) at 1, 16 and 64 connections, each connection on its own 16
@@ -82,41 +82,72 @@ fn main() {
 fn table(run: Duration) {
     let mut notes = Vec::new();
     println!(
-        "hasp serve, loopback, keep-alive, {:.1} s per row   {:>5} {:>9} {:>8} {:>8} {:>6}",
+        "hasp serve, loopback, keep-alive, {:.1} s per row   {:>5} {:>9} {:>8} {:>8} {:>6} {:>8}",
         run.as_secs_f64(),
         "conns",
         "cycles/s",
         "p50 ms",
         "p99 ms",
-        "errors"
+        "errors",
+        "cpu us"
     );
     let mut tag = 0;
     for fsync in [false, true] {
-        let server = Server::start(fsync);
         let durability = if fsync {
             "--fsync"
         } else {
             "default durability"
         };
+        let key = |row: &str| {
+            if fsync {
+                format!("fsync-{row}")
+            } else {
+                row.to_string()
+            }
+        };
+        let rows = ["locker1", "locker16", "locker64", "fresh"]
+            .map(key)
+            .into_iter()
+            .chain(
+                ["xmlrpc", "v1", "fight", "family"]
+                    .map(String::from)
+                    .into_iter()
+                    .filter(|_| !fsync),
+            );
+        if !rows.into_iter().any(|row| wanted(&row)) {
+            continue;
+        }
+        let server = Server::start(fsync);
         for conns in [1, 16, 64] {
             tag += 1;
+            if !wanted(&key(&format!("locker{conns}"))) {
+                continue;
+            }
             let point = throughput(&server, Door::Locker, conns, run, tag, false);
             point.row(&format!("Locker canhaz+nowant, {durability}"), &mut notes);
         }
         tag += 1;
-        let point = throughput(&server, Door::Locker, 1, run, tag, true);
-        point.row(
-            &format!("  new resource each cycle, {durability}"),
-            &mut notes,
-        );
+        if wanted(&key("fresh")) {
+            let point = throughput(&server, Door::Locker, 1, run, tag, true);
+            point.row(
+                &format!("  new resource each cycle, {durability}"),
+                &mut notes,
+            );
+        }
         if !fsync {
-            for door in [Door::XmlRpc, Door::V1] {
+            for (door, row) in [(Door::XmlRpc, "xmlrpc"), (Door::V1, "v1")] {
                 tag += 1;
-                let point = throughput(&server, door, 16, run, tag, false);
-                point.row(door.label(), &mut notes);
+                if wanted(row) {
+                    let point = throughput(&server, door, 16, run, tag, false);
+                    point.row(door.label(), &mut notes);
+                }
             }
-            fight(&server, false, run).row(&mut notes);
-            fight(&server, true, run).row(&mut notes);
+            if wanted("fight") {
+                fight(&server, false, run).row(&mut notes);
+            }
+            if wanted("family") {
+                fight(&server, true, run).row(&mut notes);
+            }
         }
         server.audit(&mut notes);
         server.stop(&mut notes);
@@ -124,6 +155,20 @@ fn table(run: Duration) {
     println!("{REFERENCE}");
     for note in &notes {
         println!("  ! {note}");
+    }
+}
+
+/// Whether the row `key` is to be run: all of them, unless
+/// `HASP_BENCH_ONLY` lists some (comma-separated): `locker1`, `locker16`,
+/// `locker64`, `fresh`, `xmlrpc`, `v1`, `fight`, `family`, and `fsync-`
+/// before the first four; a key without its number, like `locker` or
+/// `fsync`, stands for all the rows it begins.
+fn wanted(key: &str) -> bool {
+    match std::env::var("HASP_BENCH_ONLY") {
+        Ok(only) if !only.trim().is_empty() => only.split(',').map(str::trim).any(|want| {
+            key == want || key.starts_with(want) && !want.ends_with(|c: char| c.is_ascii_digit())
+        }),
+        _ => true,
     }
 }
 
@@ -148,6 +193,9 @@ struct Point {
     conns: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// The daemon's CPU time (all threads, user and system) per cycle,
+    /// warm-up included.
+    cpu_per_cycle: Option<Duration>,
     errors: u64,
     drops: u64,
     first_error: Option<String>,
@@ -165,12 +213,16 @@ impl Point {
             }
         };
         println!(
-            "{what:<49} {:>5} {:>9.0} {:>8.2} {:>8.2} {:>6}",
+            "{what:<49} {:>5} {:>9.0} {:>8.2} {:>8.2} {:>6} {:>8}",
             self.conns,
             lat.len() as f64 / self.elapsed.as_secs_f64(),
             at(0.5),
             at(0.99),
-            self.errors
+            self.errors,
+            self.cpu_per_cycle.map_or("?".to_string(), |cpu| format!(
+                "{:.1}",
+                cpu.as_secs_f64() * 1e6
+            ))
         );
         if let Some(e) = &self.first_error {
             notes.push(format!(
@@ -205,6 +257,7 @@ fn throughput(
         .expect("tokio runtime");
     let barrier = Arc::new(tokio::sync::Barrier::new(conns));
     let addr = server.addr;
+    let cpu_before = server.cpu_time();
     let results = runtime.block_on(async move {
         let tasks: Vec<_> = (0..conns)
             .map(|c| {
@@ -260,9 +313,16 @@ fn throughput(
         conns,
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
+        cpu_per_cycle: None,
         errors: 0,
         drops: 0,
         first_error: None,
+    };
+    let warm_up = conns * NAMES_PER_CONN;
+    let cycles = results.iter().map(|r| r.0.len()).sum::<usize>() + warm_up;
+    point.cpu_per_cycle = match (cpu_before, server.cpu_time()) {
+        (Some(before), Some(after)) => after.checked_sub(before).map(|d| d / cycles as u32),
+        _ => None,
     };
     for (lat, elapsed, errors, first, drops) in results {
         point.latencies.extend(lat);
@@ -843,6 +903,19 @@ impl Server {
 
     /// After every client released what it took: notes server-side errors,
     /// grants without a release, and locks still held.
+    /// CPU time the daemon has used so far, all its threads: the sum of
+    /// the first field of each `/proc/PID/task/TID/schedstat` (ns on CPU).
+    /// `None` where Linux's schedstat is missing.
+    fn cpu_time(&self) -> Option<Duration> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()?;
+        let mut ns = 0u64;
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(Duration::from_nanos(ns))
+    }
+
     fn audit(&self, notes: &mut Vec<String>) {
         let mut http = Http::new(self.addr);
         match now(http.get("/metrics")) {

@@ -189,11 +189,11 @@ impl Connection {
         }
     }
 
+    /// Reads what has arrived onto the end of the buffer (into its spare
+    /// room, which is never zeroed first).
     async fn fill(&mut self) -> std::io::Result<usize> {
-        let mut chunk = [0u8; 4096];
-        let n = self.stream.read(&mut chunk).await?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
+        self.buf.reserve(4096);
+        self.stream.read_buf(&mut self.buf).await
     }
 
     /// Fills until the head and body are complete; `Closed` if the client
