@@ -4,11 +4,14 @@
 //! connection.
 
 use serde_json::json;
+use std::borrow::Cow;
+use std::ops::Range;
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Caps on what one request may be.
 #[derive(Clone, Debug)]
@@ -37,34 +40,58 @@ impl Default for Limits {
     }
 }
 
-/// One parsed request.
+/// One parsed request. Its head is kept as it arrived, one copy; the
+/// method, target and headers are places in it.
 #[derive(Debug)]
 pub struct Request {
-    pub method: String,
+    head: Vec<u8>,
+    method: Range<usize>,
     /// The path, still percent-encoded.
-    pub path: String,
+    path: Range<usize>,
     /// The query string without `?`, still encoded.
-    pub query: String,
-    pub headers: Vec<(String, String)>,
+    query: Range<usize>,
+    /// Each header's name and value.
+    headers: Vec<(Range<usize>, Range<usize>)>,
     pub body: Vec<u8>,
     /// Whether the client keeps the connection open after this request.
     pub keep_alive: bool,
 }
 
 impl Request {
-    /// The first header named `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    fn text(&self, at: &Range<usize>) -> &str {
+        // Method and target are checked text (httparse hands them out as
+        // `&str`); nothing else is read through here.
+        std::str::from_utf8(&self.head[at.clone()]).unwrap_or_default()
+    }
+
+    pub fn method(&self) -> &str {
+        self.text(&self.method)
+    }
+
+    /// The path, still percent-encoded.
+    pub fn path(&self) -> &str {
+        self.text(&self.path)
+    }
+
+    /// The first header named `name` (case-insensitive); bytes that are not
+    /// UTF-8 read as U+FFFD.
+    pub fn header(&self, name: &str) -> Option<Cow<'_, str>> {
         self.headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .find(|(n, _)| self.head[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| String::from_utf8_lossy(&self.head[v.clone()]))
     }
 
     /// The decoded value of query parameter `key` (`+` reads as a space).
     pub fn param(&self, key: &str) -> Option<String> {
-        self.query.split('&').find_map(|pair| {
+        self.text(&self.query).split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k, true).as_deref() == Some(key)).then(|| decode(v, true))?
+            let same = if k.contains(['%', '+']) {
+                decode(k, true).as_deref() == Some(key)
+            } else {
+                k == key
+            };
+            same.then(|| decode(v, true))?
         })
     }
 }
@@ -78,8 +105,9 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn json(status: u16, value: &serde_json::Value) -> Response {
-        let mut body = serde_json::to_vec(value).unwrap_or_default();
+    pub fn json(status: u16, value: &(impl serde::Serialize + ?Sized)) -> Response {
+        let mut body = Vec::with_capacity(128);
+        let _ = serde_json::to_writer(&mut body, value);
         body.push(b'\n');
         Response {
             status,
@@ -141,11 +169,36 @@ pub fn decode(text: &str, plus: bool) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// How a read ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    Data,
+    Closed,
+    TimedOut,
+}
+
+impl Fill {
+    /// Within a request: the client went away, or was too slow.
+    fn into_result(self) -> Result<(), ReadError> {
+        match self {
+            Fill::Data => Ok(()),
+            Fill::Closed => Err(ReadError::Closed),
+            Fill::TimedOut => Err(reject(408, "timeout", "the request did not arrive in time")),
+        }
+    }
+}
+
 /// Reads requests off one connection, keeping bytes that arrive early
 /// (pipelining) for the next request.
 pub struct Connection {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// When the wait for the current request (or the next one) ends.
+    deadline: Instant,
+    /// Fires at or before `deadline`.
+    timer: Pin<Box<Sleep>>,
+    /// Where a response is put together, kept between responses.
+    out: Vec<u8>,
     limits: Limits,
 }
 
@@ -153,7 +206,10 @@ impl Connection {
     pub fn new(stream: TcpStream, limits: Limits) -> Connection {
         Connection {
             stream,
-            buf: Vec::with_capacity(1024),
+            buf: Vec::with_capacity(4096),
+            deadline: Instant::now() + limits.request_timeout,
+            timer: Box::pin(tokio::time::sleep(limits.request_timeout)),
+            out: Vec::new(),
             limits,
         }
     }
@@ -168,32 +224,59 @@ impl Connection {
             if *stopping.borrow() {
                 return Err(ReadError::Closed);
             }
+            self.set_deadline(self.limits.idle_timeout);
             tokio::select! {
-                read = tokio::time::timeout(self.limits.idle_timeout, self.fill()) => {
-                    match read {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => return Err(ReadError::Closed),
+                filled = self.fill() => {
+                    if filled != Fill::Data {
+                        return Err(ReadError::Closed);
                     }
                 }
                 _ = stopping.changed() => return Err(ReadError::Closed),
             }
         }
-        let deadline = Instant::now() + self.limits.request_timeout;
-        match tokio::time::timeout_at(deadline, self.read_request()).await {
-            Ok(result) => result,
-            Err(_) => Err(ReadError::Reject(Response::error(
-                408,
-                "timeout",
-                "the request did not arrive in time",
-            ))),
+        self.set_deadline(self.limits.request_timeout);
+        self.read_request().await
+    }
+
+    /// Moves the connection's deadline to `after` from now. The timer is
+    /// armed again only when that is sooner than it would fire: otherwise
+    /// it fires early, finds the deadline not yet reached and waits on, so
+    /// a request costs no timer registration.
+    fn set_deadline(&mut self, after: Duration) {
+        self.deadline = Instant::now() + after;
+        if self.deadline < self.timer.deadline() {
+            self.timer.as_mut().reset(self.deadline);
         }
     }
 
     /// Reads what has arrived onto the end of the buffer (into its spare
-    /// room, which is never zeroed first).
-    async fn fill(&mut self) -> std::io::Result<usize> {
+    /// room, which is never zeroed first), waiting until the deadline.
+    async fn fill(&mut self) -> Fill {
         self.buf.reserve(4096);
-        self.stream.read_buf(&mut self.buf).await
+        let Connection {
+            stream,
+            buf,
+            timer,
+            deadline,
+            ..
+        } = self;
+        loop {
+            tokio::select! {
+                biased;
+                read = stream.read_buf(buf) => {
+                    return match read {
+                        Ok(n) if n > 0 => Fill::Data,
+                        _ => Fill::Closed,
+                    };
+                }
+                () = timer.as_mut() => {
+                    if Instant::now() >= *deadline {
+                        return Fill::TimedOut;
+                    }
+                    timer.as_mut().reset(*deadline);
+                }
+            }
+        }
     }
 
     /// Fills until the head and body are complete; `Closed` if the client
@@ -218,10 +301,7 @@ impl Connection {
                     "the request headers are too large",
                 ));
             }
-            match self.fill().await {
-                Ok(n) if n > 0 => {}
-                _ => return Err(ReadError::Closed),
-            }
+            self.fill().await.into_result()?;
         };
         if head_len > self.limits.head_bytes {
             return Err(reject(
@@ -253,10 +333,7 @@ impl Connection {
             ));
         }
         while self.buf.len() < head_len + length {
-            match self.fill().await {
-                Ok(n) if n > 0 => {}
-                _ => return Err(ReadError::Closed),
-            }
+            self.fill().await.into_result()?;
         }
         request.body = self.buf[head_len..head_len + length].to_vec();
         self.buf.drain(..head_len + length);
@@ -285,51 +362,67 @@ impl Connection {
                 "the request target is too long",
             ));
         }
-        let headers: Vec<(String, String)> = parsed
+        // Where each piece lies in the head: httparse hands out slices of it.
+        let base = self.buf.as_ptr() as usize;
+        let place = |piece: &[u8]| {
+            let start = (piece.as_ptr() as usize).wrapping_sub(base);
+            match start.checked_add(piece.len()) {
+                Some(end) if end <= head_len => start..end,
+                _ => 0..0,
+            }
+        };
+        let headers: Vec<_> = parsed
             .headers
             .iter()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
+            .map(|h| (place(h.name.as_bytes()), place(h.value)))
             .collect();
-        let connection = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("connection"))
-            .map(|(_, v)| v.to_ascii_lowercase());
-        let keep_alive = match (version, connection.as_deref()) {
-            (_, Some(c)) if c.contains("close") => false,
-            (0, Some(c)) => c.contains("keep-alive"),
-            (0, None) => false,
-            _ => true,
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (place(path.as_bytes()), place(query.as_bytes())),
+            None => (place(target.as_bytes()), 0..0),
         };
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        Ok(Request {
-            method: method.to_string(),
-            path: path.to_string(),
-            query: query.to_string(),
+        let mut request = Request {
+            head: self.buf[..head_len].to_vec(),
+            method: place(method.as_bytes()),
+            path,
+            query,
             headers,
             body: Vec::new(),
-            keep_alive,
-        })
+            keep_alive: true,
+        };
+        let close = request
+            .header("connection")
+            .is_some_and(|c| has_token(&c, "close"));
+        let keep = request
+            .header("connection")
+            .is_some_and(|c| has_token(&c, "keep-alive"));
+        request.keep_alive = !close && (version != 0 || keep);
+        Ok(request)
     }
 
     /// Writes `response`; `close` adds `Connection: close`.
     pub async fn send(&mut self, response: &Response, close: bool) -> std::io::Result<()> {
-        let mut out = format!(
+        use std::io::Write as _;
+        let out = &mut self.out;
+        out.clear();
+        let _ = write!(
+            out,
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
             response.status,
             reason(response.status),
             response.content_type,
             response.body.len(),
             if close { "Connection: close\r\n" } else { "" },
-        )
-        .into_bytes();
+        );
         out.extend_from_slice(&response.body);
-        self.stream.write_all(&out).await
+        self.stream.write_all(out).await
     }
+}
+
+/// Whether the comma-separated header value `value` lists `token`.
+fn has_token(value: &str, token: &str) -> bool {
+    value
+        .split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 fn reject(status: u16, code: &str, message: &str) -> ReadError {

@@ -4,7 +4,30 @@
 use super::http::{decode, Request, Response};
 use super::locks::{error_response, Locks};
 use crate::{Error, LockOptions, UnlockKey};
+use serde::Serialize;
 use serde_json::json;
+
+/// `{"ok": ...}`.
+#[derive(Serialize)]
+struct Answer {
+    ok: bool,
+}
+
+/// A grant; fields in the order Locker's clients saw them (sorted).
+#[derive(Serialize)]
+struct Granted<'a> {
+    fencing: u64,
+    ok: bool,
+    token: &'a str,
+}
+
+/// A refusal naming the holder.
+#[derive(Serialize)]
+struct Refused<'a> {
+    #[serde(rename = "lockedBy")]
+    locked_by: &'a str,
+    ok: bool,
+}
 
 /// Answers a Locker call; `verb` is `canhaz`, `nowant` or `dohaz`, `rest`
 /// the encoded resource path after it.
@@ -22,11 +45,11 @@ pub async fn handle(locks: &Locks, verb: &str, rest: &str, request: &Request) ->
             let key = match (request.param("token"), request.param("id")) {
                 (Some(token), _) => UnlockKey::Token(token),
                 (None, Some(id)) => UnlockKey::Client(id),
-                (None, None) => return Response::json(200, &json!({"ok": false})),
+                (None, None) => return Response::json(200, &Answer { ok: false }),
             };
             match locks.unlock(resource, key).await {
-                Ok(_) => Response::json(200, &json!({"ok": true})),
-                Err(err) if err.is_refusal() => Response::json(200, &json!({"ok": false})),
+                Ok(_) => Response::json(200, &Answer { ok: true }),
+                Err(err) if err.is_refusal() => Response::json(200, &Answer { ok: false }),
                 Err(err) => error_response(&err),
             }
         }
@@ -66,11 +89,19 @@ async fn canhaz(locks: &Locks, resource: String, request: &Request) -> Response 
     match locks.lock(resource, options).await {
         Ok(grant) => Response::json(
             200,
-            &json!({"ok": true, "token": grant.token, "fencing": grant.holder.fencing}),
+            &Granted {
+                fencing: grant.holder.fencing,
+                ok: true,
+                token: &grant.token,
+            },
         ),
-        Err(Error::AlreadyLocked { holder, .. }) => {
-            Response::json(200, &json!({"ok": false, "lockedBy": holder}))
-        }
+        Err(Error::AlreadyLocked { holder, .. }) => Response::json(
+            200,
+            &Refused {
+                locked_by: &holder,
+                ok: false,
+            },
+        ),
         Err(err) => error_response(&err),
     }
 }

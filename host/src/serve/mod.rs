@@ -190,7 +190,7 @@ async fn connection(mut conn: Connection, app: Arc<App>, mut stopping: watch::Re
         let (door, response) = app.respond(&request).await;
         let took = started.elapsed();
         app.locks.metrics.request(door, took);
-        app.log_line(&request.method, &request.path, response.status, took);
+        app.log_line(request.method(), request.path(), response.status, took);
         let close = !request.keep_alive || *stopping.borrow();
         if conn.send(&response, close).await.is_err() || close {
             return;
@@ -210,7 +210,7 @@ impl App {
 
     /// Routes one request to its door.
     async fn respond(&self, request: &Request) -> (Door, Response) {
-        let path = request.path.as_str();
+        let path = request.path();
         if path == "/healthz" {
             return (
                 Door::Other,
@@ -293,11 +293,11 @@ impl App {
 
 /// A 405 for a request to `what` made with another method than `method`.
 fn only(request: &Request, method: &str, what: &str) -> Option<Response> {
-    (request.method != method).then(|| {
+    (request.method() != method).then(|| {
         Response::error(
             405,
             "method-not-allowed",
-            &format!("{what} answers {method} only, not {}", request.method),
+            &format!("{what} answers {method} only, not {}", request.method()),
         )
     })
 }

@@ -40,7 +40,7 @@ struct UnlockBody {
 
 /// Answers `/v1/<route>`.
 pub async fn handle(locks: &Locks, route: &str, request: &Request) -> Response {
-    match (request.method.as_str(), route) {
+    match (request.method(), route) {
         ("POST", "lock") => match body::<LockBody>(request) {
             Ok(b) => lock(locks, b).await,
             Err(bad) => bad,
