@@ -5,7 +5,7 @@
 
 use super::http::{Request, Response};
 use super::locks::{error_response, Locks};
-use crate::{Grant, Holder, LockOptions, UnlockKey};
+use crate::{LockOptions, UnlockKey};
 use serde::Deserialize;
 use serde_json::json;
 use std::time::Duration;
@@ -54,17 +54,14 @@ pub async fn handle(locks: &Locks, route: &str, request: &Request) -> Response {
                 return Response::error(400, "bad-request", "give the resource: ?resource=NAME");
             };
             match locks.status(resource).await {
-                Ok(held) => Response::json(200, &json!({ "lock": held.map(|h| holder_json(&h)) })),
+                Ok(held) => Response::json(200, &json!({ "lock": held })),
                 Err(err) => error_response(&err),
             }
         }
         ("GET", "list") => {
             let prefix = request.param("prefix").unwrap_or_default();
             match locks.list(prefix).await {
-                Ok(held) => Response::json(
-                    200,
-                    &json!({ "locks": held.iter().map(holder_json).collect::<Vec<_>>() }),
-                ),
+                Ok(held) => Response::json(200, &json!({ "locks": held })),
                 Err(err) => error_response(&err),
             }
         }
@@ -98,7 +95,7 @@ async fn lock(locks: &Locks, b: LockBody) -> Response {
             .await
     };
     match result {
-        Ok(grant) => Response::json(200, &grant_json(&grant)),
+        Ok(grant) => Response::json(200, &grant),
         Err(err) => error_response(&err),
     }
 }
@@ -116,7 +113,7 @@ async fn unlock(locks: &Locks, b: UnlockBody) -> Response {
         }
     };
     match locks.unlock(b.resource, key).await {
-        Ok(held) => Response::json(200, &holder_json(&held)),
+        Ok(held) => Response::json(200, &held),
         Err(err) => error_response(&err),
     }
 }
@@ -129,12 +126,4 @@ fn body<T: serde::de::DeserializeOwned>(request: &Request) -> Result<T, Response
             &format!("the JSON body is not valid: {e}"),
         )
     })
-}
-
-fn holder_json(h: &Holder) -> serde_json::Value {
-    serde_json::to_value(h).unwrap_or_default()
-}
-
-fn grant_json(g: &Grant) -> serde_json::Value {
-    serde_json::to_value(g).unwrap_or_default()
 }

@@ -72,6 +72,32 @@ enum Param {
     Other,
 }
 
+/// The elements of a `<methodCall>` that matter; any other is `Other`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Tag {
+    MethodCall,
+    MethodName,
+    Params,
+    Param,
+    Value,
+    String,
+    Other,
+}
+
+impl Tag {
+    fn of(name: &[u8]) -> Tag {
+        match name {
+            b"methodCall" => Tag::MethodCall,
+            b"methodName" => Tag::MethodName,
+            b"params" => Tag::Params,
+            b"param" => Tag::Param,
+            b"value" => Tag::Value,
+            b"string" => Tag::String,
+            _ => Tag::Other,
+        }
+    }
+}
+
 /// Where the reader is in a `<methodCall>`.
 #[derive(PartialEq)]
 enum Place {
@@ -88,50 +114,44 @@ enum Place {
     Elsewhere,
 }
 
-fn place(path: &[String]) -> Place {
-    // Compared in place: this runs for every event of every call.
-    const CALL: [&str; 5] = ["methodCall", "params", "param", "value", "string"];
-    let is =
-        |names: &[&str]| path.len() == names.len() && path.iter().zip(names).all(|(p, n)| p == n);
-    if is(&CALL[..1]) {
-        Place::Call
-    } else if is(&["methodCall", "methodName"]) {
-        Place::MethodName
-    } else if is(&CALL[..3]) {
-        Place::Param
-    } else if is(&CALL[..4]) {
-        Place::Value
-    } else if is(&CALL) {
-        Place::Typed
-    } else {
-        Place::Elsewhere
+fn place(path: &[Tag]) -> Place {
+    use Tag::*;
+    match path {
+        [MethodCall] => Place::Call,
+        [MethodCall, MethodName] => Place::MethodName,
+        [MethodCall, Params, Param] => Place::Param,
+        [MethodCall, Params, Param, Value] => Place::Value,
+        [MethodCall, Params, Param, Value, String] => Place::Typed,
+        _ => Place::Elsewhere,
     }
 }
 
 /// The parameter being read: text directly in `<value>`, text in its
-/// `<string>`, and the name of its first child element, if any.
+/// `<string>`, and its first child element, if any.
 #[derive(Default)]
 struct Value {
     bare: String,
     typed: String,
-    child: Option<String>,
+    child: Option<Tag>,
 }
 
 impl Value {
     fn finish(self) -> Param {
-        match self.child.as_deref() {
+        match self.child {
             None => Param::Str(self.bare),
-            Some("string") => Param::Str(self.typed),
+            Some(Tag::String) => Param::Str(self.typed),
             Some(_) => Param::Other,
         }
     }
 }
 
 /// Reads `<methodCall>`: the method name and its top-level parameters.
+/// Text is kept only where it is part of the call; element names are
+/// never copied.
 fn parse_call(body: &[u8]) -> Result<(String, Vec<Param>), String> {
     let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
     let mut reader = Reader::from_str(text);
-    let mut path: Vec<String> = Vec::new();
+    let mut path: Vec<Tag> = Vec::with_capacity(8);
     let mut method: Option<String> = None;
     let mut name_text = String::new();
     let mut params = Vec::new();
@@ -145,63 +165,78 @@ fn parse_call(body: &[u8]) -> Result<(String, Vec<Param>), String> {
             _ => (None, false),
         };
         if let Some(name) = opened {
-            let name = String::from_utf8_lossy(name.as_ref()).into_owned();
+            let tag = Tag::of(name.as_ref());
             if path.is_empty() {
-                if name != "methodCall" || saw_root {
+                if tag != Tag::MethodCall || saw_root {
+                    let name = String::from_utf8_lossy(name.as_ref());
                     return Err(format!("expected one <methodCall>, found <{name}>"));
                 }
                 saw_root = true;
             }
             match place(&path) {
-                Place::Param if name == "value" => value = Value::default(),
+                Place::Param if tag == Tag::Value => value = Value::default(),
                 Place::Value => {
-                    value.child.get_or_insert_with(|| name.clone());
+                    value.child.get_or_insert(tag);
                 }
                 _ => {}
             }
-            path.push(name);
+            path.push(tag);
             if !closes {
                 continue;
             }
         }
-        let text = match event {
-            Event::Start(_) => None,
+        // Where text found here would go, if anywhere.
+        let into = match place(&path) {
+            Place::MethodName => Some(&mut name_text),
+            Place::Value => Some(&mut value.bare),
+            Place::Typed => Some(&mut value.typed),
+            _ => None,
+        };
+        match event {
+            Event::Start(_) => {}
             Event::Empty(_) | Event::End(_) => {
-                let name = path.pop().unwrap_or_default();
+                let tag = path.pop().unwrap_or(Tag::Other);
                 match place(&path) {
-                    Place::Call if name == "methodName" => {
+                    Place::Call if tag == Tag::MethodName => {
                         method = Some(std::mem::take(&mut name_text).trim().to_string())
                     }
-                    Place::Param if name == "value" => {
+                    Place::Param if tag == Tag::Value => {
                         params.push(std::mem::take(&mut value).finish())
                     }
                     _ => {}
                 }
-                None
             }
-            Event::Text(e) => Some(e.decode().map_err(|e| e.to_string())?.into_owned()),
-            Event::CData(e) => Some(e.decode().map_err(|e| e.to_string())?.into_owned()),
+            Event::Text(e) => {
+                if let Some(into) = into {
+                    into.push_str(&e.decode().map_err(|e| e.to_string())?);
+                }
+            }
+            Event::CData(e) => {
+                if let Some(into) = into {
+                    into.push_str(&e.decode().map_err(|e| e.to_string())?);
+                }
+            }
             Event::GeneralRef(e) => {
-                Some(match e.resolve_char_ref().map_err(|e| e.to_string())? {
-                    Some(c) => c.to_string(),
+                // Resolved even where it is not kept: an unknown entity is
+                // an error anywhere.
+                match e.resolve_char_ref().map_err(|e| e.to_string())? {
+                    Some(c) => {
+                        if let Some(into) = into {
+                            into.push(c);
+                        }
+                    }
                     None => {
                         let name = e.decode().map_err(|e| e.to_string())?;
-                        quick_xml::escape::resolve_xml_entity(&name)
-                            .ok_or_else(|| format!("unknown entity &{name};"))?
-                            .to_string()
+                        let text = quick_xml::escape::resolve_xml_entity(&name)
+                            .ok_or_else(|| format!("unknown entity &{name};"))?;
+                        if let Some(into) = into {
+                            into.push_str(text);
+                        }
                     }
-                })
+                }
             }
             Event::Eof => break,
-            Event::Decl(_) | Event::Comment(_) | Event::PI(_) | Event::DocType(_) => None,
-        };
-        if let Some(text) = text {
-            match place(&path) {
-                Place::MethodName => name_text.push_str(&text),
-                Place::Value => value.bare.push_str(&text),
-                Place::Typed => value.typed.push_str(&text),
-                _ => {}
-            }
+            Event::Decl(_) | Event::Comment(_) | Event::PI(_) | Event::DocType(_) => {}
         }
     }
     if !path.is_empty() || !saw_root {
