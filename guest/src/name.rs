@@ -41,7 +41,7 @@ impl Name {
             match segment {
                 "" => return Err(bad("it has an empty segment (`//`)")),
                 "." | ".." => return Err(bad("`.` and `..` are not allowed as segments")),
-                _ if encode_segment(segment).len() > MAX_SEGMENT => {
+                _ if encoded_len(segment) > MAX_SEGMENT => {
                     return Err(bad(&format!(
                         "a segment is longer than {MAX_SEGMENT} bytes on disk"
                     )))
@@ -68,10 +68,11 @@ impl Name {
 
     /// The node directory of this resource, relative to the lock directory.
     pub fn node_path(&self) -> String {
-        let mut path = String::from(crate::disk::NODES);
+        let mut path = String::with_capacity(crate::disk::NODES.len() + 8 + self.canonical.len());
+        path.push_str(crate::disk::NODES);
         for segment in self.canonical.split('/') {
             path.push('/');
-            path.push_str(&encode_segment(segment));
+            push_encoded(&mut path, segment);
         }
         path
     }
@@ -84,7 +85,7 @@ pub fn check_client(client: &str) -> Result<(), Error> {
     if client.is_empty() {
         return Err(bad("it is empty"));
     }
-    if record::encode_client(client).len() > MAX_CLIENT_ON_DISK {
+    if record::encoded_client_len(client) > MAX_CLIENT_ON_DISK {
         return Err(bad(&format!(
             "it is longer than {MAX_CLIENT_ON_DISK} bytes on disk"
         )));
@@ -100,15 +101,43 @@ pub fn check_client(client: &str) -> Result<(), Error> {
 /// its parent. Everything else is kept, so `ls` shows
 /// names as users wrote them.
 pub fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for (i, c) in segment.chars().enumerate() {
-        match c {
-            '%' => out.push_str("%25"),
-            '.' if i == 0 => out.push_str("%2E"),
-            _ => out.push(c),
-        }
-    }
+    let mut out = String::with_capacity(encoded_len(segment));
+    push_encoded(&mut out, segment);
     out
+}
+
+/// Appends the on-disk form of `segment` to `out`.
+fn push_encoded(out: &mut String, segment: &str) {
+    let mut rest = segment;
+    if let Some(after) = rest.strip_prefix('.') {
+        out.push_str("%2E");
+        rest = after;
+    }
+    for (i, part) in rest.split('%').enumerate() {
+        if i > 0 {
+            out.push_str("%25");
+        }
+        out.push_str(part);
+    }
+}
+
+/// The length of the on-disk form of `segment`, in bytes.
+fn encoded_len(segment: &str) -> usize {
+    let escapes =
+        segment.bytes().filter(|&b| b == b'%').count() + usize::from(segment.starts_with('.'));
+    segment.len() + 2 * escapes
+}
+
+/// The node paths of the ancestors of the node at `node_path` (as made by
+/// [`Name::node_path`]), outermost first: for `nodes/a/b/c`, `nodes/a` and
+/// `nodes/a/b`. Encoded segments hold no `/`, so they are its prefixes.
+pub fn ancestor_nodes(node_path: &str) -> impl Iterator<Item = &str> + '_ {
+    let segments = node_path
+        .get(crate::disk::NODES.len() + 1..)
+        .unwrap_or_default();
+    segments
+        .match_indices('/')
+        .map(move |(at, _)| &node_path[..crate::disk::NODES.len() + 1 + at])
 }
 
 /// Inverse of [`encode_segment`]; `None` for anything it could not have made.

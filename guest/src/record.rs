@@ -146,6 +146,11 @@ pub fn encode_client(client: &str) -> String {
     out
 }
 
+/// The length of [`encode_client`]'s form of `client`, in bytes.
+pub fn encoded_client_len(client: &str) -> usize {
+    client.len() + 2 * client.bytes().filter(|&b| b == b'%' || b == b'/').count()
+}
+
 fn decode_client(encoded: &str) -> Option<String> {
     let mut out = String::with_capacity(encoded.len());
     let mut rest = encoded;

@@ -356,6 +356,26 @@ fn names_that_look_like_internal_entries_are_ordinary_resources() {
     expected.sort();
     listed.sort();
     assert_eq!(listed, expected);
+    // On disk (docs/FORMAT.md): a leading `.` is written `%2E` and `%` is
+    // written `%25`, so no segment is ever `.lock` or a dot name.
+    let mut children: Vec<String> = std::fs::read_dir(locks.path().join("nodes/q"))
+        .expect("read nodes/q")
+        .map(|e| e.expect("entry").file_name().into_string().expect("UTF-8"))
+        .collect();
+    children.sort();
+    assert_eq!(
+        children,
+        [
+            "%2525",
+            "%252Elock",
+            "%2E..",
+            "%2Ehidden",
+            "%2Elock",
+            "%2Eother",
+            ".lock",
+            "1+0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b+pc+1",
+        ]
+    );
 
     // Releasing them one by one leaves `q` held and frees each of them.
     for name in odd {
