@@ -59,13 +59,6 @@ impl Name {
         &self.canonical
     }
 
-    /// The names of every ancestor, outermost first (`a`, `a/b` for `a/b/c`).
-    pub fn ancestors(&self) -> impl Iterator<Item = Name> + '_ {
-        self.canonical.match_indices('/').map(|(at, _)| Name {
-            canonical: self.canonical[..at].to_string(),
-        })
-    }
-
     /// The node directory of this resource, relative to the lock directory.
     pub fn node_path(&self) -> String {
         let mut path = String::with_capacity(crate::disk::NODES.len() + 8 + self.canonical.len());
@@ -96,17 +89,10 @@ pub fn check_client(client: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// On-disk form of a segment: `%` becomes `%25` and a leading `.` becomes
-/// `%2E`, so no segment can collide with the `.lock` directory that shares
-/// its parent. Everything else is kept, so `ls` shows
+/// Appends the on-disk form of `segment` to `out`: `%` becomes `%25` and a
+/// leading `.` becomes `%2E`, so no segment can collide with the `.lock`
+/// directory that shares its parent. Everything else is kept, so `ls` shows
 /// names as users wrote them.
-pub fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(encoded_len(segment));
-    push_encoded(&mut out, segment);
-    out
-}
-
-/// Appends the on-disk form of `segment` to `out`.
 fn push_encoded(out: &mut String, segment: &str) {
     let mut rest = segment;
     if let Some(after) = rest.strip_prefix('.') {

@@ -94,7 +94,7 @@ impl Registry {
                 continue;
             }
             // (3) Check the related locks now that this one is visible.
-            let refusal = match self.conflict(&name, &node, options) {
+            let refusal = match self.conflict(&node, options) {
                 Ok(None) => return Ok(grant),
                 Ok(Some(other)) => already_locked(&other),
                 Err(err) => err,
@@ -107,16 +107,12 @@ impl Registry {
         Err(errors::busy(name.as_str()))
     }
 
-    /// A held lock that conflicts with a lock on `name` taken with `options`.
-    fn conflict(
-        &self,
-        name: &Name,
-        node: &str,
-        options: &LockOptions,
-    ) -> Result<Option<Held>, Error> {
+    /// A held lock that conflicts with a lock on the node `node` taken with
+    /// `options`.
+    fn conflict(&self, node: &str, options: &LockOptions) -> Result<Option<Held>, Error> {
         if options.lock_parents {
-            for ancestor in name.ancestors() {
-                if let Some(held) = held(self.disk.read(&ancestor.node_path())?) {
+            for ancestor in name::ancestor_nodes(node) {
+                if let Some(held) = held(self.disk.read(ancestor)?) {
                     if held.lock_children {
                         return Ok(Some(held));
                     }
