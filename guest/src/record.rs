@@ -72,17 +72,19 @@ impl Held {
 
     /// The state file name of this lock.
     pub fn file_name(&self) -> String {
-        let flags = [
-            if self.lock_parents { 'p' } else { '-' },
-            if self.lock_children { 'c' } else { '-' },
-        ];
-        let mut out = format!(
-            "{}+{}+{}{}+{}",
-            self.fencing, self.token, flags[0], flags[1], self.since_ms
-        );
+        let client = self.client.as_deref().unwrap_or_default();
+        let mut out = String::with_capacity(64 + client.len() + client.len() / 2);
+        push_number(&mut out, self.fencing);
+        out.push('+');
+        out.push_str(&self.token);
+        out.push('+');
+        out.push(if self.lock_parents { 'p' } else { '-' });
+        out.push(if self.lock_children { 'c' } else { '-' });
+        out.push('+');
+        push_number(&mut out, self.since_ms);
         if let Some(client) = &self.client {
             out.push('+');
-            out.push_str(&encode_client(client));
+            push_client(&mut out, client);
         }
         out
     }
@@ -90,7 +92,24 @@ impl Held {
 
 /// The state file name of a free node whose last number was `number`.
 pub fn free_name(number: u64) -> String {
-    number.to_string()
+    let mut out = String::with_capacity(20);
+    push_number(&mut out, number);
+    out
+}
+
+/// Appends `n` in decimal.
+fn push_number(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 /// Parses a state file name; the error says what is wrong with it.
@@ -133,9 +152,9 @@ pub fn decode(name: &str) -> Result<State, String> {
     }))
 }
 
-/// On-disk form of a client id: `%` becomes `%25`, `/` becomes `%2F`.
-pub fn encode_client(client: &str) -> String {
-    let mut out = String::with_capacity(client.len());
+/// Appends the on-disk form of a client id: `%` becomes `%25`, `/` becomes
+/// `%2F`.
+fn push_client(out: &mut String, client: &str) {
     for c in client.chars() {
         match c {
             '%' => out.push_str("%25"),
@@ -143,10 +162,9 @@ pub fn encode_client(client: &str) -> String {
             _ => out.push(c),
         }
     }
-    out
 }
 
-/// The length of [`encode_client`]'s form of `client`, in bytes.
+/// The length of the on-disk form of `client`, in bytes.
 pub fn encoded_client_len(client: &str) -> usize {
     client.len() + 2 * client.bytes().filter(|&b| b == b'%' || b == b'/').count()
 }

@@ -20,8 +20,8 @@ pub fn uuid_v4() -> String {
 /// Whether `s` has the shape of a token we hand out (so it is safe as a file name).
 pub fn is_well_formed(s: &str) -> bool {
     s.len() == 36
-        && s.char_indices().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => c == '-',
-            _ => c.is_ascii_hexdigit() && !c.is_ascii_uppercase(),
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
         })
 }
