@@ -8,7 +8,8 @@
 //! std::net client.
 //! Run: `cargo bench --bench serve` (`HASP_BENCH_DIR` picks the filesystem,
 //! `HASP_BENCH_SECS` the seconds per row, default 3, `HASP_BENCH_SERVE_ARGS`
-//! extra `hasp serve` flags, `HASP_BENCH_ONLY` some rows: see [`wanted`]). Prints one table:
+//! extra `hasp serve` flags, `HASP_BENCH_ONLY` some rows: see [`wanted`];
+//! `HASP_BENCH_BIN` another `hasp` binary to run). Prints one table:
 //!
 //! - lock+unlock cycles through Locker's doors (GET /canhaz, /nowant with the
 //!   token) at 1, 16 and 64 connections, each connection on its own 16
@@ -831,7 +832,9 @@ impl Server {
     }
 
     fn start_in(locks: &Path, fsync: bool) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hasp"));
+        // `HASP_BENCH_BIN` runs another build of hasp, to compare two.
+        let bin = std::env::var("HASP_BENCH_BIN").unwrap_or(env!("CARGO_BIN_EXE_hasp").into());
+        let mut cmd = Command::new(bin);
         cmd.arg("--dir")
             .arg(locks)
             .args(["serve", "--addr", "127.0.0.1:0"]);
