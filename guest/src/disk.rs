@@ -40,7 +40,7 @@ pub struct Disk {
     /// `tmp/`, held open.
     tmp: Dir,
     /// Nodes held open, by node path (see [`Node`]).
-    nodes: RefCell<HashMap<String, Rc<Node>>>,
+    nodes: RefCell<HashMap<String, Rc<Node>, Fnv>>,
 }
 
 /// A node directory and its `.lock`, held open across calls. Holding them
@@ -96,7 +96,7 @@ impl Disk {
         Ok(Disk {
             dir,
             tmp,
-            nodes: RefCell::new(HashMap::new()),
+            nodes: RefCell::new(HashMap::default()),
         })
     }
 
@@ -187,13 +187,23 @@ impl Disk {
             };
             let hint = held.hint.borrow().clone();
             if let Some(name) = hint {
-                let path = format!("{node}/{LOCK}/{name}");
-                if held.lock.exists(&name).map_err(fail("inspect", &path))? {
-                    return seen(node, name).map(Some);
+                match held.lock.exists(&name) {
+                    Ok(true) => return seen(node, name).map(Some),
+                    Ok(false) => {}
+                    Err(err) => {
+                        return Err(errors::storage(
+                            "inspect",
+                            &format!("{node}/{LOCK}/{name}"),
+                            err,
+                        ))
+                    }
                 }
             }
-            let path = format!("{node}/{LOCK}");
-            let mut names = held.lock.list().map_err(fail("read", &path))?;
+            let path = || format!("{node}/{LOCK}");
+            let mut names = held
+                .lock
+                .list()
+                .map_err(|err| errors::storage("read", &path(), err))?;
             match names.len() {
                 1 => {
                     let name = names.pop().unwrap_or_default();
@@ -203,8 +213,8 @@ impl Disk {
                 // A `.lock` is never empty: this one was removed while held
                 // open. Let go of everything and look again.
                 0 if !fresh => self.forget(),
-                0 => return Err(errors::corrupt(&path, "it is empty")),
-                _ => return Err(errors::corrupt(&path, "it holds more than one file")),
+                0 => return Err(errors::corrupt(&path(), "it is empty")),
+                _ => return Err(errors::corrupt(&path(), "it holds more than one file")),
             }
         }
         Err(errors::busy(node))
@@ -325,6 +335,34 @@ impl Disk {
             }
         }
         Ok(out)
+    }
+}
+
+/// FNV-1a: the node map's keys are paths this process made from names it
+/// validated, looked up several times a call; SipHash's defence against
+/// chosen keys costs more than it buys here, with at most [`OPEN_NODES`]
+/// entries.
+#[derive(Clone, Copy, Default)]
+struct Fnv;
+
+impl std::hash::BuildHasher for Fnv {
+    type Hasher = FnvHasher;
+    fn build_hasher(&self) -> FnvHasher {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+struct FnvHasher(u64);
+
+impl std::hash::Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
