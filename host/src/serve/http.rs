@@ -146,6 +146,9 @@ pub enum ReadError {
 /// for a bad escape or bytes that are not UTF-8.
 pub fn decode(text: &str, plus: bool) -> Option<String> {
     let bytes = text.as_bytes();
+    if !bytes.iter().any(|&b| b == b'%' || plus && b == b'+') {
+        return Some(text.to_string());
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
