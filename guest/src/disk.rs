@@ -220,6 +220,23 @@ impl Disk {
         Err(errors::busy(node))
     }
 
+    /// What the state of `node` says now, as [`Disk::read`] finds it but
+    /// without copying its file name when the hint is still current.
+    pub fn state(&self, node: &str) -> Result<Option<State>, Error> {
+        if let Some(held) = self.node(node)? {
+            let hint = held.hint.borrow();
+            if let Some(name) = hint.as_deref() {
+                if held.lock.exists(name) == Ok(true) {
+                    if let Ok(state) = record::decode(name) {
+                        return Ok(Some(state));
+                    }
+                }
+            }
+        }
+        // No current hint, or a failure: the full read says why.
+        Ok(self.read(node)?.map(|seen| seen.state))
+    }
+
     /// The state of `node` read without holding anything open, for walks
     /// over many nodes; `None` for a node that was never locked.
     pub fn peek(&self, node: &str) -> Result<Option<Seen>, Error> {

@@ -45,19 +45,6 @@ pub struct Held {
 }
 
 impl Held {
-    /// The lock of `grant`.
-    pub fn of(grant: &Grant) -> Held {
-        let h = &grant.holder;
-        Held {
-            fencing: h.fencing,
-            token: grant.token.clone(),
-            lock_parents: h.lock_parents,
-            lock_children: h.lock_children,
-            since_ms: h.since_ms,
-            client: h.client.clone(),
-        }
-    }
-
     /// Who holds it, as the API reports it, for the resource `resource`.
     pub fn holder(&self, resource: &str) -> Holder {
         Holder {
@@ -69,25 +56,27 @@ impl Held {
             lock_children: self.lock_children,
         }
     }
+}
 
-    /// The state file name of this lock.
-    pub fn file_name(&self) -> String {
-        let client = self.client.as_deref().unwrap_or_default();
-        let mut out = String::with_capacity(64 + client.len() + client.len() / 2);
-        push_number(&mut out, self.fencing);
+/// The state file name of the lock `grant` describes:
+/// `<fencing>+<token>+<flags>+<since-ms>[+<client>]`.
+pub fn held_name(grant: &Grant) -> String {
+    let h = &grant.holder;
+    let client = h.client.as_deref();
+    let mut out = String::with_capacity(64 + client.map_or(0, encoded_client_len));
+    push_number(&mut out, h.fencing);
+    out.push('+');
+    out.push_str(&grant.token);
+    out.push('+');
+    out.push(if h.lock_parents { 'p' } else { '-' });
+    out.push(if h.lock_children { 'c' } else { '-' });
+    out.push('+');
+    push_number(&mut out, h.since_ms);
+    if let Some(client) = client {
         out.push('+');
-        out.push_str(&self.token);
-        out.push('+');
-        out.push(if self.lock_parents { 'p' } else { '-' });
-        out.push(if self.lock_children { 'c' } else { '-' });
-        out.push('+');
-        push_number(&mut out, self.since_ms);
-        if let Some(client) = &self.client {
-            out.push('+');
-            push_client(&mut out, client);
-        }
-        out
+        push_client(&mut out, client);
     }
+    out
 }
 
 /// The state file name of a free node whose last number was `number`.

@@ -89,7 +89,7 @@ impl Registry {
                 token: token::uuid_v4(),
             };
             // (2) Commit: only one rename from this free state can succeed.
-            let held = Held::of(&grant).file_name();
+            let held = record::held_name(&grant);
             if !self.disk.change(&node, &seen.name, &held)? {
                 continue;
             }
@@ -112,7 +112,7 @@ impl Registry {
     fn conflict(&self, node: &str, options: &LockOptions) -> Result<Option<Held>, Error> {
         if options.lock_parents {
             for ancestor in name::ancestor_nodes(node) {
-                if let Some(held) = held(self.disk.read(ancestor)?) {
+                if let Some(State::Held(held)) = self.disk.state(ancestor)? {
                     if held.lock_children {
                         return Ok(Some(held));
                     }
@@ -189,7 +189,10 @@ impl Registry {
     /// The lock on exactly `resource`; see `registry.status`.
     pub fn status(&self, resource: &str) -> Result<Option<Holder>, Error> {
         let name = Name::parse(resource)?;
-        Ok(held(self.disk.read(&name.node_path())?).map(|h| h.holder(name.as_str())))
+        match self.disk.state(&name.node_path())? {
+            Some(State::Held(held)) => Ok(Some(held.holder(name.as_str()))),
+            _ => Ok(None),
+        }
     }
 
     /// Every lock at or below `prefix`; see `registry.list`.
