@@ -145,6 +145,12 @@ impl Dir {
         self.root.rename_at(from, &dir.root, to)
     }
 
+    /// Makes `to` a second name of file `from`, both here; fails with
+    /// `exist` if `to` is taken (never replaces it).
+    pub fn link(&self, from: &str, to: &str) -> Io<()> {
+        self.root.link_at(PathFlags::empty(), from, &self.root, to)
+    }
+
     /// Removes file `path`; false if it was not there.
     pub fn unlink(&self, path: &str) -> Io<bool> {
         match self.root.unlink_file_at(path) {

@@ -86,8 +86,22 @@ impl Disk {
                 make_dir(&dir, TMP)?;
                 let staged = format!("{TMP}/{}.{FORMAT}", crate::token::uuid_v4());
                 write_new(&dir, &staged, format!("{FORMAT_LINE}\n").as_bytes())?;
-                dir.rename(&staged, FORMAT)
-                    .map_err(fail("create", FORMAT))?;
+                // A link never replaces: if another process made `FORMAT`
+                // meanwhile, its content is checked instead.
+                let linked = dir.link(&staged, FORMAT);
+                let _ = dir.unlink(&staged);
+                match linked {
+                    Ok(()) => {}
+                    Err(ErrorCode::Exist) => {
+                        let bytes = dir.read(FORMAT).map_err(fail("read", FORMAT))?;
+                        let text = String::from_utf8_lossy(bytes.as_deref().unwrap_or_default());
+                        let first = text.lines().next().unwrap_or("");
+                        if first != FORMAT_LINE {
+                            return Err(errors::wrong_format(FORMAT, first));
+                        }
+                    }
+                    Err(err) => return Err(errors::storage("create", FORMAT, err)),
+                }
             }
         }
         make_dir(&dir, NODES)?;

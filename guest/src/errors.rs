@@ -100,6 +100,16 @@ pub fn symlink(path: &str) -> Error {
     }
 }
 
+/// The walk below a lock-children attempt on `node` ran out of time.
+pub fn walk_too_long(node: &str) -> Error {
+    Error {
+        message: format!(
+            "checking the locks below {node} took too long; the attempt was withdrawn, try again"
+        ),
+        code: ErrorCode::Busy,
+    }
+}
+
 /// Contention did not settle within the retry bound.
 pub fn busy(resource: &str) -> Error {
     Error {

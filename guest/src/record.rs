@@ -15,7 +15,7 @@ use crate::hasp::lock::types::{Grant, Holder};
 use crate::token;
 
 /// Longest on-disk form of a client id, in bytes: a held name stays under
-/// the 255 bytes filesystems allow (the other fields take at most 76).
+/// the 255 bytes filesystems allow (the other fields take at most 82).
 pub const MAX_CLIENT_ON_DISK: usize = 160;
 
 /// What a node's state file says.

@@ -18,10 +18,19 @@ use crate::hasp::lock::types::{Error, Grant, Holder, LockOptions, UnlockKey};
 use crate::name::{self, Name};
 use crate::record::{self, Held, State};
 use crate::token;
+use wasip2::clocks::monotonic_clock;
 
 /// How often an attempt starts over after losing a race before it reports
 /// `busy`. Each restart means another process changed the state meanwhile.
 const RETRIES: usize = 64;
+
+/// How long the walk below a lock-children attempt may take, in
+/// nanoseconds: a third of the host's 30-second deadline for a call, so the
+/// attempt is withdrawn (and `busy` answered) long before the host would
+/// stop the call half way and leave it held.
+const WALK_BUDGET_NS: u64 = 10_000_000_000;
+/// The walk looks at the clock once per this many nodes.
+const WALK_CLOCK_EVERY: usize = 64;
 
 /// A registry open on one lock directory.
 pub struct Registry {
@@ -77,11 +86,15 @@ impl Registry {
                 State::Held(held) => return Err(already_locked(&held)),
                 State::Free(last) => last,
             };
+            let Some(fencing) = last.checked_add(1) else {
+                let path = format!("{node}/.lock/{}", seen.name);
+                return Err(errors::corrupt(&path, "no fencing number follows it"));
+            };
             let grant = Grant {
                 holder: Holder {
                     resource: name.as_str().to_string(),
                     client: options.client.clone(),
-                    fencing: last + 1,
+                    fencing,
                     since_ms: now_ms(),
                     lock_parents: options.lock_parents,
                     lock_children: options.lock_children,
@@ -99,12 +112,34 @@ impl Registry {
                 Ok(Some(other)) => already_locked(&other),
                 Err(err) => err,
             };
-            // Withdraw: free the node again, spending the number.
-            self.disk
-                .change(&node, &held, &record::free_name(last + 1))?;
+            self.withdraw(&node, &held, fencing)?;
             return Err(refusal);
         }
         Err(errors::busy(name.as_str()))
+    }
+
+    /// Frees `node` again from our attempt `held`, spending its number
+    /// `fencing`. A failure is tried once more with fresh descriptors (out
+    /// of them, say); if that fails too, the error says the attempt may be
+    /// left held.
+    fn withdraw(&self, node: &str, held: &str, fencing: u64) -> Result<(), Error> {
+        let free = record::free_name(fencing);
+        let first = self.disk.change(node, held, &free);
+        if first.is_ok() {
+            return Ok(());
+        }
+        self.disk.forget();
+        match self.disk.change(node, held, &free) {
+            Ok(_) => Ok(()),
+            Err(err) => Err(errors::io_failure(
+                "withdraw the refused attempt on",
+                node,
+                &format!(
+                    "{}; it may be left held (unlock it by its client id)",
+                    err.message
+                ),
+            )),
+        }
     }
 
     /// A held lock that conflicts with a lock on the node `node` taken with
@@ -120,20 +155,31 @@ impl Registry {
             }
         }
         if options.lock_children && !self.disk.is_leaf(node)? {
-            return self.held_below(node);
+            let mut walk = Walk {
+                started: monotonic_clock::now(),
+                visited: 0,
+                node,
+            };
+            return self.held_below(node, &mut walk);
         }
         Ok(None)
     }
 
     /// A lock taken with lock-parents on any node below `node`.
-    fn held_below(&self, node: &str) -> Result<Option<Held>, Error> {
+    fn held_below(&self, node: &str, walk: &mut Walk) -> Result<Option<Held>, Error> {
         for (child, _) in self.disk.children(node)? {
+            walk.visited += 1;
+            if walk.visited.is_multiple_of(WALK_CLOCK_EVERY)
+                && monotonic_clock::now().saturating_sub(walk.started) > WALK_BUDGET_NS
+            {
+                return Err(errors::walk_too_long(walk.node));
+            }
             if let Some(held) = held(self.disk.peek(&child)?) {
                 if held.lock_parents {
                     return Ok(Some(held));
                 }
             }
-            if let Some(held) = self.held_below(&child)? {
+            if let Some(held) = self.held_below(&child, walk)? {
                 return Ok(Some(held));
             }
         }
@@ -220,6 +266,13 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// The walk below a lock-children attempt on `node`.
+struct Walk<'a> {
+    started: u64,
+    visited: usize,
+    node: &'a str,
 }
 
 /// The lock a read found, if the node is held.

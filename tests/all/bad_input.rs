@@ -655,3 +655,25 @@ fn lock_dir_holding_two_states_is_reported_and_never_granted_over() {
         locks.ok(&["lock", "q", "--client", "c2"]);
     }
 }
+
+#[test]
+fn the_last_fencing_number_is_never_followed_by_a_wrapped_one() {
+    let locks = Locks::new();
+    locks.ok(&["status"]);
+    let lock = locks.path().join("nodes/job/.lock");
+    fs::create_dir_all(&lock).expect("make .lock");
+    let last = u64::MAX.to_string();
+    fs::write(lock.join(&last), "").expect("write the state");
+    let path = format!("nodes/job/.lock/{last}");
+    let run = corrupt(&locks, &["lock", "job", "--client", "a"], &path);
+    assert!(
+        run.stderr.contains("no fencing number follows it"),
+        "{run:?}"
+    );
+    // Nothing changed, and the node still reads as free.
+    assert_eq!(locks.state_files("job"), [last]);
+    assert_eq!(
+        locks.json(&["status", "job", "--json"]),
+        serde_json::Value::Null
+    );
+}

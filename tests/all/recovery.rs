@@ -358,3 +358,22 @@ fn granted_lock_of_a_killed_holder_stays_until_unlocked() {
     locks.ok(&["unlock", "job", "--client", "a"]);
     locks.ok(&["lock", "job", "--client", "b"]);
 }
+
+#[test]
+fn a_new_lock_directory_has_its_format_file_and_nothing_left_staged() {
+    let locks = Locks::new();
+    locks.ok(&["lock", "job", "--client", "a"]);
+    assert_eq!(
+        fs::read_to_string(locks.path().join("FORMAT")).expect("read FORMAT"),
+        "hasp-lock-dir 2\n"
+    );
+    let staged: Vec<_> = fs::read_dir(locks.path().join("tmp"))
+        .expect("read tmp")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(staged.is_empty(), "left in tmp/: {staged:?}");
+    // A second process finds it and uses the same directory.
+    locks
+        .run(&["lock", "job", "--client", "b"])
+        .assert_refused(1, "Resource already locked by 'a'");
+}

@@ -77,7 +77,10 @@ impl Locks {
                 Err(Error::AlreadyLocked { .. }) if Instant::now() < deadline => {}
                 other => return other,
             }
-            let next = (Instant::now() + POLL).min(deadline);
+            // Jittered: two related attempts woken together may both have
+            // withdrawn (docs/FORMAT.md, "Hierarchy"); they must not retry
+            // in step for ever.
+            let next = (Instant::now() + jittered(POLL)).min(deadline);
             tokio::select! {
                 _ = released => {}
                 _ = tokio::time::sleep_until(next) => {}
@@ -160,6 +163,18 @@ impl Locks {
             Err(_) => Outcome::Failed,
         });
     }
+}
+
+/// `around` give or take half of it, at random.
+fn jittered(around: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // Each RandomState is freshly keyed: its hash of nothing is a random
+    // number, without a random-number crate.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let nanos = around.as_nanos() as u64;
+    Duration::from_nanos(nanos / 2 + random % nanos.max(1))
 }
 
 /// Runs `call` again while the disk is in flux (`busy`), a few times.
