@@ -99,7 +99,7 @@ enum PluginCommand {
         /// Stop the plugin after SECONDS of wall-clock time
         #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_timeout)]
         timeout: Duration,
-        /// Largest memory the plugin (and the guest in it) may grow to
+        /// Most memory the plugin may hold, all its linear memories together
         #[arg(long, default_value = "256", value_name = "MIB")]
         max_memory: usize,
         /// Arguments passed to the plugin

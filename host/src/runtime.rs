@@ -31,7 +31,8 @@ const TICK: Duration = Duration::from_millis(50);
 pub struct Limits {
     /// Wall-clock time one call may take, filesystem calls included.
     pub call_timeout: Duration,
-    /// Largest linear memory the guest may grow to, in bytes.
+    /// Most linear memory one store may hold, in bytes: all its memories
+    /// together (a component may have several).
     pub memory: usize,
 }
 
@@ -83,7 +84,7 @@ pub(crate) struct Serving {
 pub(crate) struct State {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: MemoryBudget,
     /// Time spent in host functions (WASI: filesystem, clocks, random), when
     /// measured; see `Registry::time_host_calls`.
     pub host_time: HostTimer,
@@ -94,6 +95,67 @@ pub(crate) struct State {
     pub waited: bool,
     /// For a plugin: the runtime and lock directory its registries open.
     pub served: Option<(Runtime, PathBuf)>,
+}
+
+/// A store's limiter: wasmtime's own limits (each memory, instances, tables)
+/// and one cap on all the store's linear memories together.
+pub(crate) struct MemoryBudget {
+    limits: StoreLimits,
+    /// Bytes of linear memory granted so far, all memories together.
+    used: usize,
+    most: usize,
+}
+
+impl wasmtime::ResourceLimiter for MemoryBudget {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let more = desired.saturating_sub(current);
+        if self.used.saturating_add(more) > self.most {
+            return Err(wasmtime::Error::msg(format!(
+                "growing memory to {} bytes in all would pass the limit of {}",
+                self.used.saturating_add(more),
+                self.most
+            )));
+        }
+        let granted = self.limits.memory_growing(current, desired, maximum)?;
+        if granted {
+            self.used += more;
+        }
+        Ok(granted)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 /// Accumulates the time the guest spends waiting on host functions.
@@ -236,12 +298,16 @@ impl Runtime {
         let state = State {
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.inner.limits.memory)
-                .trap_on_grow_failure(true)
-                // The guest needs a few; a plugin composed with it, more.
-                .instances(64)
-                .build(),
+            limits: MemoryBudget {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(self.inner.limits.memory)
+                    .trap_on_grow_failure(true)
+                    // The guest needs a few; a plugin composed with it, more.
+                    .instances(64)
+                    .build(),
+                used: 0,
+                most: self.inner.limits.memory,
+            },
             host_time: HostTimer::default(),
             lock_dirs,
             waited: false,

@@ -260,6 +260,27 @@ fn component(imports: &str, memory: bool, body: &str) -> Vec<u8> {
     wat::parse_str(text).expect("valid component text")
 }
 
+/// A component whose `wasi:cli/run` grows two core memories, one in each
+/// of its two core instances, by `pages` 64 KiB pages each.
+fn two_memories(pages: u32) -> Vec<u8> {
+    let text = format!(
+        r#"(component
+             (core module $a (memory 1)
+               (func (export "grow") (result i32) (memory.grow (i32.const {pages}))))
+             (core instance $ai (instantiate $a))
+             (core module $m (import "a" "grow" (func $grow (result i32))) (memory 1)
+               (func (export "run") (result i32)
+                 (drop (call $grow))
+                 (drop (memory.grow (i32.const {pages})))
+                 (i32.const 0)))
+             (core instance $i (instantiate $m (with "a" (instance $ai))))
+             (func $run (result (result)) (canon lift (core func $i "run")))
+             (instance $cli (export "run" (func $run)))
+             (export "wasi:cli/run@0.2.0" (instance $cli)))"#
+    );
+    wat::parse_str(text).expect("valid component text")
+}
+
 /// Writes `bytes` as `name` in `dir`.
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
@@ -349,6 +370,13 @@ fn bad_plugins_get_an_error_naming_them_and_leave_the_locks_alone() {
                     "(loop $l (drop (memory.grow (i32.const 16))) (br $l)) (i32.const 0)",
                 ),
             ),
+            vec!["--max-memory", "16"],
+            "it tried to grow its memory past the limit (16 MiB) and was stopped",
+        ),
+        (
+            // Two memories of 10 MiB each: under the limit one by one, over
+            // it together.
+            write(plugins, "twin.wasm", &two_memories(160)),
             vec!["--max-memory", "16"],
             "it tried to grow its memory past the limit (16 MiB) and was stopped",
         ),
