@@ -331,15 +331,20 @@ impl Disk {
         let moved = write_new(&self.tmp, &first, b"").and_then(|()| {
             self.tmp
                 .rename_into(&staged, &node, LOCK)
-                .or_else(|err| match err {
-                    ErrorCode::NotEmpty | ErrorCode::Exist => Ok(()),
-                    err => Err(errors::storage("rename into", &lock, err)),
-                })
+                .map_err(|err| errors::storage("rename into", &lock, err))
         });
-        // Gone if it moved into place; if not, it is cleaned up here.
+        if moved.is_ok() {
+            // It is the node's `.lock` now: nothing is left in `tmp/`.
+            return Ok(());
+        }
         let _ = self.tmp.unlink(&first);
         let _ = self.tmp.rmdir(&staged);
-        moved
+        // Lost to another process that gave the node its first state (a
+        // directory rename onto a non-empty `.lock` fails): that is fine.
+        match self.dir.kind(&lock) {
+            Ok(Some(DescriptorType::Directory)) => Ok(()),
+            _ => moved,
+        }
     }
 
     /// Whether `node` certainly has no child nodes: its link count says it
