@@ -9,7 +9,8 @@
 //! Run: `cargo bench --bench serve` (`HASP_BENCH_DIR` picks the filesystem,
 //! `HASP_BENCH_SECS` the seconds per row, default 3, `HASP_BENCH_SERVE_ARGS`
 //! extra `hasp serve` flags, `HASP_BENCH_ONLY` some rows: see [`wanted`];
-//! `HASP_BENCH_BIN` another `hasp` binary to run). Prints one table:
+//! `HASP_BENCH_BIN` another `hasp` binary to run, `HASP_BENCH_RUNS` how many
+//! runs of each throughput row, reported as the median). Prints one table:
 //!
 //! - lock+unlock cycles through Locker's doors (GET /canhaz, /nowant with the
 //!   token) at 1, 16 and 64 connections, each connection on its own 16
@@ -124,12 +125,12 @@ fn table(run: Duration) {
             if !wanted(&key(&format!("locker{conns}"))) {
                 continue;
             }
-            let point = throughput(&server, Door::Locker, conns, run, tag, false);
+            let point = repeated(&server, Door::Locker, conns, run, &mut tag, false);
             point.row(&format!("Locker canhaz+nowant, {durability}"), &mut notes);
         }
         tag += 1;
         if wanted(&key("fresh")) {
-            let point = throughput(&server, Door::Locker, 1, run, tag, true);
+            let point = repeated(&server, Door::Locker, 1, run, &mut tag, true);
             point.row(
                 &format!("  new resource each cycle, {durability}"),
                 &mut notes,
@@ -139,7 +140,7 @@ fn table(run: Duration) {
             for (door, row) in [(Door::XmlRpc, "xmlrpc"), (Door::V1, "v1")] {
                 tag += 1;
                 if wanted(row) {
-                    let point = throughput(&server, door, 16, run, tag, false);
+                    let point = repeated(&server, door, 16, run, &mut tag, false);
                     point.row(door.label(), &mut notes);
                 }
             }
@@ -197,12 +198,19 @@ struct Point {
     /// The daemon's CPU time (all threads, user and system) per cycle,
     /// warm-up included.
     cpu_per_cycle: Option<Duration>,
+    /// Of repeated runs: how many, and the lowest and highest cycles/s.
+    range: Option<(usize, f64, f64)>,
     errors: u64,
     drops: u64,
     first_error: Option<String>,
 }
 
 impl Point {
+    /// Cycles per second.
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
     fn row(&self, what: &str, notes: &mut Vec<String>) {
         let mut lat = self.latencies.clone();
         lat.sort();
@@ -214,16 +222,20 @@ impl Point {
             }
         };
         println!(
-            "{what:<49} {:>5} {:>9.0} {:>8.2} {:>8.2} {:>6} {:>8}",
+            "{what:<49} {:>5} {:>9.0} {:>8.2} {:>8.2} {:>6} {:>8}{}",
             self.conns,
-            lat.len() as f64 / self.elapsed.as_secs_f64(),
+            self.rate(),
             at(0.5),
             at(0.99),
             self.errors,
             self.cpu_per_cycle.map_or("?".to_string(), |cpu| format!(
                 "{:.1}",
                 cpu.as_secs_f64() * 1e6
-            ))
+            )),
+            self.range
+                .map_or(String::new(), |(runs, low, high)| format!(
+                    "   median of {runs}, {low:.0}-{high:.0}"
+                ))
         );
         if let Some(e) = &self.first_error {
             notes.push(format!(
@@ -238,6 +250,37 @@ impl Point {
             ));
         }
     }
+}
+
+/// [`throughput`] `HASP_BENCH_RUNS` times (default 1), each run on
+/// resources of its own: the run with the median cycles/s, and the range.
+fn repeated(
+    server: &Server,
+    door: Door,
+    conns: usize,
+    run: Duration,
+    tag: &mut usize,
+    fresh: bool,
+) -> Point {
+    let runs = std::env::var("HASP_BENCH_RUNS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1);
+    let mut points: Vec<Point> = (0..runs)
+        .map(|_| {
+            *tag += 1;
+            throughput(server, door, conns, run, *tag, fresh)
+        })
+        .collect();
+    points.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let range = (points.len() > 1).then(|| {
+        let (low, high) = (points[0].rate(), points[points.len() - 1].rate());
+        (points.len(), low, high)
+    });
+    let mut median = points.swap_remove(points.len() / 2);
+    median.range = range;
+    median
 }
 
 /// `conns` connections doing lock+unlock cycles for `run`, each on its own
@@ -315,6 +358,7 @@ fn throughput(
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
         cpu_per_cycle: None,
+        range: None,
         errors: 0,
         drops: 0,
         first_error: None,
