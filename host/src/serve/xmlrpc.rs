@@ -295,6 +295,31 @@ mod tests {
     }
 
     #[test]
+    fn reads_empty_and_cdata_values_and_ignores_what_is_not_the_call() {
+        let call = b"<?xml version='1.0'?>\n<methodCall>\n<!-- note -->\n\
+            <methodName> unlock </methodName>\n<params>\n\
+            <param><value><string/></value></param>\n\
+            <param><value><string><![CDATA[a<b]]></string></value></param>\n\
+            <param><value/></param>\n\
+            <param><value><array><data><value><string>x</string></value></data></array></value></param>\n\
+            </params>\n</methodCall>\n";
+        let (method, params) = parse_call(call).expect("parses");
+        assert_eq!(method, "unlock");
+        assert_eq!(
+            params,
+            vec![
+                Param::Str(String::new()),
+                Param::Str("a<b".into()),
+                Param::Str(String::new()),
+                Param::Other
+            ]
+        );
+        let err = parse_call(b"<methodResponse/>").expect_err("not a call");
+        assert_eq!(err, "expected one <methodCall>, found <methodResponse>");
+        assert!(parse_call(b"<methodCall><methodName>x&bogus;</methodName></methodCall>").is_err());
+    }
+
+    #[test]
     fn refuses_what_is_not_a_call() {
         assert!(parse_call(b"<methodCall><methodName>x</methodName>").is_err());
         assert!(parse_call(b"not xml").is_err());
