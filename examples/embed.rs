@@ -54,8 +54,7 @@ impl WasiView for State {
 fn options(client: &str) -> LockOptions {
     LockOptions {
         client: Some(client.to_string()),
-        lock_parents: true,
-        lock_children: true,
+        ..LockOptions::default()
     }
 }
 

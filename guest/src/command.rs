@@ -18,14 +18,16 @@ use wasip2::filesystem::preopens::get_directories;
 
 const USAGE: &str = "\
 usage: hasp.wasm [--dir GUEST_DIR] COMMAND
-  lock RESOURCE [--client ID] [--no-lock-parents] [--no-lock-children] [--json] [-v]
-  unlock RESOURCE (--client ID | --token TOKEN)
+  lock RESOURCE [--client ID] [--ttl DURATION] [--no-lock-parents] [--no-lock-children] [--json] [-v]
+  unlock RESOURCE (--client ID | --token TOKEN | --force)
+  renew RESOURCE (--client ID | --token TOKEN) [--ttl DURATION]
   status [RESOURCE] [--json]
+DURATION: 30s, 5m, 1500ms, 2h; a bare number is seconds.
 GUEST_DIR is the lock directory as the runtime preopened it (`--dir HOST::GUEST`
 for wasmtime); without --dir, the only preopen.";
 
 /// The options that take a value (`--name VALUE`).
-const VALUE_OPTIONS: [&str; 3] = ["--dir", "--client", "--token"];
+const VALUE_OPTIONS: [&str; 4] = ["--dir", "--client", "--token", "--ttl"];
 
 /// Exports `wasi:cli/run`.
 pub struct Command;
@@ -45,6 +47,7 @@ impl wasip2::exports::cli::run::Guest for Command {
                         | ErrorCode::NotLocked
                         | ErrorCode::Busy
                         | ErrorCode::WouldBlock(_)
+                        | ErrorCode::LeaseExpired
                 );
                 let text = match err.code {
                     ErrorCode::Storage(_) | ErrorCode::CorruptRecord(_) => {
@@ -102,7 +105,7 @@ fn main(args: &[String]) -> Result<String, Failure> {
                  hasp host provides (this runtime does not); use `hasp {command}` instead"
             )))
         }
-        "lock" | "unlock" | "status" => {}
+        "lock" | "unlock" | "renew" | "status" => {}
         other => return Err(Failure::Usage(format!("unknown command {other:?}"))),
     }
     let dir = match dir {
@@ -114,16 +117,20 @@ fn main(args: &[String]) -> Result<String, Failure> {
         "lock" => {
             let resource = args.required("RESOURCE")?;
             let client = args.value("--client")?;
+            let ttl_ms = ttl(&mut args)?;
             let lock_parents = !args.flag("--no-lock-parents");
             let lock_children = !args.flag("--no-lock-children");
             let json = args.flag("--json");
             let verbose = args.flag("-v") | args.flag("--verbose");
             args.done()?;
             let registry = Registry::open(&dir).map_err(call)?;
+            let anonymous = client.is_none();
             let options = LockOptions {
                 client,
                 lock_parents,
                 lock_children,
+                ttl_ms,
+                request_id: None,
             };
             let grant = registry.lock(&resource, &options).map_err(call)?;
             Ok(if json {
@@ -133,21 +140,51 @@ fn main(args: &[String]) -> Result<String, Failure> {
                     "token: {}\nfencing: {}\n",
                     grant.token, grant.holder.fencing
                 )
+            } else if anonymous {
+                // Without a client id only the token opens it: never lose it.
+                format!("{}\n", grant.token)
             } else {
                 String::new()
             })
         }
-        "unlock" => {
+        "unlock" | "renew" => {
             let resource = args.required("RESOURCE")?;
-            let key = match (args.value("--client")?, args.value("--token")?) {
-                (Some(client), None) => UnlockKey::Client(client),
-                (None, Some(token)) => UnlockKey::Token(token),
+            let force = command == "unlock" && args.flag("--force");
+            let ttl_ms = if command == "renew" {
+                ttl(&mut args)?
+            } else {
+                None
+            };
+            let key = match (args.value("--client")?, args.value("--token")?, force) {
+                (Some(client), None, false) => Some(UnlockKey::Client(client)),
+                (None, Some(token), false) => Some(UnlockKey::Token(token)),
+                (None, None, true) => None,
+                _ if command == "unlock" => {
+                    return Err(Failure::Usage(
+                        "give one of --client, --token or --force".into(),
+                    ))
+                }
                 _ => return Err(Failure::Usage("give one of --client or --token".into())),
             };
             args.done()?;
             let registry = Registry::open(&dir).map_err(call)?;
-            registry.unlock(&resource, &key).map_err(call)?;
-            Ok(String::new())
+            match key {
+                None => {
+                    let broken = registry.force_unlock(&resource).map_err(call)?;
+                    Ok(format!(
+                        "{}\n",
+                        show::broke(&broken.resource, broken.client.as_deref(), broken.fencing)
+                    ))
+                }
+                Some(key) if command == "renew" => {
+                    registry.renew(&resource, &key, ttl_ms).map_err(call)?;
+                    Ok(String::new())
+                }
+                Some(key) => {
+                    registry.unlock(&resource, &key).map_err(call)?;
+                    Ok(String::new())
+                }
+            }
         }
         _ => {
             let resource = args.positional();
@@ -200,6 +237,17 @@ fn row(h: &Holder) -> show::Row<'_> {
         client: h.client.as_deref(),
         since_ms: h.since_ms,
         fencing: h.fencing,
+        expires_ms: h.expires_ms,
+    }
+}
+
+/// Takes `--ttl DURATION`, in milliseconds.
+fn ttl(args: &mut Args) -> Result<Option<u64>, Failure> {
+    match args.value("--ttl")? {
+        Some(text) => crate::duration::parse_ms(&text)
+            .map(Some)
+            .map_err(|why| Failure::Usage(format!("--ttl: {why}"))),
+        None => Ok(None),
     }
 }
 
@@ -220,6 +268,9 @@ fn holder_json(h: &Holder, token: Option<&str>) -> String {
         h.lock_parents,
         h.lock_children
     );
+    if let (Some(expires), Some(ttl)) = (h.expires_ms, h.ttl_ms) {
+        out.push_str(&format!(",\"expires_ms\":{expires},\"ttl_ms\":{ttl}"));
+    }
     if let Some(token) = token {
         out.push_str(&format!(",\"token\":{}", quote(token)));
     }

@@ -24,7 +24,13 @@ pub const TMP: &str = "tmp";
 /// File naming the layout version of the lock directory.
 pub const FORMAT: &str = "FORMAT";
 /// The content of [`FORMAT`] for this layout.
-pub const FORMAT_LINE: &str = "hasp-lock-dir 2";
+pub const FORMAT_LINE: &str = "hasp-lock-dir 3";
+/// The layout before leases, which this one extends: a directory that says
+/// it is upgraded in place (its states are valid format 3 states).
+const FORMAT_V2_LINE: &str = "hasp-lock-dir 2";
+
+/// How many records of lost leases a node keeps (the newest).
+const LOST_KEPT: usize = 8;
 
 /// Inside a node: the directory holding its one state file.
 const LOCK: &str = ".lock";
@@ -78,7 +84,9 @@ impl Disk {
             Some(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);
                 let first = text.lines().next().unwrap_or("");
-                if first != FORMAT_LINE {
+                if first == FORMAT_V2_LINE {
+                    upgrade(&dir)?;
+                } else if first != FORMAT_LINE {
                     return Err(errors::wrong_format(FORMAT, first));
                 }
             }
@@ -357,6 +365,46 @@ impl Disk {
         Ok(count == 3)
     }
 
+    /// Records in `node` that the lease of `held` ran out and the lock was
+    /// taken over, so that its owner learns why its lock is gone; keeps the
+    /// newest [`LOST_KEPT`]. Only for messages: a record that could not be
+    /// written changes no decision.
+    pub fn record_lost(&self, node: &str, held: &record::Held) {
+        let _ = write_new(
+            &self.dir,
+            &format!("{node}/{}", record::lost_name(held)),
+            b"",
+        );
+        let Ok(mut lost) = self.lost(node) else {
+            return;
+        };
+        if lost.len() > LOST_KEPT {
+            lost.sort_by_key(|l| std::cmp::Reverse(l.fencing));
+            for old in &lost[LOST_KEPT..] {
+                let _ = self.dir.unlink(&format!("{node}/{}", old.file));
+            }
+        }
+    }
+
+    /// The records of lost leases kept in `node`.
+    pub fn lost(&self, node: &str) -> Result<Vec<Lost>, Error> {
+        let names = self.dir.names(node).map_err(fail("read", node))?;
+        Ok(names
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|file| {
+                let (fencing, token, client) = record::decode_lost(&file)?;
+                let token = token.to_string();
+                Some(Lost {
+                    fencing,
+                    token,
+                    client,
+                    file,
+                })
+            })
+            .collect())
+    }
+
     /// The child nodes of `node`: their node paths and resource segments.
     pub fn children(&self, node: &str) -> Result<Vec<(String, String)>, Error> {
         let entries = self.dir.entries(node).map_err(fail("read", node))?;
@@ -400,6 +448,33 @@ impl std::hash::Hasher for FnvHasher {
     fn finish(&self) -> u64 {
         self.0
     }
+}
+
+/// A lease that ran out and whose lock was taken over, as its node records
+/// it.
+pub struct Lost {
+    /// The lost lock's fencing number.
+    pub fencing: u64,
+    /// Its token.
+    pub token: String,
+    /// Its client id.
+    pub client: Option<String>,
+    /// The record's file name in the node.
+    file: String,
+}
+
+/// Upgrades a format 2 directory to format 3 in place: format 3 only adds
+/// leases to the held names, so every state stays as it is; `FORMAT` is
+/// replaced (by a rename, so it is never torn) and format 2 hasps then
+/// refuse the directory instead of misreading a lease.
+fn upgrade(dir: &Dir) -> Result<(), Error> {
+    make_dir(dir, TMP)?;
+    let staged = format!("{TMP}/{}.{FORMAT}", crate::token::uuid_v4());
+    write_new(dir, &staged, format!("{FORMAT_LINE}\n").as_bytes())?;
+    dir.rename(&staged, FORMAT).map_err(|err| {
+        let _ = dir.unlink(&staged);
+        errors::storage("upgrade", FORMAT, err)
+    })
 }
 
 /// Parses the state file `name` of `node`.

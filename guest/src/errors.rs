@@ -46,6 +46,27 @@ pub fn not_locked() -> Error {
     }
 }
 
+/// The caller's lock on `resource` (held by `client`, fencing `fencing`)
+/// ended because its lease ran out.
+pub fn lease_expired(resource: &str, client: Option<&str>, fencing: u64) -> Error {
+    Error {
+        message: format!(
+            "Lease expired: the lock on '{resource}' taken by '{}' (fencing {fencing}) \
+             ran out before it was renewed, and is no longer held by it",
+            shown(client)
+        ),
+        code: ErrorCode::LeaseExpired,
+    }
+}
+
+/// A renewal without a length, of a lock that has no lease.
+pub fn no_lease(resource: &str) -> Error {
+    Error {
+        message: format!("the lock on '{resource}' has no lease: give the renewal a TTL"),
+        code: ErrorCode::InvalidInput,
+    }
+}
+
 /// Malformed input; `what` names the argument, `why` says what is wrong.
 pub fn invalid(what: &str, value: &str, why: &str) -> Error {
     Error {

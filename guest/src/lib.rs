@@ -54,6 +54,8 @@ mod process;
 #[cfg(not(feature = "process"))]
 mod command;
 #[cfg(not(feature = "process"))]
+mod duration;
+#[cfg(not(feature = "process"))]
 mod show;
 #[cfg(not(feature = "process"))]
 use command::Command;
@@ -83,6 +85,19 @@ mod export {
 
         fn unlock(&self, resource: String, key: UnlockKey) -> Result<Holder, Error> {
             Registry::unlock(self, &resource, &key).inspect_err(|e| self.failed(e))
+        }
+
+        fn renew(
+            &self,
+            resource: String,
+            key: UnlockKey,
+            ttl_ms: Option<u64>,
+        ) -> Result<Holder, Error> {
+            Registry::renew(self, &resource, &key, ttl_ms).inspect_err(|e| self.failed(e))
+        }
+
+        fn force_unlock(&self, resource: String) -> Result<Holder, Error> {
+            Registry::force_unlock(self, &resource).inspect_err(|e| self.failed(e))
         }
 
         fn status(&self, resource: String) -> Result<Option<Holder>, Error> {

@@ -1,15 +1,20 @@
-//! The state of one resource, as stored on disk (format version 2): the name
+//! The state of one resource, as stored on disk (format version 3): the name
 //! of the one, empty, file in its node's `.lock` directory.
 //!
 //! ```text
 //! 7                                                      free; 7 numbers handed out
 //! 8+0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b+pc+1763913600123+client1    held
+//! 9+0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6c+pcl+1763913600123+1763913630123+30000+client1
+//!                                                        held with a lease
 //! ```
 //!
-//! A held name is `<fencing>+<token>+<flags>+<since-ms>[+<client>]`: flags
-//! are `p` or `-` (lock-parents) then `c` or `-` (lock-children); the client
-//! id, absent for an anonymous lock, comes last with `%` written `%25` and
-//! `/` written `%2F`. See docs/FORMAT.md.
+//! A held name is
+//! `<fencing>+<token>+<flags>+<since-ms>[+<expires-ms>+<ttl-ms>][+<client>]`:
+//! flags are `p` or `-` (lock-parents) then `c` or `-` (lock-children), then
+//! `l` when the lock has a lease, whose expiry and length follow the grant
+//! time; the client id, absent for an anonymous lock, comes last with `%`
+//! written `%25` and `/` written `%2F`. Format 2's held names are format 3's
+//! without a lease. See docs/FORMAT.md.
 
 use crate::hasp::lock::types::{Grant, Holder};
 use crate::token;
@@ -17,6 +22,16 @@ use crate::token;
 /// Longest on-disk form of a client id, in bytes: a held name stays under
 /// the 255 bytes filesystems allow (the other fields take at most 82).
 pub const MAX_CLIENT_ON_DISK: usize = 160;
+/// Longest on-disk form of a client id of a lock with a lease: its two more
+/// fields take at most 25 bytes (times stay below [`MAX_TIME_MS`], the
+/// length below [`MAX_TTL_MS`]).
+pub const MAX_LEASED_CLIENT_ON_DISK: usize = 150;
+/// Longest lease, in milliseconds: 30 days.
+pub const MAX_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Times written in a lease are below this (the year 2286): 13 digits.
+pub const MAX_TIME_MS: u64 = 10_000_000_000_000;
+/// Prefix of a node's record of a lease that ran out and was taken over.
+pub const LOST_PREFIX: &str = ".lost+";
 
 /// What a node's state file says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,9 +57,26 @@ pub struct Held {
     pub since_ms: u64,
     /// Its client id; `None` for an anonymous lock.
     pub client: Option<String>,
+    /// Its lease, if it has one.
+    pub lease: Option<Lease>,
+}
+
+/// A lock's lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// When it runs out, in milliseconds since the Unix epoch.
+    pub expires_ms: u64,
+    /// Its length in milliseconds (what a renewal extends it by by default).
+    pub ttl_ms: u64,
 }
 
 impl Held {
+    /// Whether the lock still counts at `now_ms`: it has no lease, or its
+    /// lease has not run out.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.lease.is_none_or(|lease| now_ms < lease.expires_ms)
+    }
+
     /// Who holds it, as the API reports it, for the resource `resource`.
     pub fn holder(&self, resource: &str) -> Holder {
         Holder {
@@ -54,24 +86,68 @@ impl Held {
             since_ms: self.since_ms,
             lock_parents: self.lock_parents,
             lock_children: self.lock_children,
+            expires_ms: self.lease.map(|l| l.expires_ms),
+            ttl_ms: self.lease.map(|l| l.ttl_ms),
         }
     }
 }
 
 /// The state file name of the lock `grant` describes:
-/// `<fencing>+<token>+<flags>+<since-ms>[+<client>]`.
+/// `<fencing>+<token>+<flags>+<since-ms>[+<expires-ms>+<ttl-ms>][+<client>]`.
 pub fn held_name(grant: &Grant) -> String {
     let h = &grant.holder;
-    let client = h.client.as_deref();
-    let mut out = String::with_capacity(64 + client.map_or(0, encoded_client_len));
-    push_number(&mut out, h.fencing);
+    let lease = match (h.expires_ms, h.ttl_ms) {
+        (Some(expires_ms), Some(ttl_ms)) => Some(Lease { expires_ms, ttl_ms }),
+        _ => None,
+    };
+    name_of(
+        h.fencing,
+        &grant.token,
+        (h.lock_parents, h.lock_children),
+        h.since_ms,
+        lease,
+        h.client.as_deref(),
+    )
+}
+
+/// The state file name of `held` with its lease replaced by `lease`.
+pub fn renewed_name(held: &Held, lease: Lease) -> String {
+    name_of(
+        held.fencing,
+        &held.token,
+        (held.lock_parents, held.lock_children),
+        held.since_ms,
+        Some(lease),
+        held.client.as_deref(),
+    )
+}
+
+fn name_of(
+    fencing: u64,
+    token: &str,
+    (lock_parents, lock_children): (bool, bool),
+    since_ms: u64,
+    lease: Option<Lease>,
+    client: Option<&str>,
+) -> String {
+    let mut out = String::with_capacity(96 + client.map_or(0, encoded_client_len));
+    push_number(&mut out, fencing);
     out.push('+');
-    out.push_str(&grant.token);
+    out.push_str(token);
     out.push('+');
-    out.push(if h.lock_parents { 'p' } else { '-' });
-    out.push(if h.lock_children { 'c' } else { '-' });
+    out.push(if lock_parents { 'p' } else { '-' });
+    out.push(if lock_children { 'c' } else { '-' });
+    if lease.is_some() {
+        out.push('l');
+    }
     out.push('+');
-    push_number(&mut out, h.since_ms);
+    push_number(&mut out, since_ms);
+    if let Some(lease) = lease {
+        out.push('+');
+        push_number(&mut out, lease.expires_ms);
+        out.push('+');
+        push_number(&mut out, lease.ttl_ms);
+    }
     if let Some(client) = client {
         out.push('+');
         push_client(&mut out, client);
@@ -103,7 +179,7 @@ fn push_number(out: &mut String, mut n: u64) {
 
 /// Parses a state file name; the error says what is wrong with it.
 pub fn decode(name: &str) -> Result<State, String> {
-    let mut fields = name.splitn(5, '+');
+    let mut fields = name.splitn(4, '+');
     let fencing = fields.next().unwrap_or_default();
     let fencing = number(fencing).ok_or_else(|| format!("{fencing:?} is not a number"))?;
     let Some(token) = fields.next() else {
@@ -112,16 +188,36 @@ pub fn decode(name: &str) -> Result<State, String> {
     if !token::is_well_formed(token) {
         return Err(format!("{token:?} is not an unlock token"));
     }
-    let (lock_parents, lock_children) = match fields.next() {
+    let (lock_parents, lock_children, leased) = match fields.next() {
         Some(flags) => match flags.as_bytes() {
-            [p @ (b'p' | b'-'), c @ (b'c' | b'-')] => (*p == b'p', *c == b'c'),
-            _ => return Err(format!("{flags:?} is not `pc`, `p-`, `-c` or `--`")),
+            [p @ (b'p' | b'-'), c @ (b'c' | b'-'), rest @ ..] if matches!(rest, [] | [b'l']) => {
+                (*p == b'p', *c == b'c', !rest.is_empty())
+            }
+            _ => {
+                return Err(format!(
+                    "{flags:?} is not `pc`, `p-`, `-c` or `--`, with or without `l`"
+                ))
+            }
         },
         None => return Err("the flags are missing".to_string()),
     };
-    let since_ms = match fields.next() {
-        Some(since) => number(since).ok_or_else(|| format!("{since:?} is not a time"))?,
-        None => return Err("the time is missing".to_string()),
+    // The client id comes last and may hold `+`: the lease's two fields
+    // follow the time only when the flags say so.
+    let tail = fields.next().ok_or("the time is missing")?;
+    let mut fields = tail.splitn(if leased { 4 } else { 2 }, '+');
+    let since = fields.next().unwrap_or_default();
+    let since_ms = number(since).ok_or_else(|| format!("{since:?} is not a time"))?;
+    let lease = if leased {
+        let expires = fields.next().ok_or("the lease's expiry is missing")?;
+        let expires_ms =
+            number(expires).ok_or_else(|| format!("{expires:?} is not an expiry time"))?;
+        let ttl = fields.next().ok_or("the lease's length is missing")?;
+        let ttl_ms = number(ttl)
+            .filter(|&t| t > 0)
+            .ok_or_else(|| format!("{ttl:?} is not a lease length"))?;
+        Some(Lease { expires_ms, ttl_ms })
+    } else {
+        None
     };
     let client = match fields.next() {
         Some(client) => Some(
@@ -138,7 +234,36 @@ pub fn decode(name: &str) -> Result<State, String> {
         lock_children,
         since_ms,
         client,
+        lease,
     }))
+}
+
+/// The name of a node's record that the lease of `held` ran out and the
+/// lock was taken over: `.lost+<fencing>+<token>[+<client>]`.
+pub fn lost_name(held: &Held) -> String {
+    let mut out = String::with_capacity(64 + held.client.as_deref().map_or(0, encoded_client_len));
+    out.push_str(LOST_PREFIX);
+    push_number(&mut out, held.fencing);
+    out.push('+');
+    out.push_str(&held.token);
+    if let Some(client) = &held.client {
+        out.push('+');
+        push_client(&mut out, client);
+    }
+    out
+}
+
+/// A lost lease's record: its fencing number, token and client id; `None`
+/// for any other name.
+pub fn decode_lost(name: &str) -> Option<(u64, &str, Option<String>)> {
+    let mut fields = name.strip_prefix(LOST_PREFIX)?.splitn(3, '+');
+    let fencing = number(fields.next()?)?;
+    let token = fields.next().filter(|t| token::is_well_formed(t))?;
+    let client = match fields.next() {
+        Some(client) => Some(decode_client(client)?),
+        None => None,
+    };
+    Some((fencing, token, client))
 }
 
 /// Appends the on-disk form of a client id: `%` becomes `%25`, `/` becomes

@@ -16,7 +16,7 @@ use crate::disk::{Disk, Seen};
 use crate::errors;
 use crate::hasp::lock::types::{Error, Grant, Holder, LockOptions, UnlockKey};
 use crate::name::{self, Name};
-use crate::record::{self, Held, State};
+use crate::record::{self, Held, Lease, State};
 use crate::token;
 use wasip2::clocks::monotonic_clock;
 
@@ -63,6 +63,14 @@ impl Registry {
         if let Some(client) = &options.client {
             name::check_client(client)?;
         }
+        let now = now_ms();
+        let lease = match options.ttl_ms {
+            Some(ttl) => Some(lease_from(ttl, now, options.client.as_deref())?),
+            None => None,
+        };
+        if let Some(id) = &options.request_id {
+            check_request_id(id)?;
+        }
         let node = name.node_path();
         // The state this registry left the node in, if it is free: renaming
         // from it checks it, so it saves a read.
@@ -81,33 +89,55 @@ impl Registry {
                     }
                 },
             };
-            // (1) Held: refuse without writing anything.
-            let last = match seen.state {
-                State::Held(held) => return Err(already_locked(&held)),
-                State::Free(last) => last,
+            // (1) Held: refuse without writing anything, unless it is this
+            // request's own grant, asked for again. A lease that ran out
+            // counts as free, and is taken over from its held state.
+            let (last, lost) = match seen.state {
+                State::Held(held) if held.is_live(now) => {
+                    return match &options.request_id {
+                        Some(id) if held.token == token::for_request(id, &node, held.fencing) => {
+                            Ok(Grant {
+                                holder: held.holder(name.as_str()),
+                                token: held.token,
+                            })
+                        }
+                        _ => Err(already_locked(&held)),
+                    };
+                }
+                State::Held(expired) => (expired.fencing, Some(expired)),
+                State::Free(last) => (last, None),
             };
             let Some(fencing) = last.checked_add(1) else {
                 let path = format!("{node}/.lock/{}", seen.name);
                 return Err(errors::corrupt(&path, "no fencing number follows it"));
+            };
+            let token = match &options.request_id {
+                Some(id) => token::for_request(id, &node, fencing),
+                None => token::uuid_v4(),
             };
             let grant = Grant {
                 holder: Holder {
                     resource: name.as_str().to_string(),
                     client: options.client.clone(),
                     fencing,
-                    since_ms: now_ms(),
+                    since_ms: now,
                     lock_parents: options.lock_parents,
                     lock_children: options.lock_children,
+                    expires_ms: lease.map(|l| l.expires_ms),
+                    ttl_ms: lease.map(|l| l.ttl_ms),
                 },
-                token: token::uuid_v4(),
+                token,
             };
-            // (2) Commit: only one rename from this free state can succeed.
+            // (2) Commit: only one rename from this state can succeed.
             let held = record::held_name(&grant);
             if !self.disk.change(&node, &seen.name, &held)? {
                 continue;
             }
+            if let Some(expired) = &lost {
+                self.disk.record_lost(&node, expired);
+            }
             // (3) Check the related locks now that this one is visible.
-            let refusal = match self.conflict(&node, options) {
+            let refusal = match self.conflict(&node, options, now) {
                 Ok(None) => return Ok(grant),
                 Ok(Some(other)) => already_locked(&other),
                 Err(err) => err,
@@ -144,11 +174,11 @@ impl Registry {
 
     /// A held lock that conflicts with a lock on the node `node` taken with
     /// `options`.
-    fn conflict(&self, node: &str, options: &LockOptions) -> Result<Option<Held>, Error> {
+    fn conflict(&self, node: &str, options: &LockOptions, now: u64) -> Result<Option<Held>, Error> {
         if options.lock_parents {
             for ancestor in name::ancestor_nodes(node) {
                 if let Some(State::Held(held)) = self.disk.state(ancestor)? {
-                    if held.lock_children {
+                    if held.lock_children && held.is_live(now) {
                         return Ok(Some(held));
                     }
                 }
@@ -159,6 +189,7 @@ impl Registry {
                 started: monotonic_clock::now(),
                 visited: 0,
                 node,
+                now,
             };
             return self.held_below(node, &mut walk);
         }
@@ -174,7 +205,7 @@ impl Registry {
             {
                 return Err(errors::walk_too_long(walk.node));
             }
-            if let Some(held) = held(self.disk.peek(&child)?) {
+            if let Some(held) = held(self.disk.peek(&child)?, walk.now) {
                 if held.lock_parents {
                     return Ok(Some(held));
                 }
@@ -189,43 +220,151 @@ impl Registry {
     /// Releases a lock; see the WIT docs of `registry.unlock`.
     pub fn unlock(&self, resource: &str, key: &UnlockKey) -> Result<Holder, Error> {
         let name = Name::parse(resource)?;
-        match key {
-            UnlockKey::Client(client) => name::check_client(client)?,
-            UnlockKey::Token(token) if !token::is_well_formed(token) => {
-                return Err(errors::invalid("token", token, "not a hasp unlock token"))
-            }
-            UnlockKey::Token(_) => {}
+        check_key(key)?;
+        let now = now_ms();
+        let node = name.node_path();
+        let held = self.owned(&name, &node, key, now, |seen, held| {
+            let free = record::free_name(held.fencing);
+            Ok(self
+                .disk
+                .change(&node, &seen.name, &free)?
+                .then_some(held.clone()))
+        })?;
+        Ok(held.holder(name.as_str()))
+    }
+
+    /// Extends a lease; see the WIT docs of `registry.renew`.
+    pub fn renew(
+        &self,
+        resource: &str,
+        key: &UnlockKey,
+        ttl_ms: Option<u64>,
+    ) -> Result<Holder, Error> {
+        let name = Name::parse(resource)?;
+        check_key(key)?;
+        let now = now_ms();
+        if let Some(ttl) = ttl_ms {
+            lease_from(ttl, now, None)?;
         }
         let node = name.node_path();
+        let held = self.owned(&name, &node, key, now, |seen, held| {
+            let ttl = ttl_ms
+                .or(held.lease.map(|l| l.ttl_ms))
+                .ok_or_else(|| errors::no_lease(name.as_str()))?;
+            let lease = lease_from(ttl, now, held.client.as_deref())?;
+            let renewed = record::renewed_name(held, lease);
+            let changed = self.disk.change(&node, &seen.name, &renewed)?;
+            Ok(changed.then(|| Held {
+                lease: Some(lease),
+                ..held.clone()
+            }))
+        })?;
+        Ok(held.holder(name.as_str()))
+    }
+
+    /// Finds the live lock on `node` that `key` owns and hands it to
+    /// `change`, which renames its state and returns the lock as it now is
+    /// (`None`: the state moved meanwhile; read again). Refuses as
+    /// `registry.unlock` documents: not locked, not the owner, or the key's
+    /// lease ran out.
+    fn owned(
+        &self,
+        name: &Name,
+        node: &str,
+        key: &UnlockKey,
+        now: u64,
+        change: impl Fn(&Seen, &Held) -> Result<Option<Held>, Error>,
+    ) -> Result<Held, Error> {
         // The lock this registry granted, if the key fits it: renaming from
         // it checks it, so it saves a read.
-        let mut known = self.disk.hint(&node).filter(|seen| match &seen.state {
+        let mut known = self.disk.hint(node).filter(|seen| match &seen.state {
             State::Held(held) => fits(held, key),
             State::Free(_) => false,
         });
         for _ in 0..RETRIES {
             let seen = match known.take() {
                 Some(seen) => seen,
-                None => match self.disk.read(&node)? {
+                None => match self.disk.read(node)? {
                     Some(seen) => seen,
                     None => return Err(errors::not_locked()),
                 },
             };
-            let State::Held(held) = &seen.state else {
+            let held = match &seen.state {
+                State::Free(last) => return Err(self.gone(name, node, key, *last)),
+                State::Held(held) => held,
+            };
+            if !fits(held, key) {
+                if !held.is_live(now) {
+                    return Err(self.gone(name, node, key, held.fencing));
+                }
+                if let Some(lost) = self.lost_by(name, node, key, held.fencing) {
+                    return Err(lost);
+                }
+                let client = held.client.as_deref();
+                return Err(match key {
+                    UnlockKey::Client(c) => errors::not_owner(client, c),
+                    UnlockKey::Token(_) => errors::wrong_token(client),
+                });
+            }
+            if !held.is_live(now) {
+                return Err(errors::lease_expired(
+                    name.as_str(),
+                    held.client.as_deref(),
+                    held.fencing,
+                ));
+            }
+            if let Some(changed) = change(&seen, held)? {
+                return Ok(changed);
+            }
+        }
+        Err(errors::busy(name.as_str()))
+    }
+
+    /// The refusal for `key` on a node that holds no live lock, the last
+    /// fencing number on it being `last`: `lease-expired` when the node
+    /// records that the key's lease ran out and was taken over, else
+    /// `not-locked`.
+    fn gone(&self, name: &Name, node: &str, key: &UnlockKey, last: u64) -> Error {
+        self.lost_by(name, node, key, last)
+            .unwrap_or_else(errors::not_locked)
+    }
+
+    /// `lease-expired` when the node records that the lease of `key`'s lock
+    /// ran out and another grant took it over: for a token, any record of
+    /// it; for a client id, the record of the lock the grant numbered
+    /// `last` took over (an older one may have been followed by a grant of
+    /// the client's own).
+    fn lost_by(&self, name: &Name, node: &str, key: &UnlockKey, last: u64) -> Option<Error> {
+        let lost = self.disk.lost(node).ok()?;
+        let found = lost.into_iter().find(|l| match key {
+            UnlockKey::Token(token) => l.token == *token,
+            UnlockKey::Client(client) => {
+                l.client.as_deref() == Some(client.as_str())
+                    && l.fencing.checked_add(1) == Some(last)
+            }
+        })?;
+        Some(errors::lease_expired(
+            name.as_str(),
+            found.client.as_deref(),
+            found.fencing,
+        ))
+    }
+
+    /// Breaks the lock on `resource`; see `registry.force-unlock`.
+    pub fn force_unlock(&self, resource: &str) -> Result<Holder, Error> {
+        let name = Name::parse(resource)?;
+        let node = name.node_path();
+        let now = now_ms();
+        for _ in 0..RETRIES {
+            let Some(seen) = self.disk.read(&node)? else {
                 return Err(errors::not_locked());
             };
-            let client = held.client.as_deref();
-            match key {
-                UnlockKey::Client(c) if client != Some(c.as_str()) => {
-                    return Err(errors::not_owner(client, c))
-                }
-                UnlockKey::Token(t) if *t != held.token => return Err(errors::wrong_token(client)),
-                _ => {}
-            }
-            if self
-                .disk
-                .change(&node, &seen.name, &record::free_name(held.fencing))?
-            {
+            let held = match seen.state {
+                State::Held(held) if held.is_live(now) => held,
+                State::Held(_) | State::Free(_) => return Err(errors::not_locked()),
+            };
+            let free = record::free_name(held.fencing);
+            if self.disk.change(&node, &seen.name, &free)? {
                 return Ok(held.holder(name.as_str()));
             }
         }
@@ -236,7 +375,9 @@ impl Registry {
     pub fn status(&self, resource: &str) -> Result<Option<Holder>, Error> {
         let name = Name::parse(resource)?;
         match self.disk.state(&name.node_path())? {
-            Some(State::Held(held)) => Ok(Some(held.holder(name.as_str()))),
+            Some(State::Held(held)) if held.is_live(now_ms()) => {
+                Ok(Some(held.holder(name.as_str())))
+            }
             _ => Ok(None),
         }
     }
@@ -244,25 +385,32 @@ impl Registry {
     /// Every lock at or below `prefix`; see `registry.list`.
     pub fn list(&self, prefix: &str) -> Result<Vec<Holder>, Error> {
         let mut holders = Vec::new();
+        let now = now_ms();
         if prefix.trim_matches('/').is_empty() {
             for (child, segment) in self.disk.children(crate::disk::NODES)? {
-                self.collect(&child, &segment, &mut holders)?;
+                self.collect(&child, &segment, now, &mut holders)?;
             }
         } else {
             let name = Name::parse(prefix)?;
-            self.collect(&name.node_path(), name.as_str(), &mut holders)?;
+            self.collect(&name.node_path(), name.as_str(), now, &mut holders)?;
         }
         holders.sort_by(|a, b| a.resource.cmp(&b.resource));
         Ok(holders)
     }
 
     /// The locks on `node` (resource `resource`) and below it.
-    fn collect(&self, node: &str, resource: &str, out: &mut Vec<Holder>) -> Result<(), Error> {
-        if let Some(held) = held(self.disk.peek(node)?) {
+    fn collect(
+        &self,
+        node: &str,
+        resource: &str,
+        now: u64,
+        out: &mut Vec<Holder>,
+    ) -> Result<(), Error> {
+        if let Some(held) = held(self.disk.peek(node)?, now) {
             out.push(held.holder(resource));
         }
         for (child, segment) in self.disk.children(node)? {
-            self.collect(&child, &format!("{resource}/{segment}"), out)?;
+            self.collect(&child, &format!("{resource}/{segment}"), now, out)?;
         }
         Ok(())
     }
@@ -273,13 +421,16 @@ struct Walk<'a> {
     started: u64,
     visited: usize,
     node: &'a str,
+    /// The wall clock at the attempt, in milliseconds: leases judged by it.
+    now: u64,
 }
 
-/// The lock a read found, if the node is held.
-fn held(seen: Option<Seen>) -> Option<Held> {
+/// The lock a read found, if the node is held at `now` (a lease that ran
+/// out is not).
+fn held(seen: Option<Seen>, now: u64) -> Option<Held> {
     match seen?.state {
-        State::Held(held) => Some(held),
-        State::Free(_) => None,
+        State::Held(held) if held.is_live(now) => Some(held),
+        State::Held(_) | State::Free(_) => None,
     }
 }
 
@@ -293,6 +444,64 @@ fn fits(held: &Held, key: &UnlockKey) -> bool {
 
 fn already_locked(held: &Held) -> Error {
     errors::already_locked(held.client.as_deref())
+}
+
+/// Checks an unlock key's shape (a client id's, a token's).
+fn check_key(key: &UnlockKey) -> Result<(), Error> {
+    match key {
+        UnlockKey::Client(client) => name::check_client(client),
+        UnlockKey::Token(token) if !token::is_well_formed(token) => {
+            Err(errors::invalid("token", token, "not a hasp unlock token"))
+        }
+        UnlockKey::Token(_) => Ok(()),
+    }
+}
+
+/// The lease of `ttl_ms` milliseconds from `now`, for a lock owned by
+/// `client`: refused when the length is out of range, or the client id too
+/// long for a held name with a lease.
+fn lease_from(ttl_ms: u64, now: u64, client: Option<&str>) -> Result<Lease, Error> {
+    let shown = ttl_ms.to_string();
+    if ttl_ms == 0 || ttl_ms > record::MAX_TTL_MS {
+        return Err(errors::invalid(
+            "TTL (ms)",
+            &shown,
+            "a lease lasts from 1 ms to 30 days",
+        ));
+    }
+    let expires_ms = now + ttl_ms;
+    if expires_ms >= record::MAX_TIME_MS {
+        return Err(errors::invalid(
+            "TTL (ms)",
+            &shown,
+            "the clock reads past the year 2286",
+        ));
+    }
+    if let Some(client) = client {
+        if record::encoded_client_len(client) > record::MAX_LEASED_CLIENT_ON_DISK {
+            return Err(errors::invalid(
+                "client id",
+                client,
+                &format!(
+                    "a lock with a lease takes client ids of at most {} bytes on disk",
+                    record::MAX_LEASED_CLIENT_ON_DISK
+                ),
+            ));
+        }
+    }
+    Ok(Lease { expires_ms, ttl_ms })
+}
+
+/// A request id: 1 to 256 bytes, no control characters.
+fn check_request_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+        return Err(errors::invalid(
+            "request id",
+            id,
+            "it must be 1 to 256 bytes without control characters",
+        ));
+    }
+    Ok(())
 }
 
 fn now_ms() -> u64 {

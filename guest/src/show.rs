@@ -4,28 +4,41 @@
 //! byte for byte the same; the host includes this file by path.
 
 /// One lock as shown: resource, owner (`?` when anonymous), grant time in
-/// milliseconds since the Unix epoch, fencing token.
+/// milliseconds since the Unix epoch, fencing token, and when its lease runs
+/// out (`None`: no lease).
 pub struct Row<'a> {
     pub resource: &'a str,
     pub client: Option<&'a str>,
     pub since_ms: u64,
     pub fencing: u64,
+    pub expires_ms: Option<u64>,
 }
 
-/// The status table: a header, then one aligned line per lock.
+/// The status table: a header, then one aligned line per lock. An EXPIRES
+/// column follows when any lock has a lease (`-` for one without).
 pub fn table(rows: &[Row<'_>]) -> String {
-    let cells: Vec<[String; 4]> = rows
+    let leases = rows.iter().any(|r| r.expires_ms.is_some());
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            [
+            let mut cells = vec![
                 r.resource.to_string(),
                 r.client.unwrap_or("?").to_string(),
                 utc(r.since_ms),
                 r.fencing.to_string(),
-            ]
+            ];
+            if leases {
+                cells.push(r.expires_ms.map_or_else(|| "-".to_string(), utc_ms));
+            }
+            cells
         })
         .collect();
-    let header = ["RESOURCE", "OWNER", "SINCE", "FENCING"].map(String::from);
+    let mut header: Vec<String> = ["RESOURCE", "OWNER", "SINCE", "FENCING"]
+        .map(String::from)
+        .to_vec();
+    if leases {
+        header.push("EXPIRES".to_string());
+    }
     let width = |i: usize| {
         cells
             .iter()
@@ -34,14 +47,27 @@ pub fn table(rows: &[Row<'_>]) -> String {
             .max()
             .unwrap_or(0)
     };
-    let (w0, w1, w2) = (width(0), width(1), width(2));
+    let widths: Vec<usize> = (0..header.len()).map(width).collect();
     let mut out = String::new();
     for row in std::iter::once(&header).chain(cells.iter()) {
-        out.push_str(&format!(
-            "{:w0$}  {:w1$}  {:w2$}  {}\n",
-            row[0], row[1], row[2], row[3]
-        ));
+        let last = row.len() - 1;
+        for (i, cell) in row.iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:w$}  ", w = widths[i]));
+            }
+        }
+        out.push('\n');
     }
+    out
+}
+
+/// `2026-11-23T16:02:03.250Z`: [`utc`] with milliseconds, for lease ends.
+pub fn utc_ms(ms: u64) -> String {
+    let mut out = utc(ms);
+    out.pop();
+    out.push_str(&format!(".{:03}Z", ms % 1000));
     out
 }
 
@@ -64,5 +90,13 @@ pub fn utc(ms: u64) -> String {
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
+    )
+}
+
+/// What `unlock --force` reports: whose lock it broke.
+pub fn broke(resource: &str, client: Option<&str>, fencing: u64) -> String {
+    format!(
+        "broke the lock on '{resource}' held by '{}' (fencing {fencing})",
+        client.unwrap_or("?")
     )
 }

@@ -53,3 +53,18 @@ pub mod plugin {
 
     pub use self::hasp::lock::registry;
 }
+
+/// World `plugin` of `hasp:lock@0.1.0` (`wit/v0.1.0/`): what a plugin built
+/// before leases imports. The host keeps serving it, on the same guest.
+pub mod plugin_v0_1 {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit/v0.1.0",
+        imports: { default: trappable },
+        with: {
+            "hasp:lock/registry.registry": crate::plugin::Served,
+        },
+    });
+
+    pub use self::hasp::lock::{registry, types};
+}

@@ -361,6 +361,7 @@ fn registry_command(dir: &Path, command: Command) -> anyhow::Result<()> {
                 client: options.client,
                 lock_parents: !options.no_lock_parents,
                 lock_children: !options.no_lock_children,
+                ..LockOptions::default()
             };
             let grant = registry.lock(&resource, &options)?;
             if json {
@@ -485,6 +486,7 @@ fn print_table(out: &mut impl Write, holders: &[Holder]) -> std::io::Result<()> 
             client: h.client.as_deref(),
             since_ms: h.since_ms,
             fencing: h.fencing,
+            expires_ms: h.expires_ms,
         })
         .collect();
     out.write_all(show::table(&rows).as_bytes())

@@ -63,6 +63,14 @@ pub enum Error {
         /// Which resource, and that a retry may succeed.
         message: String,
     },
+    /// The caller's lock ended because its lease ran out before this unlock
+    /// or renewal (somebody else may hold it now): it is no longer the
+    /// caller's.
+    #[error("{message}")]
+    LeaseExpired {
+        /// The guest's message, naming the lock that ended.
+        message: String,
+    },
     /// A lock file is held by another process (`holder`: its pid, or `?`)
     /// and was not released in the time allowed.
     #[error("{message}")]
@@ -111,6 +119,7 @@ impl Error {
                 | Error::NotLocked { .. }
                 | Error::Busy { .. }
                 | Error::WouldBlock { .. }
+                | Error::LeaseExpired { .. }
         )
     }
 
@@ -148,6 +157,7 @@ impl Error {
             },
             wit::ErrorCode::Busy => Error::Busy { message },
             wit::ErrorCode::WouldBlock(holder) => Error::WouldBlock { holder, message },
+            wit::ErrorCode::LeaseExpired => Error::LeaseExpired { message },
         }
     }
 }

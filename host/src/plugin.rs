@@ -15,6 +15,7 @@
 
 use crate::bindings::plugin::registry::{Host, HostRegistry};
 use crate::bindings::plugin::Plugin;
+use crate::bindings::plugin_v0_1 as v0_1;
 use crate::bindings::registry::types as wit;
 use crate::error::Error;
 use crate::registry::{Registry, GUEST_DIR};
@@ -25,7 +26,11 @@ use wac_graph::{plug, CompositionGraph, EncodeOptions};
 use wasmtime::component::{HasSelf, Linker, Resource};
 
 /// The `hasp:lock` version this host provides to plugins.
-const PROVIDED: &str = "0.1.0";
+const PROVIDED: &str = "0.2.0";
+/// The versions a plugin run here may import: [`PROVIDED`], and 0.1, which
+/// the host serves on the same guest. A composed plugin gets the guest's
+/// own exports, so only [`PROVIDED`].
+const SERVED: [&str; 2] = [PROVIDED, "0.1.0"];
 /// The interfaces a plugin may import from hasp.
 const PLUGGABLE: [&str; 2] = ["hasp:lock/registry", "hasp:lock/types"];
 
@@ -42,7 +47,7 @@ fn plugin_error(plugin: &str, message: impl Into<String>) -> Error {
 /// component, or the plugin itself when it imports nothing from hasp.
 pub fn compose(plugin: &str, bytes: &[u8]) -> Result<Vec<u8>, Error> {
     let mut graph = CompositionGraph::new();
-    let (socket, wants_hasp) = check(plugin, bytes, &mut graph)?;
+    let (socket, wants_hasp) = check(plugin, bytes, &mut graph, &[PROVIDED])?;
     if !wants_hasp {
         return Ok(bytes.to_vec());
     }
@@ -84,6 +89,7 @@ fn check(
     plugin: &str,
     bytes: &[u8],
     graph: &mut CompositionGraph,
+    versions: &[&str],
 ) -> Result<(wac_graph::PackageId, bool), Error> {
     check_header(plugin, bytes)?;
     let package = Package::from_bytes("hasp:plugin", None, bytes.to_vec(), graph.types_mut())
@@ -93,7 +99,7 @@ fn check(
         .map_err(|e| plugin_error(plugin, format!("{e:#}")))?;
     let mut wants_hasp = false;
     for (name, kind) in &graph.types()[graph[package].ty()].imports {
-        wants_hasp |= check_import(plugin, name, kind)?;
+        wants_hasp |= check_import(plugin, name, kind, versions)?;
     }
     Ok((package, wants_hasp))
 }
@@ -112,7 +118,12 @@ fn check_header(plugin: &str, bytes: &[u8]) -> Result<(), Error> {
 }
 
 /// Whether an import is one hasp provides; true for a `hasp:lock` one.
-fn check_import(plugin: &str, name: &str, kind: &ItemKind) -> Result<bool, Error> {
+fn check_import(
+    plugin: &str,
+    name: &str,
+    kind: &ItemKind,
+    versions: &[&str],
+) -> Result<bool, Error> {
     if name.starts_with("wasi:") {
         return Ok(false);
     }
@@ -135,8 +146,12 @@ fn check_import(plugin: &str, name: &str, kind: &ItemKind) -> Result<bool, Error
             format!("it imports `{name}`; plugins get only hasp:lock/registry@{PROVIDED}"),
         ));
     }
-    let compatible = version
-        .is_some_and(|v| v.split('.').take(2).eq(PROVIDED.split('.').take(2)) && !v.contains('-'));
+    let compatible = version.is_some_and(|v| {
+        !v.contains('-')
+            && versions
+                .iter()
+                .any(|ours| v.split('.').take(2).eq(ours.split('.').take(2)))
+    });
     if !compatible || !matches!(kind, ItemKind::Instance(_)) {
         return Err(plugin_error(
             plugin,
@@ -165,12 +180,14 @@ pub fn run(
     check_header(plugin, bytes)?;
     // Checked and compiled once per plugin; then from the cache.
     let component = runtime.load_made("plugin-served", bytes, || {
-        check(plugin, bytes, &mut CompositionGraph::new())?;
+        check(plugin, bytes, &mut CompositionGraph::new(), &SERVED)?;
         Ok(bytes.to_vec())
     })?;
     let mut linker = Linker::new(runtime.engine());
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_error)?;
     Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(runtime_error)?;
+    v0_1::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+        .map_err(runtime_error)?;
     // No preopen: the lock directory is the registries' alone.
     let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
     wasi.allow_blocking_current_thread(true)
@@ -288,6 +305,30 @@ impl HostRegistry for State {
             .unlock_wit(&resource, &key)
     }
 
+    fn renew(
+        &mut self,
+        this: Resource<Served>,
+        resource: String,
+        key: wit::UnlockKey,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<wit::Holder, wit::Error>> {
+        self.table
+            .get_mut(&this)?
+            .registry
+            .renew_wit(&resource, &key, ttl_ms)
+    }
+
+    fn force_unlock(
+        &mut self,
+        this: Resource<Served>,
+        resource: String,
+    ) -> wasmtime::Result<Result<wit::Holder, wit::Error>> {
+        self.table
+            .get_mut(&this)?
+            .registry
+            .force_unlock_wit(&resource)
+    }
+
     fn status(
         &mut self,
         this: Resource<Served>,
@@ -307,5 +348,114 @@ impl HostRegistry for State {
     fn drop(&mut self, this: Resource<Served>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
         Ok(())
+    }
+}
+
+/// `hasp:lock@0.1.0`, for plugins built before leases: the same registries,
+/// with the 0.1 types. A 0.1 plugin asks for no lease, so it meets one only
+/// on a lock somebody else took; `lease-expired`, which 0.1 lacks, reaches
+/// it as `not-locked` with the guest's message.
+mod old {
+    use super::{v0_1, wit, Resource, Served, State};
+    use v0_1::registry::{Host, HostRegistry};
+    use v0_1::types as old;
+
+    impl Host for State {}
+    impl old::Host for State {}
+
+    impl HostRegistry for State {
+        fn open(&mut self, dir: String) -> wasmtime::Result<Result<Resource<Served>, old::Error>> {
+            Ok(super::HostRegistry::open(self, dir)?.map_err(error))
+        }
+
+        fn lock(
+            &mut self,
+            this: Resource<Served>,
+            resource: String,
+            options: old::LockOptions,
+        ) -> wasmtime::Result<Result<old::Grant, old::Error>> {
+            let options = wit::LockOptions {
+                client: options.client,
+                lock_parents: options.lock_parents,
+                lock_children: options.lock_children,
+                ttl_ms: None,
+                request_id: None,
+            };
+            let answer = super::HostRegistry::lock(self, this, resource, options)?;
+            Ok(answer
+                .map(|g| old::Grant {
+                    holder: holder(g.holder),
+                    token: g.token,
+                })
+                .map_err(error))
+        }
+
+        fn unlock(
+            &mut self,
+            this: Resource<Served>,
+            resource: String,
+            key: old::UnlockKey,
+        ) -> wasmtime::Result<Result<old::Holder, old::Error>> {
+            let key = match key {
+                old::UnlockKey::Client(c) => wit::UnlockKey::Client(c),
+                old::UnlockKey::Token(t) => wit::UnlockKey::Token(t),
+            };
+            let answer = super::HostRegistry::unlock(self, this, resource, key)?;
+            Ok(answer.map(holder).map_err(error))
+        }
+
+        fn status(
+            &mut self,
+            this: Resource<Served>,
+            resource: String,
+        ) -> wasmtime::Result<Result<Option<old::Holder>, old::Error>> {
+            let answer = super::HostRegistry::status(self, this, resource)?;
+            Ok(answer.map(|h| h.map(holder)).map_err(error))
+        }
+
+        fn list(
+            &mut self,
+            this: Resource<Served>,
+            prefix: String,
+        ) -> wasmtime::Result<Result<Vec<old::Holder>, old::Error>> {
+            let answer = super::HostRegistry::list(self, this, prefix)?;
+            Ok(answer
+                .map(|all| all.into_iter().map(holder).collect())
+                .map_err(error))
+        }
+
+        fn drop(&mut self, this: Resource<Served>) -> wasmtime::Result<()> {
+            super::HostRegistry::drop(self, this)
+        }
+    }
+
+    fn holder(h: wit::Holder) -> old::Holder {
+        old::Holder {
+            resource: h.resource,
+            client: h.client,
+            fencing: h.fencing,
+            since_ms: h.since_ms,
+            lock_parents: h.lock_parents,
+            lock_children: h.lock_children,
+        }
+    }
+
+    fn error(e: wit::Error) -> old::Error {
+        use old::ErrorCode as Old;
+        use wit::ErrorCode as New;
+        let code = match e.code {
+            New::AlreadyLocked(h) => Old::AlreadyLocked(h),
+            New::NotOwner(h) => Old::NotOwner(h),
+            New::NotLocked | New::LeaseExpired => Old::NotLocked,
+            New::InvalidInput => Old::InvalidInput,
+            New::CorruptRecord(p) => Old::CorruptRecord(p),
+            New::Storage(p) => Old::Storage(p),
+            New::Busy => Old::Busy,
+            New::WouldBlock(h) => Old::WouldBlock(h),
+        };
+        old::Error {
+            code,
+            message: e.message,
+        }
     }
 }

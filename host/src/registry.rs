@@ -7,7 +7,7 @@ use crate::file_lock::LockDirs;
 use crate::runtime::{runtime_error, Runtime, State};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use wasmtime::component::ResourceAny;
 use wasmtime::{CallHook, Store};
 
@@ -25,6 +25,15 @@ pub struct LockOptions {
     pub lock_parents: bool,
     /// Whether the lock conflicts with locks on its descendants.
     pub lock_children: bool,
+    /// A lease: the lock ends by itself this long after it is granted (or
+    /// last renewed with [`Registry::renew`]) unless renewed. `None`: it
+    /// lasts until it is unlocked. From 1 ms to 30 days.
+    pub ttl: Option<Duration>,
+    /// Makes a retried lock call safe: while the resource is held by the
+    /// grant an earlier call with this id made, that grant (token included)
+    /// is returned again. Use a random value and keep it as secret as a
+    /// token.
+    pub request_id: Option<String>,
 }
 
 impl Default for LockOptions {
@@ -33,6 +42,8 @@ impl Default for LockOptions {
             client: None,
             lock_parents: true,
             lock_children: true,
+            ttl: None,
+            request_id: None,
         }
     }
 }
@@ -43,6 +54,14 @@ impl LockOptions {
         LockOptions {
             client: Some(client.into()),
             ..LockOptions::default()
+        }
+    }
+
+    /// These options with a lease of `ttl`.
+    pub fn with_ttl(self, ttl: Duration) -> Self {
+        LockOptions {
+            ttl: Some(ttl),
+            ..self
         }
     }
 }
@@ -62,6 +81,13 @@ pub struct Holder {
     pub lock_parents: bool,
     /// Whether the lock conflicts with locks on descendants.
     pub lock_children: bool,
+    /// When its lease runs out, milliseconds since the Unix epoch; `None`
+    /// for a lock without a lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+    /// Its lease's length in milliseconds; `None` without a lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 /// A granted lock, with the token that releases it.
@@ -138,6 +164,28 @@ impl Registry {
         Ok(holder(self.call(guest_unlock(resource, &key))?))
     }
 
+    /// Extends the lease of the lock on `resource` that `key` owns, to end
+    /// `ttl` from now (`None`: by the lease's own length); a lock without a
+    /// lease gets one. Token and fencing token stay the same. Fails with
+    /// [`Error::LeaseExpired`] once the lease has run out.
+    pub fn renew(
+        &mut self,
+        resource: &str,
+        key: &UnlockKey,
+        ttl: Option<Duration>,
+    ) -> Result<Holder, Error> {
+        let key = wit_key(key);
+        let ttl_ms = ttl.map(duration_ms);
+        Ok(holder(self.call(guest_renew(resource, &key, ttl_ms))?))
+    }
+
+    /// Releases the lock on `resource` whoever holds it (the operator's
+    /// tool); returns the lock it broke. [`Error::NotLocked`] when there is
+    /// none.
+    pub fn force_unlock(&mut self, resource: &str) -> Result<Holder, Error> {
+        Ok(holder(self.call(guest_force_unlock(resource))?))
+    }
+
     /// The lock on exactly `resource`, or `None` when it is free.
     pub fn status(&mut self, resource: &str) -> Result<Option<Holder>, Error> {
         Ok(self.call(guest_status(resource))?.map(holder))
@@ -169,6 +217,24 @@ impl Registry {
         key: &wit::UnlockKey,
     ) -> wasmtime::Result<Result<wit::Holder, wit::Error>> {
         self.call_through(guest_unlock(resource, key))
+    }
+
+    /// `renew`, with the guest's own types (see [`Registry::lock_wit`]).
+    pub(crate) fn renew_wit(
+        &mut self,
+        resource: &str,
+        key: &wit::UnlockKey,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<wit::Holder, wit::Error>> {
+        self.call_through(guest_renew(resource, key, ttl_ms))
+    }
+
+    /// `force-unlock`, with the guest's own types (see [`Registry::lock_wit`]).
+    pub(crate) fn force_unlock_wit(
+        &mut self,
+        resource: &str,
+    ) -> wasmtime::Result<Result<wit::Holder, wit::Error>> {
+        self.call_through(guest_force_unlock(resource))
     }
 
     /// `status`, with the guest's own types (see [`Registry::lock_wit`]).
@@ -319,6 +385,28 @@ fn guest_unlock<'a>(
     }
 }
 
+fn guest_renew<'a>(
+    resource: &'a str,
+    key: &'a wit::UnlockKey,
+    ttl_ms: Option<u64>,
+) -> impl GuestCall<wit::Holder> + 'a {
+    move |guest, handle, store| {
+        guest
+            .hasp_lock_registry()
+            .registry()
+            .call_renew(store, handle, resource, key, ttl_ms)
+    }
+}
+
+fn guest_force_unlock(resource: &str) -> impl GuestCall<wit::Holder> + '_ {
+    move |guest, handle, store| {
+        guest
+            .hasp_lock_registry()
+            .registry()
+            .call_force_unlock(store, handle, resource)
+    }
+}
+
 fn guest_status(resource: &str) -> impl GuestCall<Option<wit::Holder>> + '_ {
     move |guest, handle, store| {
         guest
@@ -343,7 +431,15 @@ pub(crate) fn wit_options(options: &LockOptions) -> wit::LockOptions {
         client: options.client.clone(),
         lock_parents: options.lock_parents,
         lock_children: options.lock_children,
+        ttl_ms: options.ttl.map(duration_ms),
+        request_id: options.request_id.clone(),
     }
+}
+
+/// `d` in whole milliseconds, rounded up (a positive duration never becomes
+/// 0), saturating.
+pub(crate) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 /// An unlock key as the guest takes it.
@@ -371,5 +467,7 @@ pub(crate) fn holder(h: wit::Holder) -> Holder {
         since_ms: h.since_ms,
         lock_parents: h.lock_parents,
         lock_children: h.lock_children,
+        expires_ms: h.expires_ms,
+        ttl_ms: h.ttl_ms,
     }
 }

@@ -9,6 +9,8 @@ mod cli;
 mod embed;
 mod file_lock;
 mod hierarchy;
+mod lease;
+mod lease_cli;
 mod plugin;
 mod race;
 mod recovery;

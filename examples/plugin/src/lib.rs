@@ -112,6 +112,8 @@ fn rotate_once(registry: &Registry, args: &Args) -> (String, u8) {
         client: Some(client.clone()),
         lock_parents: true,
         lock_children: true,
+        ttl_ms: None,
+        request_id: None,
     };
     let grant = match registry.lock(&resource, &options) {
         Ok(grant) => grant,

@@ -83,6 +83,7 @@ async fn canhaz(locks: &Locks, resource: String, request: &Request) -> Response 
             client: request.param("id").filter(|id| !id.is_empty()),
             lock_parents,
             lock_children,
+            ..LockOptions::default()
         },
         (Err(bad), _) | (_, Err(bad)) => return bad,
     };

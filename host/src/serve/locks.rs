@@ -197,6 +197,7 @@ pub fn error_response(err: &Error) -> Response {
         Error::AlreadyLocked { holder, .. } => (409, "already-locked", Some(holder)),
         Error::NotOwner { holder, .. } => (403, "not-owner", Some(holder)),
         Error::NotLocked { .. } => (404, "not-locked", None),
+        Error::LeaseExpired { .. } => (410, "lease-expired", None),
         Error::InvalidInput { .. } => (400, "invalid-input", None),
         Error::Busy { .. } => (503, "busy", None),
         Error::CorruptRecord { .. } => (500, "corrupt-record", None),

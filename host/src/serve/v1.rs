@@ -86,6 +86,7 @@ async fn lock(locks: &Locks, b: LockBody) -> Response {
         client: b.client,
         lock_parents: b.lock_parents,
         lock_children: b.lock_children,
+        ..LockOptions::default()
     };
     let result = if b.wait_ms == 0 {
         locks.lock(b.resource, options).await
