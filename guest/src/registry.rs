@@ -275,10 +275,11 @@ impl Registry {
         now: u64,
         change: impl Fn(&Seen, &Held) -> Result<Option<Held>, Error>,
     ) -> Result<Held, Error> {
-        // The lock this registry granted, if the key fits it: renaming from
-        // it checks it, so it saves a read.
+        // The lock this registry granted or renewed, if the key fits it and
+        // its lease (as known here) has not run out: renaming from it checks
+        // it, so it saves a read. Every refusal is judged on a fresh read.
         let mut known = self.disk.hint(node).filter(|seen| match &seen.state {
-            State::Held(held) => fits(held, key),
+            State::Held(held) => fits(held, key) && held.is_live(now),
             State::Free(_) => false,
         });
         for _ in 0..RETRIES {

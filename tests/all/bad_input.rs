@@ -397,7 +397,7 @@ fn nodes_that_is_a_regular_file_is_an_error_and_untouched() {
 
 #[test]
 fn lock_dir_of_an_incompatible_format_is_refused_and_untouched() {
-    for line in ["hasp-lock-dir 1", "hasp-lock-dir 3", "hasp-lock 1"] {
+    for line in ["hasp-lock-dir 1", "hasp-lock-dir 4", "hasp-lock 1"] {
         let locks = Locks::new();
         fs::write(locks.path().join("FORMAT"), format!("{line}\n")).expect("write");
         // What a format 1 directory holds: a record in a slot.

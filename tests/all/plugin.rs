@@ -328,14 +328,14 @@ fn bad_plugins_get_an_error_naming_them_and_leave_the_locks_alone() {
                 plugins,
                 "future.wasm",
                 &component(
-                    r#"(import "hasp:lock/registry@0.2.0" (instance))"#,
+                    r#"(import "hasp:lock/registry@0.3.0" (instance))"#,
                     false,
                     "i32.const 0",
                 ),
             ),
             vec![],
-            "it was built against hasp:lock@0.2.0 (it imports `hasp:lock/registry@0.2.0`) \
-             but this hasp provides hasp:lock@0.1.0",
+            "it was built against hasp:lock@0.3.0 (it imports `hasp:lock/registry@0.3.0`) \
+             but this hasp provides hasp:lock@0.2.0",
         ),
         (
             write(

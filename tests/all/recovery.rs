@@ -365,7 +365,7 @@ fn a_new_lock_directory_has_its_format_file_and_nothing_left_staged() {
     locks.ok(&["lock", "job", "--client", "a"]);
     assert_eq!(
         fs::read_to_string(locks.path().join("FORMAT")).expect("read FORMAT"),
-        "hasp-lock-dir 2\n"
+        "hasp-lock-dir 3\n"
     );
     let staged: Vec<_> = fs::read_dir(locks.path().join("tmp"))
         .expect("read tmp")

@@ -76,7 +76,7 @@ pub(crate) fn component() -> &'static Path {
 }
 
 /// `wasmtime run --dir LOCKS::/locks hasp.wasm ARGS...`
-fn wasm(locks: &Locks, args: &[&str]) -> Run {
+pub(crate) fn wasm(locks: &Locks, args: &[&str]) -> Run {
     let mut preopen = locks.path().as_os_str().to_owned();
     preopen.push("::/locks");
     wasm_with(&[std::ffi::OsStr::new("--dir"), &preopen], args)
