@@ -462,11 +462,10 @@ fn check_key(key: &UnlockKey) -> Result<(), Error> {
 /// `client`: refused when the length is out of range, or the client id too
 /// long for a held name with a lease.
 fn lease_from(ttl_ms: u64, now: u64, client: Option<&str>) -> Result<Lease, Error> {
-    let shown = ttl_ms.to_string();
     if ttl_ms == 0 || ttl_ms > record::MAX_TTL_MS {
         return Err(errors::invalid(
             "TTL (ms)",
-            &shown,
+            &ttl_ms.to_string(),
             "a lease lasts from 1 ms to 30 days",
         ));
     }
@@ -474,7 +473,7 @@ fn lease_from(ttl_ms: u64, now: u64, client: Option<&str>) -> Result<Lease, Erro
     if expires_ms >= record::MAX_TIME_MS {
         return Err(errors::invalid(
             "TTL (ms)",
-            &shown,
+            &ttl_ms.to_string(),
             "the clock reads past the year 2286",
         ));
     }
