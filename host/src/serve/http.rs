@@ -102,6 +102,17 @@ pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// The grant this response hands over, if any: released again when the
+    /// response cannot be delivered.
+    pub grant: Option<Handed>,
+}
+
+/// A grant on its way to the client, with what releases it.
+#[derive(Debug)]
+pub struct Handed {
+    pub resource: String,
+    pub fencing: u64,
+    pub token: String,
 }
 
 impl Response {
@@ -113,7 +124,18 @@ impl Response {
             status,
             content_type: "application/json",
             body,
+            grant: None,
         }
+    }
+
+    /// This response, handing over `grant` (moved out of it, no copy).
+    pub fn handing(mut self, grant: crate::Grant) -> Response {
+        self.grant = Some(Handed {
+            resource: grant.holder.resource,
+            fencing: grant.holder.fencing,
+            token: grant.token,
+        });
+        self
     }
 
     /// `{"error": {"code": ..., "message": ...}}`.
@@ -129,6 +151,7 @@ impl Response {
             status,
             content_type,
             body: body.into_bytes(),
+            grant: None,
         }
     }
 }
@@ -203,6 +226,8 @@ pub struct Connection {
     /// Where a response is put together, kept between responses.
     out: Vec<u8>,
     limits: Limits,
+    /// The client was seen to hang up while its request was answered.
+    hung_up: bool,
 }
 
 impl Connection {
@@ -214,7 +239,61 @@ impl Connection {
             timer: Box::pin(tokio::time::sleep(limits.request_timeout)),
             out: Vec::new(),
             limits,
+            hung_up: false,
         }
+    }
+
+    /// Whether the client was seen to hang up (by [`Connection::hang_up`]
+    /// or [`Connection::has_hung_up`]): its answer has nobody to go to.
+    pub fn is_hung_up(&self) -> bool {
+        self.hung_up
+    }
+
+    /// Resolves once the client hangs up (closes or resets its end) while
+    /// its request is being answered. Bytes that arrive meanwhile (the next
+    /// request, pipelined) are kept for later, up to one request's worth;
+    /// past that the connection is no longer watched. Cancel-safe.
+    pub async fn hang_up(&mut self) {
+        let most = self.limits.head_bytes + self.limits.body_bytes;
+        loop {
+            if self.buf.len() >= most {
+                return std::future::pending().await;
+            }
+            self.buf.reserve(4096);
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(n) if n > 0 => {}
+                _ => {
+                    self.hung_up = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether the client has hung up already, asked of the socket itself
+    /// (one `recv` with `MSG_PEEK`, which takes nothing): never waits.
+    pub fn has_hung_up(&mut self) -> bool {
+        use std::os::fd::AsRawFd;
+        if !self.hung_up {
+            let mut byte = 0u8;
+            // SAFETY: recv(2) into one byte this function owns, on a socket
+            // the connection keeps open; MSG_DONTWAIT never blocks.
+            let n = unsafe {
+                libc::recv(
+                    self.stream.as_raw_fd(),
+                    (&raw mut byte).cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            self.hung_up = n == 0
+                || n < 0
+                    && !matches!(
+                        std::io::Error::last_os_error().kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    );
+        }
+        self.hung_up
     }
 
     /// The next request. Between requests it also gives up when `stopping`
@@ -447,6 +526,7 @@ fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         409 => "Conflict",
         411 => "Length Required",
+        410 => "Gone",
         413 => "Content Too Large",
         414 => "URI Too Long",
         431 => "Request Header Fields Too Large",

@@ -1,11 +1,15 @@
 //! Locker's door: `GET /canhaz/<path>`, `/nowant/<path>`, `/dohaz/<path>`,
-//! with Locker's JSON answers (`ok`, `token`, `lockedBy`).
+//! with Locker's JSON answers (`ok`, `token`, `lockedBy`). One extension:
+//! `canhaz?ttl=SECONDS` takes a lease (without it, the daemon's
+//! `--default-ttl`, if any); a leased grant's answer adds `expires_ms`.
 
 use super::http::{decode, Request, Response};
 use super::locks::{error_response, Locks};
+use super::v1::MAX_TTL_MS;
 use crate::{Error, LockOptions, UnlockKey};
 use serde::Serialize;
 use serde_json::json;
+use std::time::Duration;
 
 /// `{"ok": ...}`.
 #[derive(Serialize)]
@@ -16,6 +20,9 @@ struct Answer {
 /// A grant; fields in the order Locker's clients saw them (sorted).
 #[derive(Serialize)]
 struct Granted<'a> {
+    /// When a lease runs out (an extension: only for a leased grant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_ms: Option<u64>,
     fencing: u64,
     ok: bool,
     token: &'a str,
@@ -78,24 +85,40 @@ async fn canhaz(locks: &Locks, resource: String, request: &Request) -> Response 
             }),
         }
     };
-    let options = match (flag("lockParents"), flag("lockChildren")) {
-        (Ok(lock_parents), Ok(lock_children)) => LockOptions {
+    let ttl = match request.param("ttl") {
+        None => Ok(locks.default_ttl),
+        Some(text) => parse_seconds(&text).map(Some).ok_or_else(|| {
+            Response::error(
+                400,
+                "invalid-input",
+                &format!(
+                    "ttl is a lease in seconds, from 0.001 to {} (30 days), not {text:?}",
+                    MAX_TTL_MS / 1000
+                ),
+            )
+        }),
+    };
+    let options = match (flag("lockParents"), flag("lockChildren"), ttl) {
+        (Ok(lock_parents), Ok(lock_children), Ok(ttl)) => LockOptions {
             client: request.param("id").filter(|id| !id.is_empty()),
             lock_parents,
             lock_children,
-            ..LockOptions::default()
+            ttl,
+            request_id: None,
         },
-        (Err(bad), _) | (_, Err(bad)) => return bad,
+        (Err(bad), _, _) | (_, Err(bad), _) | (_, _, Err(bad)) => return bad,
     };
     match locks.lock(resource, options).await {
         Ok(grant) => Response::json(
             200,
             &Granted {
+                expires_ms: grant.holder.expires_ms,
                 fencing: grant.holder.fencing,
                 ok: true,
                 token: &grant.token,
             },
-        ),
+        )
+        .handing(grant),
         Err(Error::AlreadyLocked { holder, .. }) => Response::json(
             200,
             &Refused {
@@ -107,11 +130,73 @@ async fn canhaz(locks: &Locks, resource: String, request: &Request) -> Response 
     }
 }
 
+/// A lease given in decimal seconds (`30`, `0.25`, `.5`), rounded up to
+/// whole milliseconds; `None` unless it is from 1 ms to 30 days.
+fn parse_seconds(text: &str) -> Option<Duration> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() && fraction.is_empty() || !digits(whole) || !digits(fraction) {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    // Three places are milliseconds; any further non-zero digit rounds up.
+    let mut ms = 0;
+    for i in 0..3 {
+        ms = ms * 10
+            + fraction
+                .as_bytes()
+                .get(i)
+                .map_or(0, |b| u64::from(b - b'0'));
+    }
+    let rest = fraction.get(3..).unwrap_or("");
+    let ms = whole
+        .checked_mul(1000)?
+        .checked_add(ms + u64::from(rest.bytes().any(|b| b != b'0')))?;
+    (1..=MAX_TTL_MS)
+        .contains(&ms)
+        .then(|| Duration::from_millis(ms))
+}
+
 /// Python's spellings of a boolean, as Locker users write them.
 pub fn parse_flag(text: &str) -> Option<bool> {
     match text.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
         "false" | "0" | "no" | "off" => Some(false),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_seconds_are_decimal_and_round_up_to_milliseconds() {
+        let ms = |t: &str| parse_seconds(t).map(|d| d.as_millis() as u64);
+        assert_eq!(ms("30"), Some(30_000));
+        assert_eq!(ms("0.3"), Some(300));
+        assert_eq!(ms(".5"), Some(500));
+        assert_eq!(ms("1."), Some(1000));
+        assert_eq!(ms("0.0001"), Some(1));
+        assert_eq!(ms("0.2500"), Some(250));
+        assert_eq!(ms("2592000"), Some(MAX_TTL_MS));
+        for bad in [
+            "",
+            ".",
+            "0",
+            "0.000",
+            "-1",
+            "1e3",
+            "1s",
+            " 1",
+            "2592000.001",
+            "99999999999999999999",
+        ] {
+            assert_eq!(ms(bad), None, "{bad:?}");
+        }
     }
 }

@@ -26,15 +26,28 @@ pub struct Locks {
     syncer: Option<Syncer>,
     pub metrics: Metrics,
     released: Notify,
+    /// The lease given to grants made through doors whose clients cannot
+    /// ask for one (gocept.lockd's XML-RPC, Locker without `ttl=`).
+    pub default_ttl: Option<Duration>,
+}
+
+/// The other end of the connection a waiting call answers: the wait ends
+/// when it hangs up.
+pub trait Peer {
+    /// Resolves once the client has hung up; cancel-safe.
+    fn hang_up(&mut self) -> impl Future<Output = ()> + Send;
+    /// Whether the client has hung up already; never waits.
+    fn has_hung_up(&mut self) -> bool;
 }
 
 impl Locks {
-    pub fn new(pool: Pool, syncer: Option<Syncer>) -> Locks {
+    pub fn new(pool: Pool, syncer: Option<Syncer>, default_ttl: Option<Duration>) -> Locks {
         Locks {
             pool,
             syncer,
             metrics: Metrics::default(),
             released: Notify::new(),
+            default_ttl,
         }
     }
 
@@ -60,13 +73,18 @@ impl Locks {
         result
     }
 
-    /// Takes a lock, waiting up to `wait` for it to be free.
+    /// Takes a lock, waiting up to `wait` for it to be free; `None` when
+    /// `peer` hung up meanwhile (then nothing is granted). A call in
+    /// progress is never cut short: the hang-up is heeded between attempts,
+    /// and after a grant `peer` is asked once more (a grant to a client
+    /// that has gone is the caller's to release; `peer` then says so).
     pub async fn lock_waiting(
         &self,
         resource: String,
         options: LockOptions,
         wait: Duration,
-    ) -> Result<Grant, Error> {
+        peer: &mut impl Peer,
+    ) -> Option<Result<Grant, Error>> {
         let deadline = Instant::now() + wait;
         loop {
             // Listen before trying, so a release right after the try wakes us.
@@ -75,7 +93,13 @@ impl Locks {
             released.as_mut().enable();
             match self.lock(resource.clone(), options.clone()).await {
                 Err(Error::AlreadyLocked { .. }) if Instant::now() < deadline => {}
-                other => return other,
+                Ok(grant) => {
+                    // Asked now, as waiting gave it time to leave; `peer`
+                    // keeps the answer for the caller.
+                    let _ = peer.has_hung_up();
+                    return Some(Ok(grant));
+                }
+                other => return Some(other),
             }
             // Jittered: two related attempts woken together may both have
             // withdrawn (docs/FORMAT.md, "Hierarchy"); they must not retry
@@ -84,6 +108,7 @@ impl Locks {
             tokio::select! {
                 _ = released => {}
                 _ = tokio::time::sleep_until(next) => {}
+                () = peer.hang_up() => return None,
             }
         }
     }
@@ -98,6 +123,60 @@ impl Locks {
                     Box::pin(async move {
                         let registry = guest.hasp_lock_registry().registry();
                         registry.call_unlock(store, handle, &name, &key).await
+                    })
+                })
+        })
+        .await
+        .map(registry::holder);
+        if result.is_ok() {
+            self.durable().await;
+            self.released.notify_waiters();
+        }
+        self.count(&result, Outcome::Released);
+        result
+    }
+
+    /// Extends the lease of the lock `key` owns on `resource` (see
+    /// [`crate::Registry::renew`]). Not a release: nobody is woken.
+    pub async fn renew(
+        &self,
+        resource: String,
+        key: UnlockKey,
+        ttl: Option<Duration>,
+    ) -> Result<Holder, Error> {
+        let key = registry::wit_key(&key);
+        let ttl_ms = ttl.map(registry::duration_ms);
+        let result = retry_busy(|| {
+            let (name, key) = (resource.clone(), key.clone());
+            self.pool
+                .call(Some(&resource), move |guest, handle, store| {
+                    Box::pin(async move {
+                        let registry = guest.hasp_lock_registry().registry();
+                        registry
+                            .call_renew(store, handle, &name, &key, ttl_ms)
+                            .await
+                    })
+                })
+        })
+        .await
+        .map(registry::holder);
+        if result.is_ok() {
+            self.durable().await;
+        }
+        self.count(&result, Outcome::Renewed);
+        result
+    }
+
+    /// Breaks the lock on `resource`, whoever holds it; returns what was
+    /// held.
+    pub async fn force_unlock(&self, resource: String) -> Result<Holder, Error> {
+        let result = retry_busy(|| {
+            let name = resource.clone();
+            self.pool
+                .call(Some(&resource), move |guest, handle, store| {
+                    Box::pin(async move {
+                        let registry = guest.hasp_lock_registry().registry();
+                        registry.call_force_unlock(store, handle, &name).await
                     })
                 })
         })

@@ -32,6 +32,9 @@ impl Door {
 pub enum Outcome {
     Granted,
     Released,
+    Renewed,
+    /// A grant released again: its client had gone.
+    Abandoned,
     Refused,
     Failed,
 }
@@ -46,6 +49,8 @@ pub struct Metrics {
     requests: [AtomicU64; 4],
     grants: AtomicU64,
     releases: AtomicU64,
+    renewals: AtomicU64,
+    abandoned: AtomicU64,
     refusals: AtomicU64,
     errors: AtomicU64,
     buckets: [AtomicU64; BUCKETS.len()],
@@ -70,6 +75,8 @@ impl Metrics {
         let counter = match outcome {
             Outcome::Granted => &self.grants,
             Outcome::Released => &self.releases,
+            Outcome::Renewed => &self.renewals,
+            Outcome::Abandoned => &self.abandoned,
             Outcome::Refused => &self.refusals,
             Outcome::Failed => &self.errors,
         };
@@ -93,6 +100,12 @@ impl Metrics {
         for (name, help, counter) in [
             ("hasp_grants_total", "Locks granted.", &self.grants),
             ("hasp_releases_total", "Locks released.", &self.releases),
+            ("hasp_renewals_total", "Leases renewed.", &self.renewals),
+            (
+                "hasp_abandoned_total",
+                "Grants released again because their client had gone.",
+                &self.abandoned,
+            ),
             (
                 "hasp_refusals_total",
                 "Lock and unlock calls refused by the rules.",

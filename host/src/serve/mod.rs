@@ -22,10 +22,11 @@ use base64::Engine as _;
 use http::{Connection, ReadError, Request, Response};
 use locks::Locks;
 use metrics::Door;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -53,6 +54,11 @@ pub struct ServeConfig {
     pub workers: usize,
     pub limits: Limits,
     pub log: LogLevel,
+    /// The lease (1 ms to 30 days) given to grants made through doors whose
+    /// clients cannot ask for one: gocept.lockd's XML-RPC, and Locker's
+    /// `canhaz` without `ttl=`. `None`: those locks last until unlocked.
+    /// `/v1` clients choose with `ttl_ms`.
+    pub default_ttl: Option<Duration>,
 }
 
 struct App {
@@ -64,6 +70,16 @@ struct App {
 /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
 pub fn serve(config: ServeConfig) -> Result<(), Error> {
     let io = |what: &str, e: std::io::Error| Error::Runtime(format!("{what}: {e}"));
+    if let Some(ttl) = config.default_ttl {
+        let ms = crate::registry::duration_ms(ttl);
+        if !(1..=v1::MAX_TTL_MS).contains(&ms) {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "the default TTL is from 1 ms to 30 days, not {ms} ms (--default-ttl)"
+                ),
+            });
+        }
+    }
     let runtime = Runtime::shared()?;
     let syncer = if config.fsync {
         Some(durable::Syncer::start(&config.dir).map_err(|e| io("cannot start syncing", e))?)
@@ -81,7 +97,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     reactor.block_on(async move {
         let pool = pool::Pool::start(&runtime, &config.dir, config.workers).await?;
         let app = Arc::new(App {
-            locks: Locks::new(pool, syncer),
+            locks: Locks::new(pool, syncer, config.default_ttl),
             token: config.token.clone(),
             log: config.log,
         });
@@ -187,14 +203,36 @@ async fn connection(mut conn: Connection, app: Arc<App>, mut stopping: watch::Re
             }
         };
         let started = Instant::now();
-        let (door, response) = app.respond(&request).await;
+        let (door, response) = app.respond(&request, &mut conn).await;
         let took = started.elapsed();
         app.locks.metrics.request(door, took);
-        app.log_line(request.method(), request.path(), response.status, took);
         let close = !request.keep_alive || *stopping.borrow();
-        if conn.send(&response, close).await.is_err() || close {
+        let sent = if conn.is_hung_up() {
+            Err(Cow::Borrowed("the client hung up"))
+        } else {
+            conn.send(&response, close)
+                .await
+                .map_err(|err| Cow::Owned(err.to_string()))
+        };
+        if let (Err(why), Some(grant)) = (&sent, response.grant) {
+            // Nobody got the token: the grant goes back.
+            app.abandon(grant, why).await;
+        }
+        // Logged once answered (or not), so a line says it is all done.
+        app.log_line(request.method(), request.path(), response.status, took);
+        if sent.is_err() || close {
             return;
         }
+    }
+}
+
+impl locks::Peer for Connection {
+    fn hang_up(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        Connection::hang_up(self)
+    }
+
+    fn has_hung_up(&mut self) -> bool {
+        Connection::has_hung_up(self)
     }
 }
 
@@ -208,8 +246,40 @@ impl App {
         }
     }
 
-    /// Routes one request to its door.
-    async fn respond(&self, request: &Request) -> (Door, Response) {
+    /// Releases a grant whose answer never reached its client, with the
+    /// grant's own token: nobody else knows it, so it would be held for
+    /// ever (or until its lease ran out).
+    async fn abandon(&self, grant: http::Handed, why: &str) {
+        let http::Handed {
+            resource,
+            fencing,
+            token,
+        } = grant;
+        let outcome = self
+            .locks
+            .unlock(resource.clone(), crate::UnlockKey::Token(token))
+            .await;
+        let level = if outcome.is_ok() {
+            self.locks.metrics.outcome(metrics::Outcome::Abandoned);
+            LogLevel::Info
+        } else {
+            LogLevel::Warn
+        };
+        if self.log >= level {
+            let done = match &outcome {
+                Ok(_) => "released it again".to_string(),
+                Err(err) => format!("could not release it: {err}"),
+            };
+            eprintln!(
+                "hasp serve: the grant of '{resource}' (fencing {fencing}) could not be \
+                 delivered ({why}); {done}"
+            );
+        }
+    }
+
+    /// Routes one request to its door; `conn` is the connection it came
+    /// on, watched while a lock waits.
+    async fn respond(&self, request: &Request, conn: &mut Connection) -> (Door, Response) {
         let path = request.path();
         if path == "/healthz" {
             return (
@@ -225,7 +295,11 @@ impl App {
             );
         }
         if let Some(route) = path.strip_prefix("/v1/") {
-            return (Door::V1, v1::handle(&self.locks, route, request).await);
+            let operator = self.token.is_some();
+            return (
+                Door::V1,
+                v1::handle(&self.locks, route, request, conn, operator).await,
+            );
         }
         if path == "/RPC2" || path == "/" {
             if let Some(refused) = only(request, "POST", "XML-RPC") {

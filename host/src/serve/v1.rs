@@ -1,9 +1,10 @@
 //! The JSON API under `/v1/` (described in docs/openapi.yaml): lock with a
-//! client id, flags and an optional wait; unlock by client or token; the
-//! status of one resource; a list under a prefix. Every grant carries its
-//! fencing token.
+//! client id, flags, an optional lease, request id and wait; renew a
+//! lease; unlock by client or token, or (an authenticated operator) by
+//! force; the status of one resource; a list under a prefix. Every grant
+//! carries its fencing token.
 
-use super::http::{Request, Response};
+use super::http::{Connection, Request, Response};
 use super::locks::{error_response, Locks};
 use crate::{LockOptions, UnlockKey};
 use serde::Deserialize;
@@ -12,6 +13,8 @@ use std::time::Duration;
 
 /// The longest `wait_ms` accepted: ten minutes.
 const MAX_WAIT_MS: u64 = 600_000;
+/// The longest lease: thirty days, as the lock rules allow.
+pub const MAX_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +27,8 @@ struct LockBody {
     lock_children: bool,
     #[serde(default)]
     wait_ms: u64,
+    ttl_ms: Option<u64>,
+    request_id: Option<String>,
 }
 
 fn yes() -> bool {
@@ -36,17 +41,40 @@ struct UnlockBody {
     resource: String,
     client: Option<String>,
     token: Option<String>,
+    #[serde(default)]
+    force: bool,
 }
 
-/// Answers `/v1/<route>`.
-pub async fn handle(locks: &Locks, route: &str, request: &Request) -> Response {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    resource: String,
+    client: Option<String>,
+    token: Option<String>,
+    ttl_ms: Option<u64>,
+}
+
+/// Answers `/v1/<route>`. `operator`: the daemon asks for a token and the
+/// request carried it (what a forced unlock needs); `conn` is watched while
+/// a lock waits, and told when its client has gone.
+pub async fn handle(
+    locks: &Locks,
+    route: &str,
+    request: &Request,
+    conn: &mut Connection,
+    operator: bool,
+) -> Response {
     match (request.method(), route) {
         ("POST", "lock") => match body::<LockBody>(request) {
-            Ok(b) => lock(locks, b).await,
+            Ok(b) => lock(locks, b, conn).await,
             Err(bad) => bad,
         },
         ("POST", "unlock") => match body::<UnlockBody>(request) {
-            Ok(b) => unlock(locks, b).await,
+            Ok(b) => unlock(locks, b, operator).await,
+            Err(bad) => bad,
+        },
+        ("POST", "renew") => match body::<RenewBody>(request) {
+            Ok(b) => renew(locks, b).await,
             Err(bad) => bad,
         },
         ("GET", "status") => {
@@ -65,16 +93,16 @@ pub async fn handle(locks: &Locks, route: &str, request: &Request) -> Response {
                 Err(err) => error_response(&err),
             }
         }
-        (_, "lock" | "unlock" | "status" | "list") => Response::error(
+        (_, "lock" | "unlock" | "renew" | "status" | "list") => Response::error(
             405,
             "method-not-allowed",
-            "lock and unlock take POST; status and list take GET",
+            "lock, unlock and renew take POST; status and list take GET",
         ),
         _ => Response::error(404, "not-found", "no such route under /v1/"),
     }
 }
 
-async fn lock(locks: &Locks, b: LockBody) -> Response {
+async fn lock(locks: &Locks, b: LockBody, conn: &mut Connection) -> Response {
     if b.wait_ms > MAX_WAIT_MS {
         return Response::error(
             400,
@@ -82,38 +110,109 @@ async fn lock(locks: &Locks, b: LockBody) -> Response {
             &format!("wait_ms is at most {MAX_WAIT_MS}"),
         );
     }
+    let ttl = match b.ttl_ms.map(ttl) {
+        Some(Err(bad)) => return bad,
+        Some(Ok(ttl)) => Some(ttl),
+        None => None,
+    };
     let options = LockOptions {
         client: b.client,
         lock_parents: b.lock_parents,
         lock_children: b.lock_children,
-        ..LockOptions::default()
+        ttl,
+        request_id: b.request_id,
     };
     let result = if b.wait_ms == 0 {
         locks.lock(b.resource, options).await
     } else {
-        locks
-            .lock_waiting(b.resource, options, Duration::from_millis(b.wait_ms))
-            .await
+        let wait = Duration::from_millis(b.wait_ms);
+        match locks.lock_waiting(b.resource, options, wait, conn).await {
+            Some(result) => result,
+            None => return Response::error(499, "client-closed", "the client hung up"),
+        }
     };
     match result {
-        Ok(grant) => Response::json(200, &grant),
+        Ok(grant) => Response::json(200, &grant).handing(grant),
         Err(err) => error_response(&err),
     }
 }
 
-async fn unlock(locks: &Locks, b: UnlockBody) -> Response {
-    let key = match (b.client, b.token) {
-        (Some(client), None) => UnlockKey::Client(client),
-        (None, Some(token)) => UnlockKey::Token(token),
-        _ => {
-            return Response::error(
-                400,
-                "bad-request",
-                "give exactly one of \"client\" and \"token\"",
-            )
-        }
+/// A lease of `ms` milliseconds, or the 400 refusing it.
+fn ttl(ms: u64) -> Result<Duration, Response> {
+    if (1..=MAX_TTL_MS).contains(&ms) {
+        Ok(Duration::from_millis(ms))
+    } else {
+        Err(Response::error(
+            400,
+            "invalid-input",
+            &format!("ttl_ms is from 1 to {MAX_TTL_MS} (30 days), not {ms}"),
+        ))
+    }
+}
+
+/// The key in `client` or `token`, exactly one of them.
+fn key(client: Option<String>, token: Option<String>) -> Result<UnlockKey, Response> {
+    match (client, token) {
+        (Some(client), None) => Ok(UnlockKey::Client(client)),
+        (None, Some(token)) => Ok(UnlockKey::Token(token)),
+        _ => Err(Response::error(
+            400,
+            "bad-request",
+            "give exactly one of \"client\" and \"token\"",
+        )),
+    }
+}
+
+async fn unlock(locks: &Locks, b: UnlockBody, operator: bool) -> Response {
+    if b.force {
+        return force_unlock(locks, b, operator).await;
+    }
+    let key = match key(b.client, b.token) {
+        Ok(key) => key,
+        Err(bad) => return bad,
     };
     match locks.unlock(b.resource, key).await {
+        Ok(held) => Response::json(200, &held),
+        Err(err) => error_response(&err),
+    }
+}
+
+/// `{"resource", "force": true}`: breaks the lock whoever holds it, for a
+/// caller that proved itself with the daemon's token.
+async fn force_unlock(locks: &Locks, b: UnlockBody, operator: bool) -> Response {
+    if b.client.is_some() || b.token.is_some() {
+        return Response::error(
+            400,
+            "bad-request",
+            "\"force\" breaks the lock whoever holds it: give no \"client\" or \"token\" with it",
+        );
+    }
+    if !operator {
+        return Response::error(
+            403,
+            "forbidden",
+            "a forced unlock needs the daemon to run with --token-file, so that only a caller \
+             with its token may break a lock; without one, use `hasp unlock RESOURCE --force` \
+             on the lock directory",
+        );
+    }
+    match locks.force_unlock(b.resource).await {
+        Ok(held) => Response::json(200, &held),
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn renew(locks: &Locks, b: RenewBody) -> Response {
+    let key = match key(b.client, b.token) {
+        Ok(key) => key,
+        Err(bad) => return bad,
+    };
+    let ttl = match b.ttl_ms.map(ttl) {
+        Some(Err(bad)) => return bad,
+        Some(Ok(ttl)) => Some(ttl),
+        None => None,
+    };
+    match locks.renew(b.resource, key, ttl).await {
         Ok(held) => Response::json(200, &held),
         Err(err) => error_response(&err),
     }

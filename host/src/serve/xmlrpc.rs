@@ -1,7 +1,8 @@
 //! gocept.lockd's door: XML-RPC `lock(resource, client)` and
 //! `unlock(resource, client)`. Success is `True` (a default
 //! `xmlrpc.client.ServerProxy` cannot read `None`); every refusal is a Fault
-//! whose faultString is gocept.lockd's exact message.
+//! whose faultString is gocept.lockd's exact message. The wire stays
+//! gocept.lockd's; `hasp serve --default-ttl` may give its grants a lease.
 
 use super::http::Response;
 use super::locks::Locks;
@@ -35,18 +36,20 @@ pub async fn handle(locks: &Locks, body: &[u8]) -> Response {
             };
             let (resource, client) = (resource.clone(), client.clone());
             let outcome = if method == "lock" {
-                locks
-                    .lock(resource, LockOptions::client(client))
-                    .await
-                    .map(|_| ())
+                let options = LockOptions {
+                    ttl: locks.default_ttl,
+                    ..LockOptions::client(client)
+                };
+                locks.lock(resource, options).await.map(Some)
             } else {
                 locks
                     .unlock(resource, UnlockKey::Client(client))
                     .await
-                    .map(|_| ())
+                    .map(|_| None)
             };
             match outcome {
-                Ok(()) => success("<boolean>1</boolean>"),
+                Ok(None) => success("<boolean>1</boolean>"),
+                Ok(Some(grant)) => success("<boolean>1</boolean>").handing(grant),
                 Err(err) => {
                     let code = match &err {
                         e if e.is_refusal() => REFUSED,
