@@ -1,9 +1,11 @@
-//! Running the command of `hasp run`: spawn it, forward SIGINT, SIGTERM,
-//! SIGHUP and SIGQUIT to it, and report its exit the way a shell does.
+//! Running the command of `hasp run` and `hasp lock RES -- CMD`: spawn it,
+//! forward SIGINT, SIGTERM, SIGHUP and SIGQUIT to it, and report its exit the
+//! way a shell does.
 
 use std::io;
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
 
 /// The running child's pid, read by the signal handler (0: none yet).
 static CHILD: AtomicI32 = AtomicI32::new(0);
@@ -39,43 +41,90 @@ fn deliver(pid: i32) {
 /// Runs `argv` to completion and returns its exit code: its own, 128 + N if
 /// signal N killed it, 127 if it does not exist, 126 if it cannot run.
 pub fn run(argv: &[String]) -> i32 {
+    match spawn(argv, &[]) {
+        Ok(running) => running.wait(),
+        Err(code) => code,
+    }
+}
+
+/// Serialises [`signal`] with the reaping of the child, so that a signal
+/// sent from another thread never reaches a process that reused its pid.
+static REAPING: Mutex<()> = Mutex::new(());
+
+/// A command started by [`spawn`], with signals forwarded to it.
+pub struct Running {
+    child: Child,
+    program: String,
+}
+
+/// Starts `argv` with `env` added to its environment, forwarding SIGINT,
+/// SIGTERM, SIGHUP and SIGQUIT to it from now on. If it cannot start,
+/// says why on stderr and returns the exit code for that: 127 if it does
+/// not exist, 126 if it cannot run.
+pub fn spawn(argv: &[String], env: &[(&str, String)]) -> Result<Running, i32> {
     let Some((program, args)) = argv.split_first() else {
-        return 127;
+        return Err(127);
     };
     install_forwarding();
-    let spawned = Command::new(program).args(args).spawn();
-    if let Ok(child) = &spawned {
-        CHILD.store(child.id() as i32, Ordering::SeqCst);
-        deliver(child.id() as i32); // one that arrived while it started
+    let mut command = Command::new(program);
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
     }
-    let mut child = match spawned {
-        Ok(child) => child,
+    match command.spawn() {
+        Ok(child) => {
+            CHILD.store(child.id() as i32, Ordering::SeqCst);
+            deliver(child.id() as i32); // one that arrived while it started
+            Ok(Running {
+                child,
+                program: program.clone(),
+            })
+        }
         Err(err) => {
             eprintln!("hasp: {program}: {}", reason(&err));
-            return match err.kind() {
+            Err(match err.kind() {
                 io::ErrorKind::NotFound => 127,
                 _ => 126,
-            };
-        }
-    };
-    // Wait for the exit without reaping, so that the pid cannot be reused
-    // while the handler may still signal it; then forget it, then reap.
-    wait_for_exit(child.id());
-    CHILD.store(0, Ordering::SeqCst);
-    let status = child.wait();
-    match status {
-        Ok(status) => {
-            use std::os::unix::process::ExitStatusExt;
-            status
-                .code()
-                .or_else(|| status.signal().map(|s| 128 + s))
-                .unwrap_or(1)
-        }
-        Err(err) => {
-            eprintln!("hasp: waiting for {program}: {err}");
-            1
+            })
         }
     }
+}
+
+impl Running {
+    /// Waits for the command to exit; its exit code: its own, or 128 + N if
+    /// signal N killed it.
+    pub fn wait(mut self) -> i32 {
+        // Wait for the exit without reaping, so that the pid cannot be
+        // reused while the handler (or [`signal`]) may still signal it;
+        // then forget it, then reap.
+        wait_for_exit(self.child.id());
+        {
+            let _reaping = REAPING.lock().unwrap_or_else(|e| e.into_inner());
+            CHILD.store(0, Ordering::SeqCst);
+        }
+        match self.child.wait() {
+            Ok(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                status
+                    .code()
+                    .or_else(|| status.signal().map(|s| 128 + s))
+                    .unwrap_or(1)
+            }
+            Err(err) => {
+                eprintln!("hasp: waiting for {}: {err}", self.program);
+                1
+            }
+        }
+    }
+}
+
+/// Sends `signal` to the running command, if there is one (from any
+/// thread); whether it was sent.
+pub fn signal(signal: libc::c_int) -> bool {
+    let _reaping = REAPING.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = CHILD.load(Ordering::SeqCst);
+    // SAFETY: kill(2) on a child not yet reaped (REAPING held).
+    pid > 0 && unsafe { libc::kill(pid, signal) } == 0
 }
 
 /// Blocks until process `pid` has exited, leaving it to be reaped.

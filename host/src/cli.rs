@@ -10,12 +10,22 @@ use std::time::Duration;
 #[path = "../../guest/src/show.rs"]
 mod show;
 use show::utc;
+// Shared with the component's own command line, so both read `--ttl` alike.
+#[path = "../../guest/src/duration.rs"]
+mod duration;
 
 #[derive(Parser)]
 #[command(
     name = "hasp",
     version,
-    about = "Named, hierarchical locks whose rules run in a WebAssembly component"
+    about = "Named, hierarchical locks whose rules run in a WebAssembly component",
+    after_help = "\
+DURATION: 30s, 5m, 1500ms, 2h, 1d, 1.5s; a bare number is seconds.
+Exit codes: 0 done; 1 refused by the lock rules (held, not the owner, not locked, \
+lease expired, busy, --wait ran out); 2 bad input or a broken environment. \
+`run` and `lock RESOURCE -- COMMAND` exit with COMMAND's code (126: cannot run it, \
+127: not found, 128+N: killed by signal N); `lock RESOURCE -- COMMAND` exits 3 \
+when the lock was lost while COMMAND ran."
 )]
 struct Cli {
     /// Lock directory [default: $XDG_STATE_HOME/hasp, else ~/.local/state/hasp]
@@ -27,29 +37,107 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Take a lock; exit 1 with the holder's name if it is held
+    /// Take a lock; exit 1 with the holder's name if it is held. With
+    /// `-- COMMAND`, hold it while COMMAND runs
+    ///
+    /// Without --client the lock is anonymous and only its token opens it:
+    /// `lock` prints that token on stdout, one line. With --client it prints
+    /// nothing (-v and --json print the grant either way).
+    ///
+    /// With `-- COMMAND [ARGS...]` (as `etcdctl lock` and `consul lock`):
+    /// takes the lock with a lease (--ttl, default 30s), runs COMMAND with
+    /// HASP_LOCK_RESOURCE, HASP_LOCK_FENCING and HASP_LOCK_TOKEN in its
+    /// environment, renews the lease every third of its TTL, and releases
+    /// the lock when COMMAND exits. Exits with COMMAND's code (126: cannot
+    /// run it, 127: not found, 128+N: killed by signal N); SIGINT, SIGTERM,
+    /// SIGHUP and SIGQUIT are forwarded to COMMAND. If the lock is lost
+    /// (its lease ran out, or `unlock --force` broke it), hasp says so on
+    /// stderr, sends COMMAND SIGTERM, SIGKILL --kill-after later, and exits
+    /// 3. If hasp itself is killed, the lock ends with its lease.
     Lock {
         /// Resource name, e.g. `deploy` or `/my/resource`
         resource: String,
         #[command(flatten)]
         options: LockArgs,
+        /// Give the lock a lease: it ends by itself DURATION after it was
+        /// granted or last renewed (`30s`, `5m`, `1500ms`; a bare number is
+        /// seconds; 1 ms to 30 days) [default: no lease; 30s with COMMAND]
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
+        ttl: Option<Duration>,
+        /// If it is held, wait until it is released or its lease ends, like
+        /// `flock -w`: for ever, or at most DURATION (a bare number is
+        /// seconds), then exit 1 naming the holder [default: fail at once]
+        #[arg(
+            long,
+            value_name = "DURATION",
+            num_args = 0..=1,
+            value_parser = parse_duration,
+            allow_negative_numbers = true
+        )]
+        wait: Option<Option<Duration>>,
+        /// With COMMAND: once the lock is lost and COMMAND got SIGTERM, send
+        /// it SIGKILL if it still runs DURATION later
+        #[arg(
+            long,
+            value_name = "DURATION",
+            default_value = "10s",
+            value_parser = parse_duration,
+            allow_hyphen_values = true,
+            requires = "command"
+        )]
+        kill_after: Duration,
         /// Print the grant (token, fencing token) as JSON
-        #[arg(long)]
+        #[arg(long, conflicts_with = "command")]
         json: bool,
         /// Print the unlock token and the fencing token
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "command")]
         verbose: bool,
+        /// A command to run while holding the lock (after `--`)
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
-    /// Release a lock, proving ownership by client id or by token
+    /// Release a lock, proving ownership by client id or by token; or break
+    /// it with --force
     Unlock {
+        /// Resource name
+        resource: String,
+        /// The client id the lock was taken with
+        #[arg(
+            long,
+            required_unless_present_any = ["token", "force"],
+            conflicts_with_all = ["token", "force"]
+        )]
+        client: Option<String>,
+        /// The unlock token (printed by an anonymous `hasp lock`, or with
+        /// -v or --json)
+        #[arg(long, conflicts_with = "force")]
+        token: Option<String>,
+        /// Break the lock whoever holds it (the operator's tool); prints
+        /// whose lock it broke. The fencing sequence goes on from there
+        #[arg(long)]
+        force: bool,
+    },
+    /// Extend the lease of a lock you hold; exit 1 if it ran out or is not
+    /// yours
+    ///
+    /// The lease then ends --ttl from now; the fencing token and the unlock
+    /// token stay the same. Prints nothing. Once the lease has run out
+    /// (whether or not somebody took the lock since), renew and unlock fail
+    /// with `Lease expired: ...`: the lock is no longer yours.
+    Renew {
         /// Resource name
         resource: String,
         /// The client id the lock was taken with
         #[arg(long, required_unless_present = "token", conflicts_with = "token")]
         client: Option<String>,
-        /// The token printed by `hasp lock --json` or `-v`
+        /// The unlock token (printed by an anonymous `hasp lock`, or with
+        /// -v or --json)
         #[arg(long)]
         token: Option<String>,
+        /// The lease's new length, counted from now (a lock without a lease
+        /// gets one) [default: the lease's own length]
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
+        ttl: Option<Duration>,
     },
     /// Run COMMAND while holding an OS lock on a lock file; exit with its code
     Run(RunArgs),
@@ -178,7 +266,16 @@ struct LockArgs {
 
 /// Runs the command line and returns the exit code.
 pub fn run() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A bad value (a duration, a timeout): one line, as every error.
+        Err(err) if err.kind() == clap::error::ErrorKind::ValueValidation => {
+            let text = err.to_string();
+            eprintln!("{}", text.lines().next().unwrap_or_default());
+            return 2;
+        }
+        Err(err) => err.exit(),
+    };
     match execute(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -240,6 +337,25 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Run(run) => run_locked(&dir, run),
         Command::Serve(args) => serve(dir, args).map(|()| 0),
+        Command::Lock {
+            resource,
+            options,
+            ttl,
+            wait,
+            kill_after,
+            command,
+            ..
+        } if !command.is_empty() => {
+            let registry = Registry::open(&dir)?;
+            let hold = crate::hold::Hold {
+                resource,
+                options: lock_options(options, ttl),
+                patience: patience(wait),
+                kill_after,
+                command,
+            };
+            Ok(crate::hold::hold(registry, hold)?)
+        }
         Command::Who { path, json } => {
             let holder = FileLock::holder_of(&dir, &inside(&dir, &path))?;
             print_who(&mut std::io::stdout().lock(), &holder, json)?;
@@ -354,33 +470,44 @@ fn registry_command(dir: &Path, command: Command) -> anyhow::Result<()> {
         Command::Lock {
             resource,
             options,
+            ttl,
+            wait,
             json,
             verbose,
+            ..
         } => {
-            let options = LockOptions {
-                client: options.client,
-                lock_parents: !options.no_lock_parents,
-                lock_children: !options.no_lock_children,
-                ..LockOptions::default()
-            };
-            let grant = registry.lock(&resource, &options)?;
+            let options = lock_options(options, ttl);
+            let (grant, _) = crate::hold::lock(&mut registry, &resource, &options, patience(wait))?;
             if json {
                 writeln!(out, "{}", serde_json::to_string(&grant)?)?;
             } else if verbose {
                 print_grant(&mut out, &grant)?;
+            } else if options.client.is_none() {
+                // Without a client id only the token opens it: never lose it.
+                writeln!(out, "{}", grant.token)?;
             }
         }
         Command::Unlock {
             resource,
             client,
             token,
+            force,
         } => {
-            let key = match (client, token) {
-                (Some(client), _) => UnlockKey::Client(client),
-                (None, Some(token)) => UnlockKey::Token(token),
-                (None, None) => unreachable!("clap requires one of them"),
-            };
-            registry.unlock(&resource, &key)?;
+            if force {
+                let broken = registry.force_unlock(&resource)?;
+                let line = show::broke(&broken.resource, broken.client.as_deref(), broken.fencing);
+                writeln!(out, "{line}")?;
+            } else {
+                registry.unlock(&resource, &key(client, token))?;
+            }
+        }
+        Command::Renew {
+            resource,
+            client,
+            token,
+            ttl,
+        } => {
+            registry.renew(&resource, &key(client, token), ttl)?;
         }
         Command::Status { resource, json } => match resource {
             Some(resource) => {
@@ -406,6 +533,36 @@ fn registry_command(dir: &Path, command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The lock options the command line asked for.
+fn lock_options(args: LockArgs, ttl: Option<Duration>) -> LockOptions {
+    LockOptions {
+        client: args.client,
+        lock_parents: !args.no_lock_parents,
+        lock_children: !args.no_lock_children,
+        ttl,
+        request_id: None,
+    }
+}
+
+/// `--wait` absent, given alone, or given a duration.
+fn patience(wait: Option<Option<Duration>>) -> crate::hold::Patience {
+    use crate::hold::Patience;
+    match wait {
+        None => Patience::No,
+        Some(None) => Patience::Forever,
+        Some(Some(limit)) => Patience::For(limit),
+    }
+}
+
+/// What proves ownership: `--client` or `--token` (clap requires one).
+fn key(client: Option<String>, token: Option<String>) -> UnlockKey {
+    match (client, token) {
+        (Some(client), _) => UnlockKey::Client(client),
+        (None, Some(token)) => UnlockKey::Token(token),
+        (None, None) => unreachable!("clap requires one of them"),
+    }
+}
+
 /// A lock file path as the guest sees it: an absolute path inside `dir`
 /// becomes relative to it; anything else is passed on for the guest to judge.
 fn inside(dir: &Path, path: &str) -> String {
@@ -428,6 +585,12 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
         Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(Duration::from_secs_f64(secs)),
         _ => Err(format!("'{text}' is not a number of seconds (0 or more)")),
     }
+}
+
+/// A duration as people type it (`30s`, `5m`, `1500ms`, `2h`; a bare
+/// number is seconds).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    duration::parse_ms(text).map(Duration::from_millis)
 }
 
 fn print_who(out: &mut impl Write, holder: &FileHolder, json: bool) -> anyhow::Result<()> {

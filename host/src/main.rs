@@ -1,11 +1,14 @@
 //! The `hasp` command. Exit codes: 0 done; 1 refused by the lock rules
 //! (held, not the owner, not locked, busy, lock file held past the timeout);
 //! 2 bad input or a broken environment (invalid name, unusable directory,
-//! corrupt lock state, runtime). `hasp run` exits with its command's code (126:
-//! cannot run it, 127: not found, 128+N: killed by signal N).
+//! corrupt lock state, runtime). `hasp run` and `hasp lock RES -- CMD` exit
+//! with their command's code (126: cannot run it, 127: not found, 128+N:
+//! killed by signal N); `hasp lock RES -- CMD` exits 3 when the lock was lost
+//! while the command ran ([`hold::LOST`]).
 
 mod child;
 mod cli;
+mod hold;
 
 fn main() {
     raise_open_file_limit();
