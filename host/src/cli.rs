@@ -249,6 +249,11 @@ struct ServeArgs {
     /// error, warn, info or debug (one line per request)
     #[arg(long, default_value = "info", env = "HASP_LOG", value_parser = parse_level)]
     log: hasp::serve::LogLevel,
+    /// Give a lease of DURATION to grants made through doors where the
+    /// client cannot ask for one (gocept.lockd's XML-RPC, Locker's canhaz
+    /// without ttl=) [default: none]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
+    default_ttl: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -440,6 +445,7 @@ fn serve(dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
             ..hasp::serve::Limits::default()
         },
         log: args.log,
+        default_ttl: args.default_ttl,
     })?;
     Ok(())
 }
