@@ -54,7 +54,10 @@ impl WasiView for State {
 fn options(client: &str) -> LockOptions {
     LockOptions {
         client: Some(client.to_string()),
-        ..LockOptions::default()
+        lock_parents: true,
+        lock_children: true,
+        ttl_ms: None,
+        request_id: None,
     }
 }
 
