@@ -84,15 +84,41 @@ impl Request {
 
     /// The decoded value of query parameter `key` (`+` reads as a space).
     pub fn param(&self, key: &str) -> Option<String> {
-        self.text(&self.query).split('&').find_map(|pair| {
+        let [value] = self.params([key]);
+        value
+    }
+
+    /// The decoded values of the query parameters `keys`, in one pass over
+    /// the query: for each key, the first value that decodes.
+    pub fn params<const N: usize>(&self, keys: [&str; N]) -> [Option<String>; N] {
+        let mut found = [const { None }; N];
+        let mut missing = N;
+        for pair in self.text(&self.query).split('&') {
+            if missing == 0 {
+                break;
+            }
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let same = if k.contains(['%', '+']) {
-                decode(k, true).as_deref() == Some(key)
+            let decoded;
+            let k = if k.contains(['%', '+']) {
+                match decode(k, true) {
+                    Some(d) => {
+                        decoded = d;
+                        decoded.as_str()
+                    }
+                    None => continue,
+                }
             } else {
-                k == key
+                k
             };
-            same.then(|| decode(v, true))?
-        })
+            let Some(at) = keys.iter().position(|key| *key == k) else {
+                continue;
+            };
+            if found[at].is_none() {
+                found[at] = decode(v, true);
+                missing -= usize::from(found[at].is_some());
+            }
+        }
+        found
     }
 }
 

@@ -49,10 +49,10 @@ pub async fn handle(locks: &Locks, verb: &str, rest: &str, request: &Request) ->
     match verb {
         "canhaz" => canhaz(locks, resource, request).await,
         "nowant" => {
-            let key = match (request.param("token"), request.param("id")) {
-                (Some(token), _) => UnlockKey::Token(token),
-                (None, Some(id)) => UnlockKey::Client(id),
-                (None, None) => return Response::json(200, &Answer { ok: false }),
+            let key = match request.params(["token", "id"]) {
+                [Some(token), _] => UnlockKey::Token(token),
+                [None, Some(id)] => UnlockKey::Client(id),
+                [None, None] => return Response::json(200, &Answer { ok: false }),
             };
             match locks.unlock(resource, key).await {
                 Ok(_) => Response::json(200, &Answer { ok: true }),
@@ -71,8 +71,9 @@ pub async fn handle(locks: &Locks, verb: &str, rest: &str, request: &Request) ->
 }
 
 async fn canhaz(locks: &Locks, resource: String, request: &Request) -> Response {
-    let flag = |name: &str| -> Result<bool, Response> {
-        match request.param(name) {
+    let [id, parents, children, ttl] = request.params(["id", "lockParents", "lockChildren", "ttl"]);
+    let flag = |name: &str, value: Option<String>| -> Result<bool, Response> {
+        match value {
             None => Ok(true),
             Some(v) => parse_flag(&v).ok_or_else(|| {
                 Response::error(
@@ -85,7 +86,7 @@ async fn canhaz(locks: &Locks, resource: String, request: &Request) -> Response 
             }),
         }
     };
-    let ttl = match request.param("ttl") {
+    let ttl = match ttl {
         None => Ok(locks.default_ttl),
         Some(text) => parse_seconds(&text).map(Some).ok_or_else(|| {
             Response::error(
@@ -98,9 +99,13 @@ async fn canhaz(locks: &Locks, resource: String, request: &Request) -> Response 
             )
         }),
     };
-    let options = match (flag("lockParents"), flag("lockChildren"), ttl) {
+    let options = match (
+        flag("lockParents", parents),
+        flag("lockChildren", children),
+        ttl,
+    ) {
         (Ok(lock_parents), Ok(lock_children), Ok(ttl)) => LockOptions {
-            client: request.param("id").filter(|id| !id.is_empty()),
+            client: id.filter(|id| !id.is_empty()),
             lock_parents,
             lock_children,
             ttl,

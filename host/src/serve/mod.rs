@@ -259,17 +259,21 @@ impl App {
             .locks
             .unlock(resource.clone(), crate::UnlockKey::Token(token))
             .await;
-        let level = if outcome.is_ok() {
-            self.locks.metrics.outcome(metrics::Outcome::Abandoned);
-            LogLevel::Info
-        } else {
-            LogLevel::Warn
+        let (level, done) = match outcome {
+            Ok(_) => {
+                self.locks.metrics.outcome(metrics::Outcome::Abandoned);
+                (LogLevel::Info, Cow::Borrowed("released it again"))
+            }
+            // A short lease may end first; the lock is free either way.
+            Err(Error::LeaseExpired { .. }) => {
+                (LogLevel::Info, Cow::Borrowed("its lease had run out"))
+            }
+            Err(err) => (
+                LogLevel::Warn,
+                Cow::Owned(format!("could not release it: {err}")),
+            ),
         };
         if self.log >= level {
-            let done = match &outcome {
-                Ok(_) => "released it again".to_string(),
-                Err(err) => format!("could not release it: {err}"),
-            };
             eprintln!(
                 "hasp serve: the grant of '{resource}' (fencing {fencing}) could not be \
                  delivered ({why}); {done}"
