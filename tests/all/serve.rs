@@ -1563,6 +1563,13 @@ fn v1_lease_expires_for_the_cli_which_takes_it_over_with_a_higher_fencing() {
     assert_eq!((status, &short["ttl_ms"]), (200, &json!(300)), "{short}");
     sleep_past(&short["expires_ms"]);
     assert_eq!(locks.json(&["status", "short", "--json"]), Value::Null);
+    // ...and so does the stock `wasmtime run` of the component.
+    let stock = crate::wasmtime_cli::wasm(&locks, &["status", "short", "--json"]);
+    assert_eq!(
+        (stock.code, stock.stdout.as_str()),
+        (0, "null\n"),
+        "{stock:?}"
+    );
     assert_eq!(held(&locks), ["long"]);
     assert_eq!(
         server.get_json("/v1/status?resource=short"),
