@@ -587,8 +587,16 @@ fn inside(dir: &Path, path: &str) -> String {
 
 /// Seconds as a number, 0 or more (fractions allowed).
 fn parse_timeout(text: &str) -> Result<Duration, String> {
+    /// The longest timeout taken: a year (longer is "for ever", which the
+    /// options that wait say by their absence).
+    const MOST: f64 = 365.0 * 24.0 * 3600.0;
     match text.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(Duration::from_secs_f64(secs)),
+        Ok(secs) if secs.is_finite() && (0.0..=MOST).contains(&secs) => {
+            Ok(Duration::from_secs_f64(secs))
+        }
+        Ok(secs) if secs.is_finite() && secs > MOST => Err(format!(
+            "'{text}' is more than a year of seconds ({MOST:.0} at most)"
+        )),
         _ => Err(format!("'{text}' is not a number of seconds (0 or more)")),
     }
 }

@@ -677,3 +677,33 @@ fn the_last_fencing_number_is_never_followed_by_a_wrapped_one() {
         serde_json::Value::Null
     );
 }
+
+#[test]
+fn timeouts_out_of_range_exit_2_with_one_line_and_never_panic() {
+    let locks = Locks::new();
+    for args in [
+        &["run", "--timeout", "1e30", "x.lock", "--", "true"][..],
+        &[
+            "run",
+            "--timeout",
+            "20000000000000000000",
+            "x.lock",
+            "--",
+            "true",
+        ],
+        &["serve", "--request-timeout", "1e30"],
+        &["plugin", "run", "--timeout", "1e30", "p.wasm"],
+        &["lock", "x", "--ttl", "1e30"],
+        &["lock", "x", "--wait", "99999999999999999999d"],
+    ] {
+        let run = locks.run(args);
+        assert_eq!(
+            (run.code, run.stdout.as_str()),
+            (2, ""),
+            "hasp {args:?}: {run:?}"
+        );
+        assert_eq!(run.stderr.lines().count(), 1, "hasp {args:?}: {run:?}");
+        assert!(!run.stderr.contains("panicked"), "hasp {args:?}: {run:?}");
+    }
+    assert!(!locks.path().join("x.lock").exists());
+}
