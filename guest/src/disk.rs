@@ -369,10 +369,11 @@ impl Disk {
     /// taken over, so that its owner learns why its lock is gone; keeps the
     /// newest [`LOST_KEPT`]. Only for messages: a record that could not be
     /// written changes no decision.
-    pub fn record_lost(&self, node: &str, held: &record::Held) {
+    pub fn record_lost(&self, node: &str, held: &record::Held, taker: Option<&str>) {
+        let same = taker.is_some() && taker == held.client.as_deref();
         let _ = write_new(
             &self.dir,
-            &format!("{node}/{}", record::lost_name(held)),
+            &format!("{node}/{}", record::lost_name(held, same)),
             b"",
         );
         let Ok(mut lost) = self.lost(node) else {
@@ -393,12 +394,13 @@ impl Disk {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|file| {
-                let (fencing, token, client) = record::decode_lost(&file)?;
+                let (fencing, token, same, client) = record::decode_lost(&file)?;
                 let token = token.to_string();
                 Some(Lost {
                     fencing,
                     token,
                     client,
+                    same,
                     file,
                 })
             })
@@ -459,6 +461,8 @@ pub struct Lost {
     pub token: String,
     /// Its client id.
     pub client: Option<String>,
+    /// Whether the same client id took it over.
+    pub same: bool,
     /// The record's file name in the node.
     file: String,
 }

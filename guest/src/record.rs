@@ -209,11 +209,12 @@ pub fn decode(name: &str) -> Result<State, String> {
     let since_ms = number(since).ok_or_else(|| format!("{since:?} is not a time"))?;
     let lease = if leased {
         let expires = fields.next().ok_or("the lease's expiry is missing")?;
-        let expires_ms =
-            number(expires).ok_or_else(|| format!("{expires:?} is not an expiry time"))?;
+        let expires_ms = number(expires)
+            .filter(|&t| t < MAX_TIME_MS)
+            .ok_or_else(|| format!("{expires:?} is not an expiry time"))?;
         let ttl = fields.next().ok_or("the lease's length is missing")?;
         let ttl_ms = number(ttl)
-            .filter(|&t| t > 0)
+            .filter(|&t| t > 0 && t <= MAX_TTL_MS)
             .ok_or_else(|| format!("{ttl:?} is not a lease length"))?;
         Some(Lease { expires_ms, ttl_ms })
     } else {
@@ -239,13 +240,15 @@ pub fn decode(name: &str) -> Result<State, String> {
 }
 
 /// The name of a node's record that the lease of `held` ran out and the
-/// lock was taken over: `.lost+<fencing>+<token>[+<client>]`.
-pub fn lost_name(held: &Held) -> String {
+/// lock was taken over, by the same client id (`same`) or not:
+/// `.lost+<fencing>+<token>+<s|o>[+<client>]`.
+pub fn lost_name(held: &Held, same: bool) -> String {
     let mut out = String::with_capacity(64 + held.client.as_deref().map_or(0, encoded_client_len));
     out.push_str(LOST_PREFIX);
     push_number(&mut out, held.fencing);
     out.push('+');
     out.push_str(&held.token);
+    out.push_str(if same { "+s" } else { "+o" });
     if let Some(client) = &held.client {
         out.push('+');
         push_client(&mut out, client);
@@ -253,17 +256,22 @@ pub fn lost_name(held: &Held) -> String {
     out
 }
 
-/// A lost lease's record: its fencing number, token and client id; `None`
-/// for any other name.
-pub fn decode_lost(name: &str) -> Option<(u64, &str, Option<String>)> {
-    let mut fields = name.strip_prefix(LOST_PREFIX)?.splitn(3, '+');
+/// A lost lease's record: its fencing number, token, whether the same
+/// client id took it over, and its client id; `None` for any other name.
+pub fn decode_lost(name: &str) -> Option<(u64, &str, bool, Option<String>)> {
+    let mut fields = name.strip_prefix(LOST_PREFIX)?.splitn(4, '+');
     let fencing = number(fields.next()?)?;
     let token = fields.next().filter(|t| token::is_well_formed(t))?;
+    let same = match fields.next()? {
+        "s" => true,
+        "o" => false,
+        _ => return None,
+    };
     let client = match fields.next() {
         Some(client) => Some(decode_client(client)?),
         None => None,
     };
-    Some((fencing, token, client))
+    Some((fencing, token, same, client))
 }
 
 /// Appends the on-disk form of a client id: `%` becomes `%25`, `/` becomes

@@ -95,7 +95,15 @@ impl Registry {
             let (last, lost) = match seen.state {
                 State::Held(held) if held.is_live(now) => {
                     return match &options.request_id {
-                        Some(id) if held.token == token::for_request(id, &node, held.fencing) => {
+                        Some(id)
+                            if held.token
+                                == token::for_request(
+                                    id,
+                                    options.client.as_deref(),
+                                    &node,
+                                    held.fencing,
+                                ) =>
+                        {
                             Ok(Grant {
                                 holder: held.holder(name.as_str()),
                                 token: held.token,
@@ -112,7 +120,7 @@ impl Registry {
                 return Err(errors::corrupt(&path, "no fencing number follows it"));
             };
             let token = match &options.request_id {
-                Some(id) => token::for_request(id, &node, fencing),
+                Some(id) => token::for_request(id, options.client.as_deref(), &node, fencing),
                 None => token::uuid_v4(),
             };
             let grant = Grant {
@@ -134,7 +142,8 @@ impl Registry {
                 continue;
             }
             if let Some(expired) = &lost {
-                self.disk.record_lost(&node, expired);
+                self.disk
+                    .record_lost(&node, expired, options.client.as_deref());
             }
             // (3) Check the related locks now that this one is visible.
             let refusal = match self.conflict(&node, options, now) {
@@ -253,8 +262,24 @@ impl Registry {
                 .ok_or_else(|| errors::no_lease(name.as_str()))?;
             let lease = lease_from(ttl, now, held.client.as_deref())?;
             let renewed = record::renewed_name(held, lease);
-            let changed = self.disk.change(&node, &seen.name, &renewed)?;
-            Ok(changed.then(|| Held {
+            if !self.disk.change(&node, &seen.name, &renewed)? {
+                return Ok(None);
+            }
+            // Judged live at `now`, but the lease may have run out before
+            // the rename landed, and a related lock checked in between may
+            // have found it expired (parents and children do not rename
+            // this node). Past the old end, undo it: the lease was lost.
+            if let Some(old) = held.lease {
+                if now_ms() >= old.expires_ms {
+                    let _ = self.disk.change(&node, &renewed, &seen.name);
+                    return Err(errors::lease_expired(
+                        name.as_str(),
+                        held.client.as_deref(),
+                        held.fencing,
+                    ));
+                }
+            }
+            Ok(Some(Held {
                 lease: Some(lease),
                 ..held.clone()
             }))
@@ -339,8 +364,11 @@ impl Registry {
         let lost = self.disk.lost(node).ok()?;
         let found = lost.into_iter().find(|l| match key {
             UnlockKey::Token(token) => l.token == *token,
+            // The grant that took the lease over was another client's: one
+            // of the same client's own was the client's to release.
             UnlockKey::Client(client) => {
-                l.client.as_deref() == Some(client.as_str())
+                !l.same
+                    && l.client.as_deref() == Some(client.as_str())
                     && l.fencing.checked_add(1) == Some(last)
             }
         })?;

@@ -34,17 +34,26 @@ pub fn is_well_formed(s: &str) -> bool {
         })
 }
 
-/// The token of the grant that a lock call with `request_id` makes on the
-/// node `node` with the fencing number `fencing`: UUID-shaped, derived with
-/// SipHash-2-4 (a fixed algorithm, so every hasp derives the same), so that a
-/// retried call can recognise its own grant on disk. It is exactly as secret
-/// as the request id.
-pub fn for_request(request_id: &str, node: &str, fencing: u64) -> String {
+/// The token of the grant that a lock call with `request_id` by `client`
+/// makes on the node `node` with the fencing number `fencing`: UUID-shaped,
+/// derived with SipHash-2-4 (a fixed algorithm, so every hasp derives the
+/// same), so that a retried call can recognise its own grant on disk. It is
+/// exactly as secret as the request id; another client id with the same
+/// request id derives another token.
+pub fn for_request(request_id: &str, client: Option<&str>, node: &str, fencing: u64) -> String {
     let hash = |key: u64| {
         #[allow(deprecated)]
         let mut h = std::hash::SipHasher::new_with_keys(key, 0x6861_7370_2d72_6571);
         use std::hash::Hasher;
         h.write(request_id.as_bytes());
+        h.write(&[0xff]);
+        match client {
+            Some(client) => {
+                h.write(&[1]);
+                h.write(client.as_bytes());
+            }
+            None => h.write(&[0]),
+        }
         h.write(&[0xff]);
         h.write(node.as_bytes());
         h.write(&[0xff]);

@@ -195,6 +195,28 @@ fn the_owner_learns_that_its_lease_ran_out_whether_or_not_it_was_taken_since() {
         Err(Error::NotLocked { .. }) => {}
         other => panic!("expected NotLocked, got {other:?}"),
     }
+
+    // A client that takes over its own expired lease and releases it
+    // normally is told "not locked" by a second unlock (an EXIT trap after
+    // a re-run), while the old token still learns that its lease ran out.
+    let old = registry
+        .lock("b", &LockOptions::client("ci-1").with_ttl(SHORT))
+        .expect("lock");
+    outlive(SHORT);
+    registry
+        .lock("b", &LockOptions::client("ci-1"))
+        .expect("take over its own lease");
+    registry.unlock("b", &by_client).expect("unlock");
+    match registry.unlock("b", &by_client) {
+        Err(Error::NotLocked { .. }) => {}
+        other => panic!("expected NotLocked, got {other:?}"),
+    }
+    lease_expired(
+        registry.unlock("b", &UnlockKey::Token(old.token)),
+        "b",
+        "ci-1",
+        1,
+    );
 }
 
 #[test]
@@ -235,6 +257,15 @@ fn a_retry_with_the_same_request_id_gets_the_same_grant() {
     let first = registry.lock("job", &options(id)).expect("lock");
     let retry = registry.lock("job", &options(id)).expect("retry");
     assert_eq!(retry, first);
+    // The same request id from another client is another request.
+    let stranger = LockOptions {
+        request_id: Some(id.to_string()),
+        ..LockOptions::client("evil")
+    };
+    match registry.lock("job", &stranger) {
+        Err(Error::AlreadyLocked { holder, .. }) => assert_eq!(holder, "worker"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     // Any other request, the same client's included, is refused as ever.
     match registry.lock("job", &options("another-request")) {
         Err(Error::AlreadyLocked { holder, .. }) => assert_eq!(holder, "worker"),
@@ -500,4 +531,30 @@ fn a_plugin_built_against_0_1_0_still_runs() {
     );
     assert_eq!(compose.code, 2, "{compose:?}");
     assert!(compose.stderr.contains("hasp:lock@0.2.0"), "{compose:?}");
+}
+
+#[test]
+fn a_hand_written_lease_out_of_range_is_corrupt() {
+    let token = "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b";
+    for state in [
+        format!("3+{token}+pcl+1795450452162+10000000000000+30000+c"),
+        format!("3+{token}+pcl+1795450452162+1795450482162+2592000001+c"),
+        format!("3+{token}+pcl+1795450452162+1795450482162+0+c"),
+        format!("3+{token}+pcl+1795450452162+1795450482162"),
+        format!("3+{token}+pcx+1795450452162"),
+    ] {
+        let locks = Locks::new();
+        locks.ok(&["status"]);
+        let lock = locks.path().join("nodes/job/.lock");
+        fs::create_dir_all(&lock).expect("make node");
+        fs::write(lock.join(&state), "").expect("plant state");
+        let run = locks.run(&["status", "job"]);
+        assert_eq!((run.code, run.stdout.as_str()), (2, ""), "{state}: {run:?}");
+        assert!(
+            run.stderr
+                .starts_with(&format!("corrupt lock state nodes/job/.lock/{state}: ")),
+            "{state}: {run:?}"
+        );
+        assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    }
 }
