@@ -41,7 +41,7 @@ fn deliver(pid: i32) {
 /// Runs `argv` to completion and returns its exit code: its own, 128 + N if
 /// signal N killed it, 127 if it does not exist, 126 if it cannot run.
 pub fn run(argv: &[String]) -> i32 {
-    match spawn(argv, &[]) {
+    match spawn(argv, &[], false) {
         Ok(running) => running.wait(),
         Err(code) => code,
     }
@@ -58,10 +58,12 @@ pub struct Running {
 }
 
 /// Starts `argv` with `env` added to its environment, forwarding SIGINT,
-/// SIGTERM, SIGHUP and SIGQUIT to it from now on. If it cannot start,
-/// says why on stderr and returns the exit code for that: 127 if it does
-/// not exist, 126 if it cannot run.
-pub fn spawn(argv: &[String], env: &[(&str, String)]) -> Result<Running, i32> {
+/// SIGTERM, SIGHUP and SIGQUIT to it from now on. With `tied`, the command
+/// also gets SIGTERM if hasp dies (`kill -9`), since whatever it holds for
+/// the command (a lease kept alive by renewals) dies with hasp. If it cannot
+/// start, says why on stderr and returns the exit code for that: 127 if it
+/// does not exist, 126 if it cannot run.
+pub fn spawn(argv: &[String], env: &[(&str, String)], tied: bool) -> Result<Running, i32> {
     let Some((program, args)) = argv.split_first() else {
         return Err(127);
     };
@@ -70,6 +72,23 @@ pub fn spawn(argv: &[String], env: &[(&str, String)]) -> Result<Running, i32> {
     command.args(args);
     for (key, value) in env {
         command.env(key, value);
+    }
+    if tied {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: getpid, prctl, getppid and _exit are async-signal-safe.
+        let parent = unsafe { libc::getpid() };
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                // hasp died before the request was made: as if signalled.
+                if libc::getppid() != parent {
+                    libc::_exit(128 + libc::SIGTERM);
+                }
+                Ok(())
+            });
+        }
     }
     match command.spawn() {
         Ok(child) => {

@@ -483,14 +483,41 @@ fn registry_command(dir: &Path, command: Command) -> anyhow::Result<()> {
             ..
         } => {
             let options = lock_options(options, ttl);
+            let anonymous = options.client.is_none();
+            // Without a client id only the token opens the lock; without a
+            // lease nothing else ends it. Standard output discarded (or
+            // closed, which Rust turns into /dev/null) would lose it: ask
+            // first.
+            if anonymous && options.ttl.is_none() && stdout_discarded() {
+                anyhow::bail!(
+                    "standard output is closed or /dev/null: the unlock token of an anonymous \
+                     lock without a lease would be lost; nothing was locked (give --client, \
+                     --ttl, or somewhere to print the token)"
+                );
+            }
             let (grant, _) = crate::hold::lock(&mut registry, &resource, &options, patience(wait))?;
-            if json {
-                writeln!(out, "{}", serde_json::to_string(&grant)?)?;
+            let printed = if json {
+                serde_json::to_string(&grant)
+                    .map_err(std::io::Error::other)
+                    .and_then(|line| writeln!(out, "{line}"))
             } else if verbose {
-                print_grant(&mut out, &grant)?;
-            } else if options.client.is_none() {
-                // Without a client id only the token opens it: never lose it.
-                writeln!(out, "{}", grant.token)?;
+                print_grant(&mut out, &grant)
+            } else if anonymous {
+                writeln!(out, "{}", grant.token)
+            } else {
+                Ok(())
+            };
+            if let Err(err) = printed.and_then(|()| out.flush()) {
+                if anonymous {
+                    // Nobody got the token: the grant goes back.
+                    let released = registry.unlock(&resource, &UnlockKey::Token(grant.token));
+                    let what = match released {
+                        Ok(_) => "released the lock again".to_string(),
+                        Err(e) => format!("could not release it ({e})"),
+                    };
+                    anyhow::bail!("cannot print the unlock token ({err}); {what}");
+                }
+                return Err(err.into());
             }
         }
         Command::Unlock {
@@ -667,4 +694,21 @@ fn print_table(out: &mut impl Write, holders: &[Holder]) -> std::io::Result<()> 
         })
         .collect();
     out.write_all(show::table(&rows).as_bytes())
+}
+
+/// Whether standard output goes nowhere: closed, or `/dev/null` (where the
+/// Rust runtime points a descriptor that was closed at start).
+fn stdout_discarded() -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(null) = std::fs::metadata("/dev/null") else {
+        return false;
+    };
+    // SAFETY: fstat writes only into the struct it is given.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(libc::STDOUT_FILENO, &mut stat) } == -1 {
+        return true;
+    }
+    null.file_type().is_char_device()
+        && stat.st_mode & libc::S_IFMT == libc::S_IFCHR
+        && stat.st_rdev == null.rdev()
 }

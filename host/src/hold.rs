@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 /// ran (a renewal or the release found it expired, broken or taken).
 pub const LOST: i32 = 3;
 
+/// The shortest lease the command form keeps alive: renewed every third of
+/// it, a shorter one would be lost to any scheduling hiccup.
+const SHORTEST_KEPT: Duration = Duration::from_millis(100);
+
 /// The first pause between two attempts of a waiter.
 const FIRST_PAUSE: Duration = Duration::from_millis(2);
 /// The longest pause between two attempts: the worst hand-off delay a
@@ -130,6 +134,17 @@ pub struct Hold {
 /// only if the lock was never taken.
 pub fn hold(mut registry: Registry, hold: Hold) -> Result<i32, Error> {
     let ttl = hold.options.ttl.unwrap_or(Duration::from_secs(30));
+    // (0 is refused by the rules, with their message.)
+    if !ttl.is_zero() && ttl < SHORTEST_KEPT {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "--ttl {} ms is too short a lease to keep alive while a command runs \
+                 (renewals every third of it); give at least {} ms",
+                ttl.as_millis(),
+                SHORTEST_KEPT.as_millis()
+            ),
+        });
+    }
     let options = LockOptions {
         ttl: Some(ttl),
         ..hold.options
@@ -147,7 +162,7 @@ pub fn hold(mut registry: Registry, hold: Hold) -> Result<i32, Error> {
         ("HASP_LOCK_FENCING", lease.fencing.to_string()),
         ("HASP_LOCK_TOKEN", lease.token.clone()),
     ];
-    let running = match child::spawn(&hold.command, &env) {
+    let running = match child::spawn(&hold.command, &env, true) {
         Ok(running) => running,
         Err(code) => {
             return Ok(match lease.release(&mut registry) {

@@ -10,7 +10,7 @@
 use crate::support::{already, hasp_bin, is_uuid_v4, Locks, Run};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ChildStdout, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn sleep_ms(ms: u64) {
@@ -631,7 +631,14 @@ fn after_kill_9_of_hasp_the_lock_frees_with_its_lease() {
     );
     held.hasp.kill().expect("kill -9 hasp");
     held.hasp.wait().expect("reap hasp");
-    // The command lives on (as with `hasp run`); the lock does not.
+    // The command is told to stop (SIGTERM, as its parent died): it would
+    // otherwise go on without the lock once the lease ran out.
+    let guard = Instant::now() + Duration::from_secs(10);
+    while alive(held.script) {
+        assert!(Instant::now() < guard, "the command outlived hasp");
+        sleep_ms(5);
+    }
+    // The lock is free once the lease runs out.
     let run = run_with_env(
         &locks,
         &["lock", "job", "--client", "b", "--wait", "5", "--json"],
@@ -639,7 +646,70 @@ fn after_kill_9_of_hasp_the_lock_frees_with_its_lease() {
     assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:?}");
     let grant: Value = serde_json::from_str(&run.stdout).expect("the grant");
     assert_eq!((grant["client"].as_str(), fencing(&grant)), (Some("b"), 2));
-    drop(held); // kills the orphaned command
+    drop(held);
+}
+
+/// Whether process `pid` still runs (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn an_anonymous_token_that_cannot_be_printed_releases_the_lock() {
+    let locks = Locks::new();
+    // A full disk behind standard output: the lock goes back.
+    let mut cmd = locks.command(&["lock", "job"]);
+    cmd.stdout(std::fs::File::create("/dev/full").expect("open /dev/full"));
+    let run = Run::from(cmd.output().expect("run hasp"));
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.starts_with("cannot print the unlock token (")
+            && run.stderr.ends_with("); released the lock again\n"),
+        "{run:?}"
+    );
+    assert_eq!(status(&locks, "job"), Value::Null);
+    // A closed standard output: nothing is locked at all.
+    let script = format!(
+        "exec {} --dir {} lock job >&-",
+        hasp_bin(),
+        locks.path().display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("run sh");
+    let run = Run::from(out);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .starts_with("standard output is closed or /dev/null"),
+        "{run:?}"
+    );
+    assert_eq!(status(&locks, "job"), Value::Null);
+    // With a lease, the lock ends by itself: that is allowed.
+    let mut cmd = locks.command(&["lock", "job", "--ttl", "1m"]);
+    cmd.stdout(Stdio::null());
+    assert_eq!(Run::from(cmd.output().expect("run hasp")).code, 0);
+    assert_eq!(locks.ok(&["unlock", "job", "--force"]).lines().count(), 1);
+    assert_eq!(locks.json(&["lock", "job", "--json"])["fencing"], 3);
+}
+
+#[test]
+fn the_command_form_refuses_a_lease_too_short_to_keep() {
+    let locks = Locks::new();
+    locks
+        .run(&["lock", "job", "--ttl", "10ms", "--", "true"])
+        .assert_refused(
+            2,
+            "--ttl 10 ms is too short a lease to keep alive while a command runs (renewals \
+             every third of it); give at least 100 ms",
+        );
+    assert_eq!(status(&locks, "job"), Value::Null);
 }
 
 #[test]

@@ -115,6 +115,10 @@ async fn lock(locks: &Locks, b: LockBody, conn: &mut Connection) -> Response {
         Some(Ok(ttl)) => Some(ttl),
         None => None,
     };
+    // A grant made under a request id may already be in the hands of a
+    // retry (the same id on another connection): it is never handed back
+    // when this answer cannot be delivered; the retry, or the lease, ends it.
+    let retryable = b.request_id.is_some();
     let options = LockOptions {
         client: b.client,
         lock_parents: b.lock_parents,
@@ -132,6 +136,7 @@ async fn lock(locks: &Locks, b: LockBody, conn: &mut Connection) -> Response {
         }
     };
     match result {
+        Ok(grant) if retryable => Response::json(200, &grant),
         Ok(grant) => Response::json(200, &grant).handing(grant),
         Err(err) => error_response(&err),
     }
