@@ -80,6 +80,14 @@ pub enum Error {
         /// The guest's message, naming the file and its holder.
         message: String,
     },
+    /// A change was made, but the sync that would have made it durable
+    /// failed (`hasp serve --fsync`): a crash may undo it. The message says
+    /// what became of the change.
+    #[error("{message}")]
+    NotSynced {
+        /// The change, the failure, and what was done about it.
+        message: String,
+    },
     /// The lock directory itself could not be opened.
     #[error("cannot open the lock directory {}: {source}", dir.display())]
     Directory {

@@ -2,7 +2,7 @@
 //! under `--fsync`, counted, and announced to waiters. The rules stay in the
 //! guest; this only carries calls and results.
 
-use super::durable::Syncer;
+use super::durable::{SyncError, Syncer};
 use super::http::Response;
 use super::metrics::{Metrics, Outcome};
 use super::pool::Pool;
@@ -53,6 +53,7 @@ impl Locks {
 
     /// Takes a lock at once or is refused.
     pub async fn lock(&self, resource: String, options: LockOptions) -> Result<Grant, Error> {
+        let retryable = options.request_id.is_some();
         let options = registry::wit_options(&options);
         let result = retry_busy(|| {
             let (name, options) = (resource.clone(), options.clone());
@@ -66,11 +67,48 @@ impl Locks {
         })
         .await
         .map(registry::grant);
-        if result.is_ok() {
-            self.durable().await;
-        }
+        let result = match result {
+            Ok(grant) => match self.durable().await {
+                Ok(()) => Ok(grant),
+                Err(why) => Err(self.unsynced_grant(grant, why, retryable).await),
+            },
+            Err(err) => Err(err),
+        };
         self.count(&result, Outcome::Granted);
         result
+    }
+
+    /// A grant whose sync failed: nobody is told it was granted, so it is
+    /// released again (with its token) rather than left to nobody — unless
+    /// it was made for a request id (`retryable`), when a retry with the
+    /// same id may hold it already, or will find it. The release is not
+    /// known durable either: after a crash the lock may be found held, by
+    /// the grant's client id or anonymously, until its lease (if any) ends.
+    async fn unsynced_grant(&self, grant: Grant, why: SyncError, retryable: bool) -> Error {
+        let Grant { holder, token } = grant;
+        let (resource, fencing) = (holder.resource, holder.fencing);
+        if retryable {
+            return Error::NotSynced {
+                message: format!(
+                    "the lock on '{resource}' (fencing {fencing}) was granted but not synced \
+                     ({why}): it stays granted to its request id, and a retry with the same \
+                     request id gets it"
+                ),
+            };
+        }
+        let released = self.release(&resource, &UnlockKey::Token(token)).await;
+        let message = match released {
+            Ok(_) => format!(
+                "the lock on '{resource}' (fencing {fencing}) was granted but not synced \
+                 ({why}), so it was released again: nothing is granted"
+            ),
+            Err(err) => format!(
+                "the lock on '{resource}' (fencing {fencing}) was granted but not synced \
+                 ({why}), and releasing it failed too ({err}): it may still be held; \
+                 `hasp unlock {resource} --force` breaks it"
+            ),
+        };
+        Error::NotSynced { message }
     }
 
     /// Takes a lock, waiting up to `wait` for it to be free; `None` when
@@ -115,24 +153,31 @@ impl Locks {
 
     /// Releases a lock held by `key`; returns what was held.
     pub async fn unlock(&self, resource: String, key: UnlockKey) -> Result<Holder, Error> {
-        let key = registry::wit_key(&key);
+        let result = self.release(&resource, &key).await;
+        let result = self.synced(result, "released").await;
+        self.count(&result, Outcome::Released);
+        result
+    }
+
+    /// Releases the lock `key` owns on `resource` and wakes the waiters;
+    /// neither synced nor counted. (A waiter's grant is acknowledged only
+    /// after a sync that covers this release too.)
+    async fn release(&self, resource: &str, key: &UnlockKey) -> Result<Holder, Error> {
+        let key = registry::wit_key(key);
         let result = retry_busy(|| {
-            let (name, key) = (resource.clone(), key.clone());
-            self.pool
-                .call(Some(&resource), move |guest, handle, store| {
-                    Box::pin(async move {
-                        let registry = guest.hasp_lock_registry().registry();
-                        registry.call_unlock(store, handle, &name, &key).await
-                    })
+            let (name, key) = (resource.to_string(), key.clone());
+            self.pool.call(Some(resource), move |guest, handle, store| {
+                Box::pin(async move {
+                    let registry = guest.hasp_lock_registry().registry();
+                    registry.call_unlock(store, handle, &name, &key).await
                 })
+            })
         })
         .await
         .map(registry::holder);
         if result.is_ok() {
-            self.durable().await;
             self.released.notify_waiters();
         }
-        self.count(&result, Outcome::Released);
         result
     }
 
@@ -160,9 +205,7 @@ impl Locks {
         })
         .await
         .map(registry::holder);
-        if result.is_ok() {
-            self.durable().await;
-        }
+        let result = self.synced(result, "renewed").await;
         self.count(&result, Outcome::Renewed);
         result
     }
@@ -183,9 +226,9 @@ impl Locks {
         .await
         .map(registry::holder);
         if result.is_ok() {
-            self.durable().await;
             self.released.notify_waiters();
         }
+        let result = self.synced(result, "broken").await;
         self.count(&result, Outcome::Released);
         result
     }
@@ -229,9 +272,33 @@ impl Locks {
         result
     }
 
-    async fn durable(&self) {
-        if let Some(syncer) = &self.syncer {
-            syncer.durable().await;
+    /// Waits for the sync after a change (under `--fsync`); a sync that
+    /// failed is counted.
+    async fn durable(&self) -> Result<(), SyncError> {
+        let Some(syncer) = &self.syncer else {
+            return Ok(());
+        };
+        let synced = syncer.durable().await;
+        if synced.is_err() {
+            self.metrics.sync_failed();
+        }
+        synced
+    }
+
+    /// `result` of a change to a lock (`done`: what happened to it) once it
+    /// is durable; `NotSynced` if the sync after it failed. The change
+    /// stands: only a crash may undo it.
+    async fn synced(&self, result: Result<Holder, Error>, done: &str) -> Result<Holder, Error> {
+        let held = result?;
+        match self.durable().await {
+            Ok(()) => Ok(held),
+            Err(why) => Err(Error::NotSynced {
+                message: format!(
+                    "the lock on '{}' (fencing {}) was {done} but not synced ({why}): \
+                     a crash may undo it",
+                    held.resource, held.fencing
+                ),
+            }),
         }
     }
 
@@ -279,6 +346,7 @@ pub fn error_response(err: &Error) -> Response {
         Error::LeaseExpired { .. } => (410, "lease-expired", None),
         Error::InvalidInput { .. } => (400, "invalid-input", None),
         Error::Busy { .. } => (503, "busy", None),
+        Error::NotSynced { .. } => (503, "not-synced", None),
         Error::CorruptRecord { .. } => (500, "corrupt-record", None),
         Error::WouldBlock { holder, .. } => (409, "would-block", Some(holder)),
         Error::Storage { .. } | Error::Directory { .. } => (500, "storage", None),

@@ -53,6 +53,7 @@ pub struct Metrics {
     abandoned: AtomicU64,
     refusals: AtomicU64,
     errors: AtomicU64,
+    sync_failures: AtomicU64,
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_ns: AtomicU64,
@@ -81,6 +82,11 @@ impl Metrics {
             Outcome::Failed => &self.errors,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A change whose sync failed (`--fsync`): answered with an error.
+    pub fn sync_failed(&self) {
+        self.sync_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -115,6 +121,11 @@ impl Metrics {
                 "hasp_errors_total",
                 "Calls that failed for another reason.",
                 &self.errors,
+            ),
+            (
+                "hasp_sync_failures_total",
+                "Changes whose sync failed under --fsync (answered with an error, not acknowledged).",
+                &self.sync_failures,
             ),
         ] {
             let _ = writeln!(
