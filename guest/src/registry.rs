@@ -63,7 +63,8 @@ impl Registry {
         if let Some(client) = &options.client {
             name::check_client(client)?;
         }
-        let now = now_ms();
+        let clock = Now::default();
+        let now = clock.get();
         let lease = match options.ttl_ms {
             Some(ttl) => Some(lease_from(ttl, now, options.client.as_deref())?),
             None => None,
@@ -146,7 +147,7 @@ impl Registry {
                     .record_lost(&node, expired, options.client.as_deref());
             }
             // (3) Check the related locks now that this one is visible.
-            let refusal = match self.conflict(&node, options, now) {
+            let refusal = match self.conflict(&node, options, &clock) {
                 Ok(None) => return Ok(grant),
                 Ok(Some(other)) => already_locked(&other),
                 Err(err) => err,
@@ -183,11 +184,16 @@ impl Registry {
 
     /// A held lock that conflicts with a lock on the node `node` taken with
     /// `options`.
-    fn conflict(&self, node: &str, options: &LockOptions, now: u64) -> Result<Option<Held>, Error> {
+    fn conflict(
+        &self,
+        node: &str,
+        options: &LockOptions,
+        now: &Now,
+    ) -> Result<Option<Held>, Error> {
         if options.lock_parents {
             for ancestor in name::ancestor_nodes(node) {
                 if let Some(State::Held(held)) = self.disk.state(ancestor)? {
-                    if held.lock_children && held.is_live(now) {
+                    if held.lock_children && now.live(&held) {
                         return Ok(Some(held));
                     }
                 }
@@ -230,9 +236,8 @@ impl Registry {
     pub fn unlock(&self, resource: &str, key: &UnlockKey) -> Result<Holder, Error> {
         let name = Name::parse(resource)?;
         check_key(key)?;
-        let now = now_ms();
         let node = name.node_path();
-        let held = self.owned(&name, &node, key, now, |seen, held| {
+        let held = self.owned(&name, &node, key, &Now::default(), |seen, held| {
             let free = record::free_name(held.fencing);
             Ok(self
                 .disk
@@ -251,12 +256,13 @@ impl Registry {
     ) -> Result<Holder, Error> {
         let name = Name::parse(resource)?;
         check_key(key)?;
-        let now = now_ms();
+        let clock = Now::default();
+        let now = clock.get();
         if let Some(ttl) = ttl_ms {
             lease_from(ttl, now, None)?;
         }
         let node = name.node_path();
-        let held = self.owned(&name, &node, key, now, |seen, held| {
+        let held = self.owned(&name, &node, key, &clock, |seen, held| {
             let ttl = ttl_ms
                 .or(held.lease.map(|l| l.ttl_ms))
                 .ok_or_else(|| errors::no_lease(name.as_str()))?;
@@ -297,14 +303,14 @@ impl Registry {
         name: &Name,
         node: &str,
         key: &UnlockKey,
-        now: u64,
+        now: &Now,
         change: impl Fn(&Seen, &Held) -> Result<Option<Held>, Error>,
     ) -> Result<Held, Error> {
         // The lock this registry granted or renewed, if the key fits it and
         // its lease (as known here) has not run out: renaming from it checks
         // it, so it saves a read. Every refusal is judged on a fresh read.
         let mut known = self.disk.hint(node).filter(|seen| match &seen.state {
-            State::Held(held) => fits(held, key) && held.is_live(now),
+            State::Held(held) => fits(held, key) && now.live(held),
             State::Free(_) => false,
         });
         for _ in 0..RETRIES {
@@ -320,7 +326,7 @@ impl Registry {
                 State::Held(held) => held,
             };
             if !fits(held, key) {
-                if !held.is_live(now) {
+                if !now.live(held) {
                     return Err(self.gone(name, node, key, held.fencing));
                 }
                 if let Some(lost) = self.lost_by(name, node, key, held.fencing) {
@@ -332,7 +338,7 @@ impl Registry {
                     UnlockKey::Token(_) => errors::wrong_token(client),
                 });
             }
-            if !held.is_live(now) {
+            if !now.live(held) {
                 return Err(errors::lease_expired(
                     name.as_str(),
                     held.client.as_deref(),
@@ -383,13 +389,13 @@ impl Registry {
     pub fn force_unlock(&self, resource: &str) -> Result<Holder, Error> {
         let name = Name::parse(resource)?;
         let node = name.node_path();
-        let now = now_ms();
+        let now = Now::default();
         for _ in 0..RETRIES {
             let Some(seen) = self.disk.read(&node)? else {
                 return Err(errors::not_locked());
             };
             let held = match seen.state {
-                State::Held(held) if held.is_live(now) => held,
+                State::Held(held) if now.live(&held) => held,
                 State::Held(_) | State::Free(_) => return Err(errors::not_locked()),
             };
             let free = record::free_name(held.fencing);
@@ -404,7 +410,7 @@ impl Registry {
     pub fn status(&self, resource: &str) -> Result<Option<Holder>, Error> {
         let name = Name::parse(resource)?;
         match self.disk.state(&name.node_path())? {
-            Some(State::Held(held)) if held.is_live(now_ms()) => {
+            Some(State::Held(held)) if Now::default().live(&held) => {
                 Ok(Some(held.holder(name.as_str())))
             }
             _ => Ok(None),
@@ -414,14 +420,14 @@ impl Registry {
     /// Every lock at or below `prefix`; see `registry.list`.
     pub fn list(&self, prefix: &str) -> Result<Vec<Holder>, Error> {
         let mut holders = Vec::new();
-        let now = now_ms();
+        let now = Now::default();
         if prefix.trim_matches('/').is_empty() {
             for (child, segment) in self.disk.children(crate::disk::NODES)? {
-                self.collect(&child, &segment, now, &mut holders)?;
+                self.collect(&child, &segment, &now, &mut holders)?;
             }
         } else {
             let name = Name::parse(prefix)?;
-            self.collect(&name.node_path(), name.as_str(), now, &mut holders)?;
+            self.collect(&name.node_path(), name.as_str(), &now, &mut holders)?;
         }
         holders.sort_by(|a, b| a.resource.cmp(&b.resource));
         Ok(holders)
@@ -432,7 +438,7 @@ impl Registry {
         &self,
         node: &str,
         resource: &str,
-        now: u64,
+        now: &Now,
         out: &mut Vec<Holder>,
     ) -> Result<(), Error> {
         if let Some(held) = held(self.disk.peek(node)?, now) {
@@ -450,15 +456,15 @@ struct Walk<'a> {
     started: u64,
     visited: usize,
     node: &'a str,
-    /// The wall clock at the attempt, in milliseconds: leases judged by it.
-    now: u64,
+    /// The wall clock at the attempt: leases judged by it.
+    now: &'a Now,
 }
 
 /// The lock a read found, if the node is held at `now` (a lease that ran
 /// out is not).
-fn held(seen: Option<Seen>, now: u64) -> Option<Held> {
+fn held(seen: Option<Seen>, now: &Now) -> Option<Held> {
     match seen?.state {
-        State::Held(held) if held.is_live(now) => Some(held),
+        State::Held(held) if now.live(&held) => Some(held),
         State::Held(_) | State::Free(_) => None,
     }
 }
@@ -530,6 +536,31 @@ fn check_request_id(id: &str) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// The wall clock for one call, read once, and only when something needs
+/// it (a lease to judge, a grant to date): an unlock of a lock without a
+/// lease never reads it.
+#[derive(Default)]
+struct Now(std::cell::Cell<Option<u64>>);
+
+impl Now {
+    /// Milliseconds since the Unix epoch, as first read in this call.
+    fn get(&self) -> u64 {
+        match self.0.get() {
+            Some(ms) => ms,
+            None => {
+                let ms = now_ms();
+                self.0.set(Some(ms));
+                ms
+            }
+        }
+    }
+
+    /// Whether `held` still counts: no lease, or one not run out.
+    fn live(&self, held: &Held) -> bool {
+        held.lease.is_none_or(|lease| self.get() < lease.expires_ms)
+    }
 }
 
 fn now_ms() -> u64 {
