@@ -7,6 +7,13 @@
 //! path component; the host keeps every path inside the preopen. A call on a
 //! single name in an open directory costs the host one system call; longer
 //! paths cost it an open and a close of the parent on top.
+//!
+//! Nothing is opened before its type is looked at: WASI has no `O_NONBLOCK`
+//! and no `O_DIRECTORY` for the host's `open`, so opening a FIFO would block
+//! the call for ever, and opening a device may act on it. What stands where
+//! a directory or a regular file belongs is refused instead. (A file swapped
+//! for a FIFO between the look and the open still blocks that call: only a
+//! writer of the lock directory can do that.)
 
 use wasip2::filesystem::preopens::get_directories;
 use wasip2::filesystem::types::{
@@ -18,7 +25,17 @@ pub type Io<T> = Result<T, ErrorCode>;
 
 /// How often a listing starts over because an entry vanished while read.
 const LISTING_RETRIES: usize = 32;
-const READ_CHUNK: u64 = 64 * 1024;
+
+/// The first bytes of a file, or what stands at its name instead.
+pub enum Head {
+    /// Nothing has that name.
+    Missing,
+    /// A regular file: its first bytes, at most as many as asked for.
+    Bytes(Vec<u8>),
+    /// Something that is not a regular file (a symlink, which is not
+    /// followed, included): its type. Nothing was opened.
+    Not(DescriptorType),
+}
 
 /// One open directory: the preopen, or a directory beneath it.
 pub struct Dir {
@@ -45,8 +62,17 @@ impl Dir {
     }
 
     /// Opens directory `path` (never through a symlink in its last
-    /// component), or `None` if nothing has that name.
+    /// component), or `None` if nothing has that name. Its type is looked at
+    /// first: a symlink fails with `loop`, and anything else that is not a
+    /// directory (a FIFO, which would block the open, or a device) with
+    /// `not-directory`, without being opened.
     pub fn open_dir(&self, path: &str) -> Io<Option<Dir>> {
+        match self.kind(path)? {
+            None => return Ok(None),
+            Some(DescriptorType::Directory) => {}
+            Some(DescriptorType::SymbolicLink) => return Err(ErrorCode::Loop),
+            Some(_) => return Err(ErrorCode::NotDirectory),
+        }
         match self.root.open_at(
             PathFlags::empty(),
             path,
@@ -79,8 +105,14 @@ impl Dir {
         }
     }
 
-    /// The whole content of file `path`, or `None` if it does not exist.
-    pub fn read(&self, path: &str) -> Io<Option<Vec<u8>>> {
+    /// The first `limit` bytes (or fewer) of regular file `path`. Anything
+    /// else at that name is reported, not opened (see the module doc).
+    pub fn head(&self, path: &str, limit: u64) -> Io<Head> {
+        match self.kind(path)? {
+            None => return Ok(Head::Missing),
+            Some(DescriptorType::RegularFile) => {}
+            Some(other) => return Ok(Head::Not(other)),
+        }
         let file = match self.root.open_at(
             PathFlags::empty(),
             path,
@@ -88,17 +120,23 @@ impl Dir {
             DescriptorFlags::READ,
         ) {
             Ok(file) => file,
-            Err(ErrorCode::NoEntry) => return Ok(None),
+            Err(ErrorCode::NoEntry) => return Ok(Head::Missing),
             Err(err) => return Err(err),
         };
+        // Replaced between the look and the open: judge what was opened.
+        match file.get_type()? {
+            DescriptorType::RegularFile => {}
+            other => return Ok(Head::Not(other)),
+        }
         let mut out = Vec::new();
-        loop {
-            let (chunk, end) = file.read(READ_CHUNK, out.len() as u64)?;
+        while (out.len() as u64) < limit {
+            let (chunk, end) = file.read(limit - out.len() as u64, out.len() as u64)?;
             out.extend_from_slice(&chunk);
             if end || chunk.is_empty() {
-                return Ok(Some(out));
+                break;
             }
         }
+        Ok(Head::Bytes(out))
     }
 
     #[cfg(feature = "process")]
@@ -119,7 +157,8 @@ impl Dir {
         )
     }
 
-    /// Creates file `path`, which must not exist, holding `bytes`.
+    /// Creates file `path`, which must not exist, holding `bytes`. If the
+    /// bytes cannot be written (no space left), the file is removed again.
     pub fn write_new(&self, path: &str, bytes: &[u8]) -> Io<()> {
         let file = self.root.open_at(
             PathFlags::empty(),
@@ -129,7 +168,19 @@ impl Dir {
         )?;
         let mut written = 0;
         while written < bytes.len() {
-            written += file.write(&bytes[written..], written as u64)? as usize;
+            match file.write(&bytes[written..], written as u64) {
+                Ok(0) => {
+                    drop(file);
+                    let _ = self.unlink(path);
+                    return Err(ErrorCode::InsufficientSpace);
+                }
+                Ok(n) => written += n as usize,
+                Err(err) => {
+                    drop(file);
+                    let _ = self.unlink(path);
+                    return Err(err);
+                }
+            }
         }
         Ok(())
     }
@@ -222,27 +273,65 @@ impl Dir {
     }
 }
 
-/// What a failed call means, for people.
-pub fn reason(code: ErrorCode) -> String {
-    let text = match code {
+/// What a failed call means, for people. WASI reports some failures only
+/// as `io` (a read-only filesystem, too many open files, a disk quota): the
+/// hasp host names those (see `host/src/error.rs`).
+pub fn reason(code: ErrorCode) -> &'static str {
+    match code {
         ErrorCode::Access => "permission denied",
-        ErrorCode::NotPermitted => "operation not permitted",
-        ErrorCode::ReadOnly => "read-only filesystem",
-        ErrorCode::NoEntry => "no such file or directory",
-        ErrorCode::Exist => "already exists",
-        ErrorCode::NotDirectory => "not a directory",
-        ErrorCode::IsDirectory => "is a directory",
-        ErrorCode::NotEmpty => "directory not empty",
-        ErrorCode::InsufficientSpace => "no space left on the device",
-        ErrorCode::Quota => "disk quota exceeded",
-        ErrorCode::NameTooLong => "file name too long",
-        ErrorCode::Loop => "too many levels of symbolic links",
-        ErrorCode::CrossDevice => "crosses a filesystem boundary",
-        ErrorCode::TooManyLinks => "too many links",
+        ErrorCode::WouldBlock => "it would block",
+        ErrorCode::Already => "already in progress",
+        ErrorCode::BadDescriptor => "bad file descriptor",
         ErrorCode::Busy => "kept changing while it was read",
+        ErrorCode::Deadlock => "it would deadlock",
+        ErrorCode::Quota => "disk quota exceeded",
+        ErrorCode::Exist => "already exists",
+        ErrorCode::FileTooLarge => "file too large",
+        ErrorCode::IllegalByteSequence => "illegal byte sequence",
+        ErrorCode::InProgress => "in progress",
+        ErrorCode::Interrupted => "interrupted",
+        ErrorCode::Invalid => "invalid argument",
+        ErrorCode::Io => IO_ERROR,
+        ErrorCode::IsDirectory => "is a directory",
+        ErrorCode::Loop => "a symlink is in the way (symlinks are never followed)",
+        ErrorCode::TooManyLinks => "too many links",
+        ErrorCode::MessageSize => "message too large",
+        ErrorCode::NameTooLong => "file name too long",
+        ErrorCode::NoDevice => "no such device",
+        ErrorCode::NoEntry => "no such file or directory",
+        ErrorCode::NoLock => "no locks available",
+        ErrorCode::InsufficientMemory => "out of memory",
+        ErrorCode::InsufficientSpace => "no space left on the device",
+        ErrorCode::NotDirectory => "not a directory",
+        ErrorCode::NotEmpty => "directory not empty",
+        ErrorCode::NotRecoverable => "state not recoverable",
         ErrorCode::Unsupported => "not supported by this filesystem",
-        ErrorCode::Io => "input/output error",
-        other => return format!("{other:?}"),
-    };
-    text.to_string()
+        ErrorCode::NoTty => "not a terminal",
+        ErrorCode::NoSuchDevice => "no such device or address",
+        ErrorCode::Overflow => "value too large",
+        ErrorCode::NotPermitted => "operation not permitted",
+        ErrorCode::Pipe => "broken pipe",
+        ErrorCode::ReadOnly => "read-only filesystem",
+        ErrorCode::InvalidSeek => "invalid seek",
+        ErrorCode::TextFileBusy => "text file busy",
+        ErrorCode::CrossDevice => "crosses a filesystem boundary",
+    }
+}
+
+/// The reason given for WASI's catch-all `io` error.
+pub const IO_ERROR: &str = "input/output error";
+
+/// What a file of type `kind` is, for people: "a FIFO", "a directory"...
+pub fn what(kind: DescriptorType) -> &'static str {
+    match kind {
+        DescriptorType::RegularFile => "a regular file",
+        DescriptorType::Directory => "a directory",
+        DescriptorType::SymbolicLink => "a symlink",
+        DescriptorType::Fifo => "a FIFO",
+        DescriptorType::CharacterDevice => "a character device",
+        DescriptorType::BlockDevice => "a block device",
+        DescriptorType::Socket => "a socket",
+        // What wasmtime-wasi calls a FIFO or a socket on Unix.
+        DescriptorType::Unknown => "a special file (a FIFO or a socket)",
+    }
 }

@@ -7,7 +7,7 @@
 //! fails when the name it starts from is gone. So a change made from a stale
 //! reading simply fails, and the caller reads again.
 
-use crate::dir::Dir;
+use crate::dir::{Dir, Head};
 use crate::errors;
 use crate::hasp::lock::types::Error;
 use crate::name;
@@ -28,6 +28,9 @@ pub const FORMAT_LINE: &str = "hasp-lock-dir 3";
 /// The layout before leases, which this one extends: a directory that says
 /// it is upgraded in place (its states are valid format 3 states).
 const FORMAT_V2_LINE: &str = "hasp-lock-dir 2";
+/// How much of `FORMAT` is read: more than any version's line, never more
+/// (a `FORMAT` replaced by a huge file is refused for what it begins with).
+const FORMAT_READ: u64 = 64;
 
 /// How many records of lost leases a node keeps (the newest).
 const LOST_KEPT: usize = 8;
@@ -80,18 +83,12 @@ impl Disk {
                 "no such preopened directory (the host must grant it)",
             ));
         };
-        match dir.read(FORMAT).map_err(fail("read", FORMAT))? {
-            Some(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
-                let first = text.lines().next().unwrap_or("");
-                if first == FORMAT_V2_LINE {
-                    upgrade(&dir)?;
-                } else if first != FORMAT_LINE {
-                    return Err(errors::wrong_format(FORMAT, first));
-                }
-            }
+        match format(&dir)? {
+            Some(line) if line == FORMAT_LINE => {}
+            Some(line) if line == FORMAT_V2_LINE => upgrade(&dir)?,
+            Some(line) => return Err(errors::wrong_format(FORMAT, &line)),
             None => {
-                make_dir(&dir, TMP)?;
+                layout_dir(&dir, TMP)?;
                 let staged = format!("{TMP}/{}.{FORMAT}", crate::token::uuid_v4());
                 write_new(&dir, &staged, format!("{FORMAT_LINE}\n").as_bytes())?;
                 // A link never replaces: if another process made `FORMAT`
@@ -100,20 +97,21 @@ impl Disk {
                 let _ = dir.unlink(&staged);
                 match linked {
                     Ok(()) => {}
-                    Err(ErrorCode::Exist) => {
-                        let bytes = dir.read(FORMAT).map_err(fail("read", FORMAT))?;
-                        let text = String::from_utf8_lossy(bytes.as_deref().unwrap_or_default());
-                        let first = text.lines().next().unwrap_or("");
-                        if first != FORMAT_LINE {
-                            return Err(errors::wrong_format(FORMAT, first));
+                    Err(ErrorCode::Exist) => match format(&dir)? {
+                        Some(line) if line == FORMAT_LINE => {}
+                        other => {
+                            return Err(errors::wrong_format(
+                                FORMAT,
+                                other.as_deref().unwrap_or(""),
+                            ))
                         }
-                    }
+                    },
                     Err(err) => return Err(errors::storage("create", FORMAT, err)),
                 }
             }
         }
-        make_dir(&dir, NODES)?;
-        make_dir(&dir, TMP)?;
+        layout_dir(&dir, NODES)?;
+        layout_dir(&dir, TMP)?;
         let tmp = open_dir(&dir, TMP)?;
         Ok(Disk {
             dir,
@@ -329,18 +327,27 @@ impl Disk {
         let lock = format!("{path}/{LOCK}");
         match self.dir.kind(&lock).map_err(fail("inspect", &lock))? {
             None => {}
+            Some(DescriptorType::Directory) => return Ok(()),
             Some(DescriptorType::SymbolicLink) => return Err(errors::symlink(&lock)),
-            Some(_) => return Ok(()),
+            Some(other) => return Err(errors::wrong_kind(&lock, other, "a directory")),
         }
         let node = open_dir(&self.dir, path)?;
         let staged = crate::token::uuid_v4();
         let first = format!("{staged}/{}", record::free_name(0));
-        make_dir(&self.tmp, &staged)?;
-        let moved = write_new(&self.tmp, &first, b"").and_then(|()| {
-            self.tmp
-                .rename_into(&staged, &node, LOCK)
-                .map_err(|err| errors::storage("rename into", &lock, err))
-        });
+        // Named in messages by their path in the lock directory.
+        let in_tmp = |name: &str| format!("{TMP}/{name}");
+        self.tmp
+            .mkdir(&staged)
+            .map_err(|err| errors::storage("create", &in_tmp(&staged), err))?;
+        let moved = self
+            .tmp
+            .write_new(&first, b"")
+            .map_err(|err| errors::storage("write", &in_tmp(&first), err))
+            .and_then(|()| {
+                self.tmp
+                    .rename_into(&staged, &node, LOCK)
+                    .map_err(|err| errors::storage("rename into", &lock, err))
+            });
         if moved.is_ok() {
             // It is the node's `.lock` now: nothing is left in `tmp/`.
             return Ok(());
@@ -472,7 +479,7 @@ pub struct Lost {
 /// replaced (by a rename, so it is never torn) and format 2 hasps then
 /// refuse the directory instead of misreading a lease.
 fn upgrade(dir: &Dir) -> Result<(), Error> {
-    make_dir(dir, TMP)?;
+    layout_dir(dir, TMP)?;
     let staged = format!("{TMP}/{}.{FORMAT}", crate::token::uuid_v4());
     write_new(dir, &staged, format!("{FORMAT_LINE}\n").as_bytes())?;
     dir.rename(&staged, FORMAT).map_err(|err| {
@@ -495,8 +502,42 @@ fn open_dir(dir: &Dir, path: &str) -> Result<Dir, Error> {
         .ok_or_else(|| errors::storage("open", path, ErrorCode::NoEntry))
 }
 
-fn make_dir(dir: &Dir, path: &str) -> Result<(), Error> {
-    dir.mkdir(path).map(|_| ()).map_err(fail("create", path))
+/// The first line of `FORMAT` (of its first [`FORMAT_READ`] bytes), or
+/// `None` if there is no `FORMAT`. Anything but a regular file there is
+/// refused without being opened: a FIFO would block the read for ever, a
+/// device would never end it.
+fn format(dir: &Dir) -> Result<Option<String>, Error> {
+    match dir
+        .head(FORMAT, FORMAT_READ)
+        .map_err(fail("read", FORMAT))?
+    {
+        Head::Missing => Ok(None),
+        Head::Bytes(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            Ok(Some(text.lines().next().unwrap_or("").to_string()))
+        }
+        Head::Not(DescriptorType::SymbolicLink) => Err(errors::symlink(FORMAT)),
+        Head::Not(kind) => Err(errors::wrong_kind(FORMAT, kind, "a regular file")),
+    }
+}
+
+/// Makes the layout's directory `name` unless it is there. A symlink, or
+/// anything else that is not a directory, is refused.
+fn layout_dir(dir: &Dir, name: &str) -> Result<(), Error> {
+    let mut kind = dir.kind(name).map_err(fail("inspect", name))?;
+    if kind.is_none() {
+        if dir.mkdir(name).map_err(fail("create", name))? {
+            return Ok(());
+        }
+        // Made meanwhile, by another process.
+        kind = dir.kind(name).map_err(fail("inspect", name))?;
+    }
+    match kind {
+        Some(DescriptorType::Directory) => Ok(()),
+        Some(DescriptorType::SymbolicLink) => Err(errors::symlink(name)),
+        Some(other) => Err(errors::wrong_kind(name, other, "a directory")),
+        None => Err(errors::storage("create", name, ErrorCode::NoEntry)),
+    }
 }
 
 fn write_new(dir: &Dir, path: &str, bytes: &[u8]) -> Result<(), Error> {

@@ -4,7 +4,7 @@
 //! scripts written against it grep for them.
 
 use crate::hasp::lock::types::{Error, ErrorCode};
-use wasip2::filesystem::types::ErrorCode as FsError;
+use wasip2::filesystem::types::{DescriptorType as FsType, ErrorCode as FsError};
 
 /// Shown for a client id or an anonymous lock: the id, or `?`.
 pub fn shown(client: Option<&str>) -> &str {
@@ -85,7 +85,7 @@ pub fn corrupt(path: &str, why: &str) -> Error {
 
 /// A filesystem call on `path` (relative to the lock directory) failed.
 pub fn storage(action: &str, path: &str, code: FsError) -> Error {
-    io_failure(action, path, &crate::dir::reason(code))
+    io_failure(action, path, crate::dir::reason(code))
 }
 
 /// Like [`storage`], with the reason given as text.
@@ -108,6 +108,18 @@ pub fn wrong_format(path: &str, found: &str) -> Error {
         message: format!(
             "{path} says {}: this lock directory was written by an incompatible hasp{advice}",
             quoted(found)
+        ),
+        code: ErrorCode::Storage(path.to_string()),
+    }
+}
+
+/// `path` is of type `found` where `wanted` belongs (a FIFO where a
+/// directory or a regular file should be, say): refused, never opened.
+pub fn wrong_kind(path: &str, found: FsType, wanted: &str) -> Error {
+    Error {
+        message: format!(
+            "cannot use {path}: it is {}, not {wanted}",
+            crate::dir::what(found)
         ),
         code: ErrorCode::Storage(path.to_string()),
     }
@@ -181,6 +193,23 @@ pub fn file_held(path: &str, owner: Option<(u32, &str, &str)>) -> Error {
 pub fn not_a_regular_file(path: &str, what: &str) -> Error {
     Error {
         message: format!("cannot use {path} as a lock file: it is {what}"),
+        code: ErrorCode::InvalidInput,
+    }
+}
+
+#[cfg(feature = "process")]
+/// A lock file path through `level`, which is not a directory but `kind`
+/// (a symlink is never followed, even to a directory).
+pub fn not_a_lock_file_directory(path: &str, level: &str, kind: FsType) -> Error {
+    let why = match kind {
+        FsType::SymbolicLink => " (symlinks are never followed)",
+        _ => ", not a directory",
+    };
+    Error {
+        message: format!(
+            "cannot use {path} as a lock file: {level} is {}{why}",
+            crate::dir::what(kind)
+        ),
         code: ErrorCode::InvalidInput,
     }
 }

@@ -100,18 +100,44 @@ impl LockFile {
                 "no such preopened directory (the host must grant it)",
             ));
         };
+        // Walk down to the file's directory one level at a time, looking at
+        // each before opening it: never through a symlink (which may lead
+        // anywhere in the lock directory), never into a FIFO or device.
+        let (parents, name) = match path.rsplit_once('/') {
+            Some((parents, name)) => (Some(parents), name),
+            None => (None, path.as_str()),
+        };
+        let mut below: Option<Dir> = None;
+        let mut level_end = 0;
+        for segment in parents.into_iter().flat_map(|p| p.split('/')) {
+            level_end += segment.len();
+            let level = &path[..level_end];
+            level_end += 1;
+            let here = below.as_ref().unwrap_or(&root);
+            match here
+                .kind(segment)
+                .map_err(|e| errors::storage("inspect", level, e))?
+            {
+                Some(DescriptorType::Directory) => {}
+                None if !create => return Ok(None),
+                None => return Err(errors::storage("open", &path, ErrorCode::NoEntry)),
+                Some(kind) => return Err(errors::not_a_lock_file_directory(&path, level, kind)),
+            }
+            below = match here.open_dir(segment) {
+                Ok(Some(dir)) => Some(dir),
+                Ok(None) if !create => return Ok(None),
+                Ok(None) => return Err(errors::storage("open", &path, ErrorCode::NoEntry)),
+                Err(e) => return Err(errors::storage("open", level, e)),
+            };
+        }
+        let here = below.as_ref().unwrap_or(&root);
         let what = |kind| match kind {
             DescriptorType::RegularFile => None,
-            DescriptorType::Directory => Some("a directory"),
-            DescriptorType::SymbolicLink => Some("a symlink"),
-            DescriptorType::Fifo => Some("a FIFO"),
-            DescriptorType::CharacterDevice | DescriptorType::BlockDevice => Some("a device"),
-            DescriptorType::Socket => Some("a socket"),
-            DescriptorType::Unknown => Some("not a regular file"),
+            other => Some(crate::dir::what(other)),
         };
         // Look before opening: opening a FIFO or a device may block or act.
-        match root
-            .kind(&path)
+        match here
+            .kind(name)
             .map_err(|e| errors::storage("inspect", &path, e))?
         {
             None if !create => return Ok(None),
@@ -122,7 +148,7 @@ impl LockFile {
             }
             None => {}
         }
-        let file = match root.open_file(&path, create) {
+        let file = match here.open_file(name, create) {
             Ok(file) => file,
             Err(ErrorCode::NoEntry) if !create => return Ok(None),
             Err(e) => return Err(errors::storage("open", &path, e)),

@@ -159,13 +159,67 @@ impl Error {
                 message,
             },
             wit::ErrorCode::Storage(file) => Error::Storage {
+                message: name_io_cause(message, &dir),
                 dir,
                 file: file.into(),
-                message,
             },
             wit::ErrorCode::Busy => Error::Busy { message },
             wit::ErrorCode::WouldBlock(holder) => Error::WouldBlock { holder, message },
             wit::ErrorCode::LeaseExpired => Error::LeaseExpired { message },
         }
+    }
+}
+
+/// How the guest ends a storage message for WASI's catch-all `io` error
+/// (`guest/src/dir.rs`, `reason`).
+const IO_ERROR: &str = ": input/output error";
+
+/// Names the cause of a storage failure that WASI could only call an
+/// input/output error: wasmtime-wasi reports `EROFS`, `EMFILE`, `ENFILE`
+/// and `EDQUOT` that way. The host looks at what the guest cannot see: a
+/// lock directory on a read-only mount (for a call that writes), or a
+/// process out of descriptors. Anything else stays as the guest said.
+fn name_io_cause(message: String, dir: &std::path::Path) -> String {
+    let Some(head) = message.strip_suffix(IO_ERROR) else {
+        return message;
+    };
+    let reads = head.starts_with("cannot read ") || head.starts_with("cannot inspect ");
+    let cause = if !reads && read_only(dir) {
+        "read-only filesystem"
+    } else if out_of_descriptors() {
+        "too many open files"
+    } else {
+        return message;
+    };
+    format!("{head}: {cause}")
+}
+
+/// Whether `dir` is on a filesystem mounted read-only.
+fn read_only(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statvfs(3) fills the zeroed struct it is given; `path` is a
+    // NUL-terminated string that outlives the call.
+    unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        libc::statvfs(path.as_ptr(), &mut stat) == 0 && stat.f_flag & libc::ST_RDONLY != 0
+    }
+}
+
+/// Whether this process is at (or within a few of) its limit of open files.
+fn out_of_descriptors() -> bool {
+    // SAFETY: getrlimit(2) fills the zeroed struct it is given.
+    let limit = unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return false;
+        }
+        limit.rlim_cur
+    };
+    match std::fs::read_dir("/proc/self/fd") {
+        Ok(entries) => (entries.count() as u64).saturating_add(8) >= limit as u64,
+        Err(err) => matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)),
     }
 }

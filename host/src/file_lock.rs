@@ -108,9 +108,25 @@ impl HostFile for State {
 }
 
 /// Opens `path` beneath `dir` for locking: a regular file, created if
-/// missing and `create` is set, never truncated, never a symlink.
+/// missing and `create` is set, never truncated. Each directory on the way
+/// is opened on its own, one name at a time, and so is the file: a symlink
+/// anywhere along the path is refused (the guest refuses it first, by name;
+/// this is the host's own guard), as is anything but a directory on the way
+/// and anything but a regular file at the end.
 fn open_beneath(dir: &cap_std::fs::Dir, path: &str, create: bool) -> Result<File, LockError> {
-    match dir.symlink_metadata(path) {
+    let (parents, name) = match path.rsplit_once('/') {
+        Some((parents, name)) => (Some(parents), name),
+        None => (None, path),
+    };
+    let mut below: Option<cap_std::fs::Dir> = None;
+    for segment in parents.into_iter().flat_map(|p| p.split('/')) {
+        let here = below.as_ref().unwrap_or(dir);
+        below = Some(open_level(here, segment, create)?);
+    }
+    let dir = below.as_ref().unwrap_or(dir);
+    one_name(name)?;
+    // Look first: opening a FIFO or a device may block or act on it.
+    match dir.symlink_metadata(name) {
         Ok(meta) if !meta.is_file() => return Err(LockError::NotAFile),
         Ok(_) => {}
         Err(err) if err.kind() == std::io::ErrorKind::NotFound && !create => {
@@ -121,11 +137,58 @@ fn open_beneath(dir: &cap_std::fs::Dir, path: &str, create: bool) -> Result<File
     }
     let mut options = cap_std::fs::OpenOptions::new();
     options.read(true).write(true).create(create);
-    let file = dir.open_with(path, &options).map_err(io_error)?.into_std();
-    match file.metadata() {
-        Ok(meta) if meta.is_file() => Ok(file),
-        Ok(_) => Err(LockError::NotAFile),
-        Err(err) => Err(io_error(err)),
+    // Replaced by a FIFO after the look: the open still does not block.
+    cap_std::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    let file = dir.open_with(name, &options).map_err(io_error)?.into_std();
+    let meta = file.metadata().map_err(io_error)?;
+    if !meta.is_file() {
+        return Err(LockError::NotAFile);
+    }
+    use std::os::unix::fs::MetadataExt;
+    still_named(dir, name, meta.dev(), meta.ino())?;
+    Ok(file)
+}
+
+/// Opens directory `name`, one path component, in `dir`: never through a
+/// symlink, never anything but a directory (opened with `O_DIRECTORY`, so a
+/// FIFO is not waited on).
+fn open_level(
+    dir: &cap_std::fs::Dir,
+    name: &str,
+    create: bool,
+) -> Result<cap_std::fs::Dir, LockError> {
+    one_name(name)?;
+    let opened = match dir.open_dir(name) {
+        Ok(opened) => opened,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !create => {
+            return Err(LockError::NoSuchFile)
+        }
+        Err(err) if err.raw_os_error() == Some(libc::ENOTDIR) => return Err(LockError::NotAFile),
+        Err(err) => return Err(io_error(err)),
+    };
+    let meta = opened.dir_metadata().map_err(io_error)?;
+    use cap_std::fs::MetadataExt;
+    still_named(dir, name, meta.dev(), meta.ino())?;
+    Ok(opened)
+}
+
+/// Checks that `name` in `dir` is itself (not a symlink to) the file with
+/// device `dev` and inode `ino`, the one just opened by that name.
+fn still_named(dir: &cap_std::fs::Dir, name: &str, dev: u64, ino: u64) -> Result<(), LockError> {
+    use cap_std::fs::MetadataExt;
+    let named = dir.symlink_metadata(name).map_err(io_error)?;
+    if named.file_type().is_symlink() || (named.dev(), named.ino()) != (dev, ino) {
+        return Err(LockError::NotAFile);
+    }
+    Ok(())
+}
+
+/// Refuses what is not one plain name (the guest has checked the path; the
+/// host does not rely on that).
+fn one_name(name: &str) -> Result<(), LockError> {
+    match name {
+        "" | "." | ".." => Err(LockError::NotAFile),
+        _ => Ok(()),
     }
 }
 

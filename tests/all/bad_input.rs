@@ -707,3 +707,463 @@ fn timeouts_out_of_range_exit_2_with_one_line_and_never_panic() {
     }
     assert!(!locks.path().join("x.lock").exists());
 }
+
+// ---- Special files, huge files and read-only or full disks (issue 14) ----
+
+/// Runs `hasp --dir DIR ARGS...`, killing it if it has not finished within
+/// 30 s (the deadline of a guest call; a refusal comes at once, so this is
+/// a guard against hanging, not a measure of speed).
+fn run_bounded(dir: &Path, args: &[&str]) -> Run {
+    use std::process::{Command, Stdio};
+    let child = Command::new(crate::support::hasp_bin())
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("HASP_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hasp");
+    let pid = child.id();
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match outcome.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(out) => Run::from(out.expect("wait for hasp")),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of a child not yet reaped.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("hasp {args:?} was still running after 30 s: it blocked");
+        }
+    }
+}
+
+/// Asserts exit 2, nothing on stdout, and one line on stderr holding each
+/// of `parts`.
+#[track_caller]
+fn one_line_refusal(run: &Run, args: &[&str], parts: &[&str]) {
+    assert_eq!(
+        (run.code, run.stdout.as_str(), run.stderr.lines().count()),
+        (2, "", 1),
+        "hasp {args:?}: {run:?}"
+    );
+    for part in parts {
+        assert!(
+            run.stderr.contains(part),
+            "hasp {args:?}: {part:?}? {run:?}"
+        );
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The special files a test can make here: a FIFO and a socket always, a
+/// character device (like /dev/zero) only as root.
+#[derive(Clone, Copy, Debug)]
+enum Special {
+    Fifo,
+    Socket,
+    Device,
+}
+
+impl Special {
+    fn all() -> Vec<Special> {
+        if is_root() {
+            vec![Special::Fifo, Special::Socket, Special::Device]
+        } else {
+            eprintln!("skipped: a character device in the lock directory needs root to make");
+            vec![Special::Fifo, Special::Socket]
+        }
+    }
+
+    /// Makes one at `path`; a socket lives as long as the listener returned.
+    fn make(self, path: &Path) -> Option<std::os::unix::net::UnixListener> {
+        use std::process::Command;
+        match self {
+            Special::Fifo => {
+                assert!(Command::new("mkfifo")
+                    .arg(path)
+                    .status()
+                    .expect("mkfifo")
+                    .success());
+                None
+            }
+            Special::Socket => Some(std::os::unix::net::UnixListener::bind(path).expect("bind")),
+            Special::Device => {
+                let status = Command::new("mknod")
+                    .arg(path)
+                    .args(["c", "1", "5"])
+                    .status();
+                assert!(status.expect("mknod").success());
+                None
+            }
+        }
+    }
+}
+
+#[test]
+fn special_files_where_the_layout_belongs_are_refused_at_once() {
+    // Opening a FIFO blocks until a writer comes, for ever: FORMAT, nodes
+    // and tmp are looked at before anything opens them, by every command
+    // and by the daemon at its start.
+    let commands: [&[&str]; 5] = [
+        &["status"],
+        &["status", "x", "--json"],
+        &["lock", "x", "--client", "c"],
+        &["unlock", "x", "--client", "c"],
+        &["serve", "--addr", "127.0.0.1:0"],
+    ];
+    for special in Special::all() {
+        for place in ["FORMAT", "nodes", "tmp"] {
+            let locks = Locks::new();
+            if place != "FORMAT" {
+                locks.ok(&["status"]);
+                fs::remove_dir(locks.path().join(place)).expect("remove the layout's dir");
+            }
+            let _socket = special.make(&locks.path().join(place));
+            let before = locks.tree();
+            for args in commands {
+                let run = run_bounded(locks.path(), args);
+                one_line_refusal(&run, args, &[&format!("cannot use {place}: it is a ")]);
+                assert_eq!(locks.tree(), before, "{special:?} {place}: hasp {args:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn special_files_where_a_node_belongs_are_refused_at_once() {
+    // A node directory and its `.lock` are looked at before they are opened.
+    for special in Special::all() {
+        for place in ["nodes/x", "nodes/x/.lock"] {
+            let locks = Locks::new();
+            locks.ok(&["lock", "x", "--client", "c"]);
+            locks.ok(&["unlock", "x", "--client", "c"]);
+            fs::remove_dir_all(locks.path().join(place)).expect("remove the node's dir");
+            let _socket = special.make(&locks.path().join(place));
+            let before = locks.tree();
+            for args in [
+                &["status", "x", "--json"][..],
+                &["lock", "x", "--client", "c"],
+                &["lock", "x/y", "--client", "c"],
+                &["unlock", "x", "--client", "c"],
+            ] {
+                let run = run_bounded(locks.path(), args);
+                one_line_refusal(&run, args, &[place]);
+                assert_eq!(locks.tree(), before, "{special:?} {place}: hasp {args:?}");
+            }
+            // The listing skips what is not a directory, or names it.
+            let run = run_bounded(locks.path(), &["status"]);
+            if place == "nodes/x" {
+                assert_eq!(run.code, 0, "{special:?} {place}: {run:?}");
+            } else {
+                one_line_refusal(&run, &["status"], &[place]);
+            }
+        }
+    }
+}
+
+/// A file of `len` bytes beginning with `head`, the rest a hole (sparse:
+/// no space is used, and reading it gives zeros).
+fn sparse(path: &Path, head: &[u8], len: u64) {
+    let file = fs::File::create(path).expect("create");
+    std::io::Write::write_all(&mut &file, head).expect("write");
+    file.set_len(len).expect("extend");
+}
+
+#[test]
+fn format_is_read_no_further_than_its_first_bytes() {
+    const GIB: u64 = 1 << 30;
+    // Endless or huge, refused in one line, never read whole (a read of the
+    // whole would pass the guest's 256 MiB memory cap and trap).
+    let locks = Locks::new();
+    let format = locks.path().join("FORMAT");
+    sparse(&format, b"", GIB);
+    let args = ["status"];
+    let run = run_bounded(locks.path(), &args);
+    one_line_refusal(
+        &run,
+        &args,
+        &["FORMAT says '\\0\\0\\0", "incompatible hasp"],
+    );
+    assert_eq!(fs::metadata(&format).expect("stat").len(), GIB);
+
+    fs::remove_file(&format).expect("remove");
+    std::os::unix::fs::symlink("/dev/zero", &format).expect("symlink");
+    let run = run_bounded(locks.path(), &args);
+    one_line_refusal(&run, &args, &["refusing to follow the symlink FORMAT"]);
+
+    if is_root() {
+        fs::remove_file(&format).expect("remove");
+        Special::Device.make(&format);
+        let run = run_bounded(locks.path(), &args);
+        one_line_refusal(
+            &run,
+            &args,
+            &["cannot use FORMAT: it is a character device, not a regular file"],
+        );
+    } else {
+        eprintln!("skipped: FORMAT as a character device needs root to make");
+    }
+
+    // The right line followed by a gigabyte: only the line counts.
+    let locks = Locks::new();
+    locks.ok(&["status"]);
+    sparse(&locks.path().join("FORMAT"), b"hasp-lock-dir 3\n", GIB);
+    locks.ok(&["lock", "x", "--client", "c"]);
+    assert_eq!(locks.json(&["status", "x", "--json"])["client"], "c");
+}
+
+#[test]
+fn wrong_kinds_of_file_in_the_layout_are_named_in_words() {
+    for (place, what, wanted) in [
+        ("FORMAT", "a directory", "a regular file"),
+        ("nodes", "a regular file", "a directory"),
+        ("tmp", "a regular file", "a directory"),
+    ] {
+        let locks = Locks::new();
+        if place == "FORMAT" {
+            fs::create_dir(locks.path().join(place)).expect("mkdir");
+        } else {
+            locks.ok(&["status"]);
+            fs::remove_dir(locks.path().join(place)).expect("rmdir");
+            fs::write(locks.path().join(place), "x\n").expect("write");
+        }
+        for args in [&["status"][..], &["lock", "x", "--client", "c"]] {
+            rejected(
+                &locks,
+                args,
+                &format!("cannot use {place}: it is {what}, not {wanted}"),
+            );
+        }
+    }
+}
+
+/// A tmpfs mounted on a temporary directory for one test, unmounted when
+/// dropped; `None` (saying why) where this process may not mount.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(options: &str) -> Option<Tmpfs> {
+        if !is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "hasp-test"])
+            .arg(dir.path())
+            .status();
+        match mounted {
+            Ok(status) if status.success() => Some(Tmpfs { dir }),
+            other => {
+                eprintln!("skipped: mount -t tmpfs failed here ({other:?})");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn remount(&self, options: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(self.path())
+            .status()
+            .expect("mount -o remount");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_read_only_lock_dir_is_called_read_only() {
+    let Some(mount) = Tmpfs::mount("size=1m") else {
+        // Without root: a directory this user cannot write is reported as
+        // such (chmod does not stop root, hence the mount above).
+        if is_root() {
+            eprintln!("skipped: the permission-denied variant cannot run as root");
+            return;
+        }
+        let locks = setup();
+        let unwritable = fs::Permissions::from_mode(0o555);
+        let writable = fs::Permissions::from_mode(0o755);
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(locks.path().join("nodes"), unwritable).expect("chmod");
+        let run = locks.run(&["lock", "other", "--client", "c"]);
+        fs::set_permissions(locks.path().join("nodes"), writable).expect("chmod");
+        one_line_refusal(
+            &run,
+            &["lock"],
+            &["cannot create nodes/other: permission denied"],
+        );
+        return;
+    };
+    let dir = mount.path();
+    let ok = |args: &[&str]| {
+        let run = hasp_in(dir, args);
+        assert_eq!(
+            (run.code, run.stderr.as_str()),
+            (0, ""),
+            "{args:?}: {run:?}"
+        );
+        run.stdout
+    };
+    ok(&["lock", "held", "--client", "owner"]);
+    mount.remount("ro");
+    let refusals: [(&[&str], &str); 3] = [
+        (
+            &["lock", "other", "--client", "c"],
+            "cannot create nodes/other",
+        ),
+        (
+            &["unlock", "held", "--client", "owner"],
+            "cannot rename nodes/held/.lock/",
+        ),
+        (
+            &["run", "x.lock", "--", "echo", "ran"],
+            "cannot open x.lock",
+        ),
+    ];
+    for (args, start) in refusals {
+        let run = hasp_in(dir, args);
+        one_line_refusal(
+            &run,
+            args,
+            &[start, ": read-only filesystem (lock directory "],
+        );
+    }
+    // Reading needs no writing.
+    assert!(ok(&["status"]).contains("held"));
+    mount.remount("rw");
+    ok(&["unlock", "held", "--client", "owner"]);
+}
+
+#[test]
+fn no_space_for_a_first_format_says_so_and_leaves_nothing_staged() {
+    // Every try used to leave its `tmp/<uuid>.FORMAT` behind.
+    let Some(mount) = Tmpfs::mount("size=64k") else {
+        return;
+    };
+    let dir = mount.path().join("locks");
+    fs::create_dir(&dir).expect("mkdir");
+    let filler = mount.path().join("filler");
+    let mut file = fs::File::create(&filler).expect("create");
+    let full = std::io::Write::write_all(&mut file, &vec![0u8; 1 << 20]);
+    assert!(full.is_err(), "64 KiB took 1 MiB?");
+    drop(file);
+    for _ in 0..3 {
+        let run = hasp_in(&dir, &["status"]);
+        one_line_refusal(
+            &run,
+            &["status"],
+            &["cannot write tmp/", ".FORMAT: no space left on the device"],
+        );
+        assert!(
+            empty_dir(&dir.join("tmp")),
+            "{:?}",
+            fs::read_dir(dir.join("tmp"))
+        );
+    }
+    assert!(!dir.join("FORMAT").exists());
+    // Room again: the directory is laid out, with nothing left in tmp.
+    fs::remove_file(&filler).expect("rm");
+    let run = hasp_in(&dir, &["lock", "x", "--client", "c"]);
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:?}");
+    assert!(empty_dir(&dir.join("tmp")));
+}
+
+#[test]
+fn no_inode_for_a_new_node_names_its_whole_path_and_leaves_nothing_staged() {
+    let Some(mount) = Tmpfs::mount("nr_inodes=64") else {
+        return;
+    };
+    let dir = mount.path().join("locks");
+    fs::create_dir(&dir).expect("mkdir");
+    let run = hasp_in(&dir, &["lock", "held", "--client", "owner"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // Every inode taken, then one given back: enough for the node's
+    // directory, not for its first state staged in tmp.
+    let fill = mount.path().join("inodes");
+    fs::create_dir(&fill).expect("mkdir");
+    let mut made = 0;
+    while fs::File::create(fill.join(made.to_string())).is_ok() {
+        made += 1;
+    }
+    assert!(made > 0);
+    fs::remove_file(fill.join("0")).expect("free one inode");
+    let run = hasp_in(&dir, &["lock", "new", "--client", "c"]);
+    one_line_refusal(
+        &run,
+        &["lock"],
+        &["cannot create tmp/", ": no space left on the device"],
+    );
+    assert!(empty_dir(&dir.join("tmp")));
+    // Once there is room again, everything works, and held locks unlock.
+    fs::remove_dir_all(&fill).expect("free the inodes");
+    for args in [
+        &["lock", "new", "--client", "c"][..],
+        &["unlock", "new", "--client", "c"],
+        &["unlock", "held", "--client", "owner"],
+    ] {
+        let run = hasp_in(&dir, args);
+        assert_eq!(
+            (run.code, run.stderr.as_str()),
+            (0, ""),
+            "{args:?}: {run:?}"
+        );
+    }
+    assert!(empty_dir(&dir.join("tmp")));
+}
+
+#[test]
+fn out_of_descriptors_is_called_too_many_open_files() {
+    // WASI reports EMFILE as an input/output error; the host names it.
+    let locks = Locks::new();
+    locks.ok(&["status"]);
+    let mut failed = 0;
+    for limit in 5..=24 {
+        let resource = format!("r{limit}/b/c/d");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+            .arg(crate::support::hasp_bin())
+            .arg("--dir")
+            .arg(locks.path())
+            .args(["lock", &resource, "--client", "c"])
+            .env_remove("HASP_DIR")
+            .output()
+            .expect("run sh");
+        let run = Run::from(out);
+        if run.code == 0 {
+            continue;
+        }
+        failed += 1;
+        assert_eq!(
+            (run.code, run.stderr.lines().count()),
+            (2, 1),
+            "{limit}: {run:?}"
+        );
+        assert!(
+            run.stderr.to_lowercase().contains("too many open files"),
+            "ulimit -n {limit}: {run:?}"
+        );
+    }
+    assert!(failed > 0, "no limit from 5 to 24 open files was too few");
+}

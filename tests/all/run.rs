@@ -786,3 +786,90 @@ fn who_on_a_missing_lock_file_says_not_held_and_creates_nothing() {
     let run = locks.run(&["who", "never-used.lock", "--json"]);
     assert_eq!(run.stdout, "{\"held\":false}\n");
 }
+
+/// Runs `args` and expects exactly `line` on stderr, exit 2, nothing run,
+/// and nothing created or changed in the lock directory.
+#[track_caller]
+fn refused_in_one_line(locks: &Locks, args: &[&str], line: &str) {
+    let before = locks.tree();
+    locks.run(args).assert_refused(2, line);
+    assert_eq!(locks.tree(), before, "hasp {args:?} changed the lock dir");
+}
+
+#[test]
+fn a_symlinked_directory_inside_the_lock_dir_is_never_followed() {
+    // The README says symlinks are refused: a symlink to a directory that
+    // stays inside the lock directory too, at any level, for `run` and `who`.
+    let locks = Locks::new();
+    let dir = locks.path();
+    fs::create_dir_all(dir.join("real/deeper")).expect("mkdir");
+    fs::create_dir(dir.join("sub")).expect("mkdir");
+    fs::write(dir.join("real/there.lock"), "").expect("write");
+    std::os::unix::fs::symlink("real", dir.join("link")).expect("symlink");
+    std::os::unix::fs::symlink("../real", dir.join("sub/link")).expect("symlink");
+    std::os::unix::fs::symlink("deeper", dir.join("real/down")).expect("symlink");
+
+    for (path, level) in [
+        ("link/x.lock", "link"),
+        ("link/there.lock", "link"),
+        ("link/deeper/x.lock", "link"),
+        ("sub/link/x.lock", "sub/link"),
+        ("real/down/x.lock", "real/down"),
+    ] {
+        let line = format!(
+            "cannot use {path} as a lock file: {level} is a symlink (symlinks are never followed)"
+        );
+        refused_in_one_line(&locks, &["run", path, "--", "echo", "ran"], &line);
+        refused_in_one_line(&locks, &["who", path], &line);
+        let absolute = dir.join(path);
+        let absolute = absolute.to_str().expect("utf-8");
+        refused_in_one_line(&locks, &["run", absolute, "--", "echo", "ran"], &line);
+    }
+    // Only the file put there by hand is in the real directory.
+    assert_eq!(
+        fs::read_dir(dir.join("real"))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .filter(|n| n.ends_with(".lock"))
+            .collect::<Vec<_>>(),
+        ["there.lock"]
+    );
+    // The same files by their real paths are lock files as usual.
+    succeeded(
+        &locks.run(&["run", "real/deeper/x.lock", "--", "echo", "ran"]),
+        "ran\n",
+    );
+    assert_eq!(locks.run(&["who", "real/there.lock"]).stdout, "not held\n");
+}
+
+#[test]
+fn special_files_on_a_lock_file_path_are_refused_at_once() {
+    let locks = Locks::new();
+    let dir = locks.path();
+    assert!(Command::new("mkfifo")
+        .arg(dir.join("fifo"))
+        .status()
+        .expect("mkfifo")
+        .success());
+    let _socket = std::os::unix::net::UnixListener::bind(dir.join("socket")).expect("bind");
+    fs::write(dir.join("file"), "").expect("write");
+    let special = "a special file (a FIFO or a socket)";
+    let cases = [
+        ("fifo/x.lock", format!("fifo is {special}, not a directory")),
+        (
+            "socket/x.lock",
+            format!("socket is {special}, not a directory"),
+        ),
+        (
+            "file/x.lock",
+            "file is a regular file, not a directory".into(),
+        ),
+        ("socket", format!("it is {special}")),
+        ("fifo", format!("it is {special}")),
+    ];
+    for (path, why) in &cases {
+        let line = format!("cannot use {path} as a lock file: {why}");
+        refused_in_one_line(&locks, &["run", path, "--", "echo", "ran"], &line);
+        refused_in_one_line(&locks, &["who", path], &line);
+    }
+}
