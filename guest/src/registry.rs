@@ -237,12 +237,9 @@ impl Registry {
         let name = Name::parse(resource)?;
         check_key(key)?;
         let node = name.node_path();
-        let held = self.owned(&name, &node, key, &Now::default(), |seen, held| {
+        let held = self.owned(&name, &node, key, &Now::default(), |from, held| {
             let free = record::free_name(held.fencing);
-            Ok(self
-                .disk
-                .change(&node, &seen.name, &free)?
-                .then_some(held.clone()))
+            Ok(self.disk.change(&node, from, &free)?.then_some(held.lease))
         })?;
         Ok(held.holder(name.as_str()))
     }
@@ -262,13 +259,13 @@ impl Registry {
             lease_from(ttl, now, None)?;
         }
         let node = name.node_path();
-        let held = self.owned(&name, &node, key, &clock, |seen, held| {
+        let held = self.owned(&name, &node, key, &clock, |from, held| {
             let ttl = ttl_ms
                 .or(held.lease.map(|l| l.ttl_ms))
                 .ok_or_else(|| errors::no_lease(name.as_str()))?;
             let lease = lease_from(ttl, now, held.client.as_deref())?;
             let renewed = record::renewed_name(held, lease);
-            if !self.disk.change(&node, &seen.name, &renewed)? {
+            if !self.disk.change(&node, from, &renewed)? {
                 return Ok(None);
             }
             // Judged live at `now`, but the lease may have run out before
@@ -277,7 +274,7 @@ impl Registry {
             // this node). Past the old end, undo it: the lease was lost.
             if let Some(old) = held.lease {
                 if now_ms() >= old.expires_ms {
-                    let _ = self.disk.change(&node, &renewed, &seen.name);
+                    let _ = self.disk.change(&node, &renewed, from);
                     return Err(errors::lease_expired(
                         name.as_str(),
                         held.client.as_deref(),
@@ -285,17 +282,15 @@ impl Registry {
                     ));
                 }
             }
-            Ok(Some(Held {
-                lease: Some(lease),
-                ..held.clone()
-            }))
+            Ok(Some(Some(lease)))
         })?;
         Ok(held.holder(name.as_str()))
     }
 
-    /// Finds the live lock on `node` that `key` owns and hands it to
-    /// `change`, which renames its state and returns the lock as it now is
-    /// (`None`: the state moved meanwhile; read again). Refuses as
+    /// Finds the live lock on `node` that `key` owns and hands its state's
+    /// name and the lock to `change`, which renames the state and returns
+    /// the lock's lease as it now is (`None`: the state moved meanwhile;
+    /// read again); returns the lock with that lease. Refuses as
     /// `registry.unlock` documents: not locked, not the owner, or the key's
     /// lease ran out.
     fn owned(
@@ -304,7 +299,7 @@ impl Registry {
         node: &str,
         key: &UnlockKey,
         now: &Now,
-        change: impl Fn(&Seen, &Held) -> Result<Option<Held>, Error>,
+        change: impl Fn(&str, &Held) -> Result<Option<Option<Lease>>, Error>,
     ) -> Result<Held, Error> {
         // The lock this registry granted or renewed, if the key fits it and
         // its lease (as known here) has not run out: renaming from it checks
@@ -321,12 +316,13 @@ impl Registry {
                     None => return Err(errors::not_locked()),
                 },
             };
-            let held = match &seen.state {
-                State::Free(last) => return Err(self.gone(name, node, key, *last)),
+            let Seen { name: from, state } = seen;
+            let mut held = match state {
+                State::Free(last) => return Err(self.gone(name, node, key, last)),
                 State::Held(held) => held,
             };
-            if !fits(held, key) {
-                if !now.live(held) {
+            if !fits(&held, key) {
+                if !now.live(&held) {
                     return Err(self.gone(name, node, key, held.fencing));
                 }
                 if let Some(lost) = self.lost_by(name, node, key, held.fencing) {
@@ -338,15 +334,16 @@ impl Registry {
                     UnlockKey::Token(_) => errors::wrong_token(client),
                 });
             }
-            if !now.live(held) {
+            if !now.live(&held) {
                 return Err(errors::lease_expired(
                     name.as_str(),
                     held.client.as_deref(),
                     held.fencing,
                 ));
             }
-            if let Some(changed) = change(&seen, held)? {
-                return Ok(changed);
+            if let Some(lease) = change(&from, &held)? {
+                held.lease = lease;
+                return Ok(held);
             }
         }
         Err(errors::busy(name.as_str()))
