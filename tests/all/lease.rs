@@ -12,8 +12,11 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-/// A lease short enough to outwait in a test.
-const SHORT: Duration = Duration::from_millis(300);
+/// A lease short enough to outwait in a test, long enough for a few
+/// processes to start on a loaded 2-core machine.
+const SHORT: Duration = Duration::from_millis(500);
+/// A lease that outlives a `wasmtime run` under load.
+const LONGER: Duration = Duration::from_millis(2000);
 
 fn open(locks: &Locks) -> Registry {
     Registry::open(locks.path()).expect("open the registry")
@@ -54,8 +57,8 @@ fn a_lease_ends_by_itself_and_the_next_grant_has_a_higher_fencing_token() {
         .lock("deploy", &LockOptions::client("ci-1").with_ttl(SHORT))
         .expect("lock");
     let expires = grant.holder.expires_ms.expect("a lease");
-    assert_eq!(expires, grant.holder.since_ms + 300);
-    assert_eq!(grant.holder.ttl_ms, Some(300));
+    assert_eq!(expires, grant.holder.since_ms + 500);
+    assert_eq!(grant.holder.ttl_ms, Some(500));
     assert_eq!(
         registry.status("deploy").expect("status"),
         Some(grant.holder.clone())
@@ -67,7 +70,7 @@ fn a_lease_ends_by_itself_and_the_next_grant_has_a_higher_fencing_token() {
     // Held in every view until it runs out...
     let status = locks.json(&["status", "deploy", "--json"]);
     assert_eq!(status["expires_ms"], expires);
-    assert_eq!(status["ttl_ms"], 300);
+    assert_eq!(status["ttl_ms"], 500);
     outlive(SHORT);
     // ...then free in every view: the API, the CLI, a listing.
     assert_eq!(registry.status("deploy").expect("status"), None);
@@ -89,7 +92,7 @@ fn a_lease_ends_by_itself_and_the_next_grant_has_a_higher_fencing_token() {
     let fields: Vec<&str> = state.split('+').collect();
     assert_eq!(fields[0], "3");
     assert_eq!(fields[2], "pcl");
-    assert_eq!(fields[5], "300");
+    assert_eq!(fields[5], "500");
     assert_eq!(fields[6], "ci-3");
 }
 
@@ -138,7 +141,7 @@ fn renewal_keeps_the_fencing_token_and_pushes_the_end_back() {
     let leased = registry.renew("plain", &me, Some(SHORT)).expect("renew");
     assert_eq!(
         (leased.fencing, leased.ttl_ms),
-        (plain.holder.fencing, Some(300))
+        (plain.holder.fencing, Some(500))
     );
     // Somebody else's key renews nothing.
     match registry.renew("plain", &UnlockKey::Client("other".into()), Some(SHORT)) {
@@ -415,11 +418,11 @@ fn a_lease_taken_through_the_api_expires_for_stock_wasmtime_too() {
     let locks = Locks::new();
     let mut registry = open(&locks);
     let grant = registry
-        .lock("shared", &LockOptions::client("api").with_ttl(SHORT))
+        .lock("shared", &LockOptions::client("api").with_ttl(LONGER))
         .expect("lock");
     wasm(&locks, &["lock", "shared", "--client", "wasm"])
         .assert_refused(1, "Resource already locked by 'api'");
-    outlive(SHORT);
+    outlive(LONGER);
     let run = wasm(
         &locks,
         &[
