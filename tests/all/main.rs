@@ -14,6 +14,7 @@ mod lease_cli;
 mod plugin;
 mod race;
 mod recovery;
+mod reliability;
 mod run;
 mod runtime;
 mod serve;

@@ -51,7 +51,7 @@ impl Stderr {
 }
 
 /// A running `hasp --dir DIR serve --addr ADDR ...`, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
     pid: u32,
     /// Where to connect (loopback when the server listens on every address).
@@ -63,7 +63,7 @@ struct Server {
 impl Server {
     /// `hasp --dir <locks> serve --addr 127.0.0.1:0 EXTRA...`, once it listens.
     #[track_caller]
-    fn start(locks: &Locks, extra: &[&str]) -> Server {
+    pub(crate) fn start(locks: &Locks, extra: &[&str]) -> Server {
         Server::start_at(locks, "127.0.0.1:0", extra)
     }
 
@@ -162,19 +162,19 @@ impl Server {
     }
 
     #[track_caller]
-    fn post(&self, path: &str, body: &str) -> (u16, String) {
+    pub(crate) fn post(&self, path: &str, body: &str) -> (u16, String) {
         let got = self.send(&request("POST", path, &[], Some(body)));
         (got.status, got.body)
     }
 
     #[track_caller]
-    fn get_json(&self, path: &str) -> (u16, Value) {
+    pub(crate) fn get_json(&self, path: &str) -> (u16, Value) {
         let got = self.send(&request("GET", path, &[], None));
         (got.status, got.json())
     }
 
     #[track_caller]
-    fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+    pub(crate) fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
         let got = self.send(&request("POST", path, &[], Some(&body.to_string())));
         (got.status, got.json())
     }
