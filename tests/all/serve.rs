@@ -136,7 +136,7 @@ impl Server {
     }
 
     /// A fresh connection, with generous read and write timeouts as guards.
-    fn connect(&self) -> TcpStream {
+    pub(crate) fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(self.addr).expect("connect to hasp serve");
         stream.set_read_timeout(Some(GUARD)).expect("timeout");
         stream.set_write_timeout(Some(GUARD)).expect("timeout");
@@ -209,7 +209,7 @@ impl Server {
     }
 
     /// SIGKILL: no chance to clean up.
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         let mut child = self.child.take().expect("running");
         child.kill().expect("kill hasp serve");
         child.wait().expect("wait for hasp serve");
@@ -335,15 +335,15 @@ fn xmlrpc(url: &str, calls: Value) -> Vec<Value> {
 }
 
 #[derive(Debug)]
-struct Response {
-    status: u16,
+pub(crate) struct Response {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
     body: String,
 }
 
 impl Response {
     #[track_caller]
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
     }
 
@@ -357,7 +357,7 @@ impl Response {
 }
 
 /// Reads one HTTP/1.x response: by its Content-Length, else to end of stream.
-fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
+pub(crate) fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
         return Err(std::io::Error::new(
