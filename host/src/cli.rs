@@ -254,6 +254,9 @@ struct ServeArgs {
     /// without ttl=) [default: none]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     default_ttl: Option<Duration>,
+    /// Connections open at once; past it, the longest-idle one is closed [default: 1024, fewer under a low `ulimit -n`]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
 }
 
 #[derive(Args)]
@@ -446,6 +449,7 @@ fn serve(dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
         },
         log: args.log,
         default_ttl: args.default_ttl,
+        max_connections: args.max_connections,
     })?;
     Ok(())
 }

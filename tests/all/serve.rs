@@ -1113,7 +1113,7 @@ fn non_loopback_address_needs_a_token_file_or_insecure() {
 // ------------------------------------------------- limits and bad requests
 
 #[test]
-fn oversized_requests_get_431_414_413_and_chunked_411() {
+fn oversized_requests_get_431_414_and_413() {
     let locks = Locks::new();
     let server = Server::start(&locks, &[]);
     let pad = |n: usize| "a".repeat(n);
@@ -1153,13 +1153,12 @@ fn oversized_requests_get_431_414_413_and_chunked_411() {
     let got = server.send(&request("POST", "/v1/lock", &[], Some(&big)));
     assert_error_response(&got, 413, "body-too-large");
     healthy(&server);
-    let chunk = json!({"resource": "chunked", "client": "c"}).to_string();
     let raw = format!(
-        "POST /v1/lock HTTP/1.1\r\nHost: hasp.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
-        chunk.len()
+        "POST /v1/lock HTTP/1.1\r\nHost: hasp.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+        big.len()
     );
     let got = server.send(raw.as_bytes());
-    assert_error_response(&got, 411, "length-required");
+    assert_error_response(&got, 413, "body-too-large");
     healthy(&server);
 
     assert_eq!(held(&locks), ["fits"]);
@@ -2268,4 +2267,422 @@ fn fsync_a_failed_sync_fails_the_change_through_every_door_and_is_counted_and_lo
     assert!(server.stderr.wait_for(twice), "{}", server.stderr());
     disk.free();
     drop(server);
+}
+
+// ------------------------------------------------- HTTP/1.1 framing (RFC 9112)
+
+/// Reads a response head only (the answer to a HEAD): status and headers.
+fn read_head(reader: &mut BufReader<TcpStream>) -> (String, Vec<(String, String)>) {
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("a status line");
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("a header line");
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            return (status.trim_end().to_string(), headers);
+        }
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+}
+
+/// Sends `raw` on a fresh connection: its one response, then whether the
+/// server closed the connection after it.
+#[track_caller]
+fn send_and_close(server: &Server, raw: &[u8]) -> (Response, bool) {
+    let mut stream = server.connect();
+    let _ = stream.write_all(raw);
+    let mut reader = BufReader::new(stream);
+    let got =
+        read_response(&mut reader).unwrap_or_else(|e| panic!("no response ({e}) to {}", show(raw)));
+    let mut rest = Vec::new();
+    let end = reader.read_to_end(&mut rest);
+    // Closed with the request unread, the close is a reset.
+    let closed =
+        matches!(end, Ok(0)) || end.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
+    (got, closed)
+}
+
+#[test]
+fn two_different_content_lengths_or_one_beside_chunked_are_400_and_closed() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    // The smuggling of issue 14: the second request hides in the body the
+    // second Content-Length claims.
+    let smuggle = "POST /v1/lock HTTP/1.1\r\nHost: h\r\nContent-Length: 33\r\nContent-Length: 84\r\n\r\n{\"resource\":\"smug2\",\"client\":\"a\"}GET /canhaz/smuggled2?id=evil HTTP/1.1\r\n\r\n";
+    let chunked_too = "POST /v1/lock HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n21\r\n{\"resource\":\"smug3\",\"client\":\"a\"}\r\n0\r\n\r\nGET /canhaz/smuggled3?id=evil HTTP/1.1\r\n\r\n";
+    let te_first = "POST /v1/lock HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 33\r\n\r\n{\"resource\":\"smug4\",\"client\":\"a\"}";
+    for raw in [smuggle, chunked_too, te_first] {
+        let (got, closed) = send_and_close(&server, raw.as_bytes());
+        assert_error_response(&got, 400, "bad-request");
+        assert!(closed, "not closed after {got:?}");
+    }
+    // Not a number by RFC 9110 §8.6: digits only.
+    let body = json!({"resource": "cl", "client": "a"}).to_string();
+    let n = body.len().to_string();
+    for value in [
+        format!("+{n}"),
+        "-1".to_string(),
+        "0x10".to_string(),
+        String::new(),
+        format!("{} {}", &n[..1], &n[1..]),
+        format!("{n}, {n}"),
+        "99999999999999999999999".to_string(),
+    ] {
+        let raw =
+            format!("POST /v1/lock HTTP/1.1\r\nHost: h\r\nContent-Length: {value}\r\n\r\n{body}");
+        let (got, closed) = send_and_close(&server, raw.as_bytes());
+        assert_error_response(&got, 400, "bad-request");
+        assert!(closed, "not closed after Content-Length {value:?}");
+    }
+    assert_eq!(held(&locks), Vec::<String>::new());
+    // Two that agree frame one body: taken.
+    let raw = format!(
+        "POST /v1/lock HTTP/1.1\r\nHost: h\r\nContent-Length: {n}\r\ncontent-length: {n}\r\nConnection: close\r\n\r\n{body}"
+    );
+    let got = server.send(raw.as_bytes());
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(held(&locks), ["cl"]);
+}
+
+#[test]
+fn locker_nowant_with_a_malformed_token_or_id_answers_ok_false() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let (status, grant) = server.get_json("/canhaz/my/resource?id=me");
+    assert_eq!((status, &grant["ok"]), (200, &json!(true)), "{grant}");
+    // The seed's own example, and ids no lock could ever have.
+    for target in [
+        "/nowant/my/resource?token=invalid-token",
+        "/nowant/my/resource?token=",
+        "/nowant/my/resource?id=a%0Ab",
+        &format!("/nowant/my/resource?id={}", "x".repeat(300)),
+        "/nowant/not%20held?token=invalid-token",
+    ] {
+        assert_eq!(
+            server.get_json(target),
+            (200, json!({"ok": false})),
+            "{target}"
+        );
+    }
+    assert_eq!(held(&locks), ["my/resource"]);
+    let target = format!("/nowant/my/resource?token={}", token(&grant));
+    assert_eq!(server.get_json(&target), (200, json!({"ok": true})));
+}
+
+/// Asserts a 400 in Locker's shape: `{"ok": false, "error": {...}}`.
+#[track_caller]
+fn assert_locker_400(got: &(u16, Value)) {
+    assert_eq!((got.0, &got.1["ok"]), (400, &json!(false)), "{got:?}");
+    assert!(got.1["error"]["message"].is_string(), "{got:?}");
+}
+
+#[test]
+fn bad_percent_escapes_are_400_on_locker_and_v1_and_flags_must_be_booleans() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let (status, _) = server.get_json("/canhaz/held?id=owner");
+    assert_eq!(status, 200);
+    for target in [
+        "/canhaz/r?id=%FF",
+        "/canhaz/r?id=%C3",
+        "/canhaz/r?id=%+5",
+        "/canhaz/r?id=%4",
+        "/canhaz/r?id=%4g",
+        "/canhaz/r%FF",
+        "/canhaz/r?lockParents=%FF",
+        "/canhaz/r?lockChildren=%FF",
+        "/canhaz/r?lockParents=",
+        "/canhaz/r?%FF=1",
+        "/nowant/held?id=%FF",
+        "/dohaz/held?x=%FF",
+    ] {
+        assert_locker_400(&server.get_json(target));
+    }
+    for target in [
+        "/v1/list?prefix=%FF",
+        "/v1/list?prefix=%+5",
+        "/v1/status?resource=%FF",
+        "/v1/status?resource=held%",
+    ] {
+        assert_error(&server.get_json(target), 400, "bad-request");
+    }
+    assert_eq!(held(&locks), ["held"]);
+    // Good escapes still decode, `+` as a space in the query only.
+    let (status, grant) = server.get_json("/canhaz/caf%C3%A9?id=a%20b+c");
+    assert_eq!((status, &grant["ok"]), (200, &json!(true)), "{grant}");
+    assert_eq!(
+        server.get_json("/dohaz/caf%c3%a9"),
+        (200, json!({"lockedBy": "a b c"}))
+    );
+}
+
+#[test]
+fn head_gets_headers_only_and_the_next_response_stays_framed() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let mut stream = server.connect();
+    stream
+        .write_all(
+            b"HEAD /healthz HTTP/1.1\r\nHost: h\r\n\r\n\
+              HEAD /canhaz/headed HTTP/1.1\r\nHost: h\r\n\r\n\
+              GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n",
+        )
+        .expect("send");
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = read_head(&mut reader);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{headers:?}");
+    assert!(
+        headers.iter().any(|(n, _)| n == "content-length"),
+        "{headers:?}"
+    );
+    // HEAD would take a lock on Locker's door: refused, and said which.
+    let (status, headers) = read_head(&mut reader);
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed", "{headers:?}");
+    assert!(
+        headers.contains(&("allow".into(), "GET".into())),
+        "{headers:?}"
+    );
+    let got = read_response(&mut reader).expect("the GET after two HEADs");
+    assert_eq!((got.status, got.json()), (200, json!({"ok": true})));
+    assert_eq!(held(&locks), Vec::<String>::new());
+}
+
+#[test]
+fn every_405_says_allow() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    for (method, target, allow) in [
+        ("POST", "/canhaz/x", "GET"),
+        ("PUT", "/nowant/x", "GET"),
+        ("GET", "/RPC2", "POST"),
+        ("GET", "/", "POST"),
+        ("DELETE", "/healthz", "GET, HEAD"),
+        ("POST", "/metrics", "GET, HEAD"),
+        ("GET", "/v1/lock", "POST"),
+        ("HEAD", "/v1/unlock", "POST"),
+        ("POST", "/v1/list", "GET"),
+        ("DELETE", "/v1/status", "GET"),
+    ] {
+        let mut stream = server.connect();
+        let raw = request(method, target, &[], (method != "HEAD").then_some(""));
+        stream.write_all(&raw).expect("send");
+        let mut reader = BufReader::new(stream);
+        let (status, headers) = read_head(&mut reader);
+        assert!(
+            status.starts_with("HTTP/1.1 405 "),
+            "{method} {target}: {status}"
+        );
+        assert!(
+            headers.contains(&("allow".into(), allow.into())),
+            "{method} {target}: {headers:?}"
+        );
+    }
+}
+
+#[test]
+fn unauthorized_says_www_authenticate_and_the_bearer_scheme_is_any_case() {
+    let locks = Locks::new();
+    let (_secrets, file) = token_file("case-token");
+    let server = Server::start(&locks, &["--token-file", &file]);
+    let got = server.send(&request("GET", "/dohaz/x", &[], None));
+    assert_error_response(&got, 401, "unauthorized");
+    let challenge = got.header("WWW-Authenticate").unwrap_or_default();
+    assert!(challenge.starts_with("Bearer"), "{got:?}");
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let auth = format!("{scheme} case-token");
+        let got = server.send(&request(
+            "GET",
+            "/dohaz/x",
+            &[("Authorization", &auth)],
+            None,
+        ));
+        assert_eq!(got.status, 200, "{scheme}: {got:?}");
+    }
+    let got = server.send(&request(
+        "GET",
+        "/dohaz/x",
+        &[("Authorization", "bearer wrong")],
+        None,
+    ));
+    assert_eq!(got.status, 401);
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body_is_read() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let body = json!({"resource": "expected", "client": "c"}).to_string();
+    let mut stream = server.connect();
+    let head = format!(
+        "POST /v1/lock HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("send the head");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    // Nothing of the body is sent until the server says so.
+    let (status, headers) = read_head(&mut reader);
+    assert_eq!(status, "HTTP/1.1 100 Continue", "{headers:?}");
+    stream.write_all(body.as_bytes()).expect("send the body");
+    let got = read_response(&mut reader).expect("the final response");
+    assert_eq!(got.status, 200, "{got:?}");
+    // A chunked body waits for it too.
+    let chunked = json!({"resource": "expected2", "client": "c"}).to_string();
+    let head = "POST /v1/lock HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nTransfer-Encoding: chunked\r\n\r\n";
+    stream.write_all(head.as_bytes()).expect("send the head");
+    let (status, _) = read_head(&mut reader);
+    assert_eq!(status, "HTTP/1.1 100 Continue");
+    let chunks = format!("{:x}\r\n{chunked}\r\n0\r\n\r\n", chunked.len());
+    stream.write_all(chunks.as_bytes()).expect("send the body");
+    let got = read_response(&mut reader).expect("the final response");
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(held(&locks), ["expected", "expected2"]);
+}
+
+#[test]
+fn bare_lf_requests_are_served_at_once() {
+    let locks = Locks::new();
+    // A request held until the timeout would take 30 s: the test would
+    // fail on the 408 it got instead.
+    let server = Server::start(&locks, &["--request-timeout", "30"]);
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\nHost: h\n\nGET /canhaz/lf?id=x HTTP/1.1\r\nHost: h\n\r\nGET / HTTP/1.1\n\n")
+        .expect("send");
+    let mut reader = BufReader::new(stream);
+    for expected in [200, 200, 405] {
+        let got = read_response(&mut reader).expect("a response");
+        assert_eq!(got.status, expected, "{got:?}");
+    }
+    assert_eq!(held(&locks), ["lf"]);
+}
+
+#[test]
+fn chunked_bodies_are_read_strictly_within_the_body_limit() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    // Node's http.request: chunked, here cut in three, with an extension
+    // and a trailer; then a second request on the same connection.
+    let body = json!({"resource": "chunked", "client": "node"}).to_string();
+    let (a, b) = body.split_at(5);
+    let (b, c) = b.split_at(10);
+    let raw = format!(
+        "POST /v1/lock HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{a}\r\n{:X};name=value\r\n{b}\r\n{:04x}\r\n{c}\r\n0\r\nX-Trailer: ignored\r\n\r\n\
+         GET /dohaz/chunked HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        a.len(),
+        b.len(),
+        c.len()
+    );
+    let mut stream = server.connect();
+    stream.write_all(raw.as_bytes()).expect("send");
+    let mut reader = BufReader::new(stream);
+    let got = read_response(&mut reader).expect("the lock");
+    assert_eq!(got.status, 200, "{got:?}");
+    let got = read_response(&mut reader).expect("the status");
+    assert_eq!(got.json(), json!({"lockedBy": "node"}));
+
+    // Exactly the limit fits; one byte more is 413, however it is cut.
+    let fits = json!({"resource": "fits", "client": "c"}).to_string();
+    let fits = format!("{fits}{}", " ".repeat(64 * 1024 - fits.len()));
+    let (x, y) = fits.split_at(40_000);
+    let raw = format!(
+        "POST /v1/lock HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{x}\r\n{:x}\r\n{y}\r\n0\r\n\r\n",
+        x.len(),
+        y.len()
+    );
+    assert_eq!(server.send(raw.as_bytes()).status, 200);
+    let over = format!("{fits} ");
+    let (x, y) = over.split_at(40_000);
+    let raw = format!(
+        "POST /v1/lock HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{x}\r\n{:x}\r\n{y}\r\n0\r\n\r\n",
+        x.len(),
+        y.len()
+    );
+    let (got, closed) = send_and_close(&server, raw.as_bytes());
+    assert_error_response(&got, 413, "body-too-large");
+    assert!(closed);
+
+    // Sizes are hex digits, without sign, prefix or overflow.
+    let chunk = json!({"resource": "bad", "client": "c"}).to_string();
+    for (size, status, code) in [
+        ("zz".to_string(), 400, "bad-request"),
+        ("+21".to_string(), 400, "bad-request"),
+        ("0x21".to_string(), 400, "bad-request"),
+        (String::new(), 400, "bad-request"),
+        ("1 0".to_string(), 400, "bad-request"),
+        ("1".to_string(), 400, "bad-request"),
+        ("f".repeat(40), 413, "body-too-large"),
+        ("10001".to_string(), 413, "body-too-large"),
+    ] {
+        let raw = format!(
+            "POST /v1/lock HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\n{chunk}\r\n0\r\n\r\n"
+        );
+        let (got, closed) = send_and_close(&server, raw.as_bytes());
+        assert_error_response(&got, status, code);
+        assert!(closed, "{size:?}");
+    }
+    // Only chunked is a transfer coding hasp reads.
+    let raw = format!(
+        "POST /v1/lock HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    let (got, _) = send_and_close(&server, raw.as_bytes());
+    assert_error_response(&got, 501, "not-implemented");
+    assert_eq!(held(&locks), ["chunked", "fits"]);
+}
+
+#[test]
+fn max_connections_sheds_the_longest_idle_connection_for_a_new_client() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &["--max-connections", "8"]);
+    // Twenty clients that connect and say nothing.
+    let idle: Vec<TcpStream> = (0..20).map(|_| server.connect()).collect();
+    // A new client is still served...
+    let got = server.send(&request("GET", "/healthz", &[], None));
+    assert_eq!(got.status, 200, "{got:?}");
+    // ...because the 13 that waited longest made room, oldest first.
+    for (i, mut stream) in idle.into_iter().take(13).enumerate() {
+        let mut rest = Vec::new();
+        let end = stream.read_to_end(&mut rest);
+        assert!(
+            matches!(end, Ok(0))
+                || end
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "connection {i} not closed: {end:?}"
+        );
+    }
+}
+
+#[test]
+fn max_connections_refuses_with_503_when_no_connection_is_idle() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &["--max-connections", "2"]);
+    let body = json!({"resource": "busy", "client": "c"}).to_string();
+    let head = format!(
+        "POST /v1/lock HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // Two connections, each in the middle of a request (the 100 Continue
+    // says the server is reading its body).
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut stream = server.connect();
+        stream.write_all(head.as_bytes()).expect("send the head");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        assert_eq!(read_head(&mut reader).0, "HTTP/1.1 100 Continue");
+        busy.push((stream, reader));
+    }
+    let got = server.send(&request("GET", "/healthz", &[], None));
+    assert_error_response(&got, 503, "busy");
+    assert_eq!(got.header("Connection"), Some("close"), "{got:?}");
+    // The busy ones are answered all the same.
+    for (mut stream, mut reader) in busy {
+        stream.write_all(body.as_bytes()).expect("send the body");
+        let status = read_response(&mut reader).expect("its answer").status;
+        assert!(status == 200 || status == 409, "{status}");
+    }
 }

@@ -6,7 +6,10 @@
 use serde_json::json;
 use std::borrow::Cow;
 use std::ops::Range;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -57,6 +60,14 @@ pub struct Request {
     pub keep_alive: bool,
 }
 
+/// How a request's body is framed (RFC 9112 §6.3).
+enum Framing {
+    /// `Content-Length: N` (none: 0).
+    Length(usize),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
 impl Request {
     fn text(&self, at: &Range<usize>) -> &str {
         // Method and target are checked text (httparse hands them out as
@@ -80,6 +91,14 @@ impl Request {
             .iter()
             .find(|(n, _)| self.head[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| String::from_utf8_lossy(&self.head[v.clone()]))
+    }
+
+    /// Whether every percent escape in the path and the query is `%` and
+    /// two hex digits, and they decode to UTF-8. Allocates only for a
+    /// target that has escapes.
+    pub fn escapes_ok(&self) -> bool {
+        let ok = |text: &str| !text.contains('%') || decode(text, false).is_some();
+        ok(self.path()) && ok(self.text(&self.query))
     }
 
     /// The decoded value of query parameter `key` (`+` reads as a space).
@@ -128,6 +147,9 @@ pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// Header lines beyond the framing ones, each ending in CRLF
+    /// (`Allow: GET\r\n`).
+    pub headers: &'static str,
     /// The grant this response hands over, if any: released again when the
     /// response cannot be delivered.
     pub grant: Option<Handed>,
@@ -150,8 +172,15 @@ impl Response {
             status,
             content_type: "application/json",
             body,
+            headers: "",
             grant: None,
         }
+    }
+
+    /// This response with the header lines `headers` (each ending in CRLF).
+    pub fn with_headers(mut self, headers: &'static str) -> Response {
+        self.headers = headers;
+        self
     }
 
     /// This response, handing over `grant` (moved out of it, no copy).
@@ -177,6 +206,7 @@ impl Response {
             status,
             content_type,
             body: body.into_bytes(),
+            headers: "",
             grant: None,
         }
     }
@@ -203,9 +233,9 @@ pub fn decode(text: &str, plus: bool) -> Option<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Two hex digits, nothing else (`%+5` is no escape).
+                let hex = |at: usize| bytes.get(at).and_then(|&b| char::from(b).to_digit(16));
+                out.push((hex(i + 1)? * 16 + hex(i + 2)?) as u8);
                 i += 3;
             }
             b'+' if plus => {
@@ -240,10 +270,50 @@ impl Fill {
     }
 }
 
+/// What the accept loop sees of a connection: since when it has waited for
+/// a request (if it is waiting), and its socket, to shut when the server
+/// must make room for a new client.
+#[derive(Debug)]
+pub struct Tracker {
+    /// What `idle_since` counts from (the same for every connection).
+    epoch: Instant,
+    /// Nanoseconds from `epoch` to when the wait for a request will time
+    /// out (so the smallest has waited longest); 0 while a request is read
+    /// or answered.
+    idle_since: AtomicU64,
+    /// The socket; `None` once the connection has closed it.
+    fd: Mutex<Option<RawFd>>,
+}
+
+impl Tracker {
+    /// When the connection began to wait for a request, as a figure that
+    /// orders connections (smaller: earlier); `None` while it is busy.
+    pub fn idle_since(&self) -> Option<u64> {
+        Some(self.idle_since.load(Ordering::Relaxed)).filter(|&t| t != 0)
+    }
+
+    /// Ends the connection's wait for its next request: shuts the reading
+    /// half of its socket, so the wait ends as if the client had closed.
+    /// A request already read is still answered. False if it is closed.
+    pub fn shed(&self) -> bool {
+        let fd = self.fd.lock().unwrap_or_else(|e| e.into_inner());
+        match *fd {
+            // Busy (or shed already): left alone.
+            Some(fd) if self.idle_since.swap(0, Ordering::Relaxed) != 0 => {
+                // SAFETY: shutdown(2) on a socket the connection still
+                // owns: it clears `fd` under this lock before closing it.
+                unsafe { libc::shutdown(fd, libc::SHUT_RD) == 0 }
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Reads requests off one connection, keeping bytes that arrive early
 /// (pipelining) for the next request.
 pub struct Connection {
     stream: TcpStream,
+    tracker: Arc<Tracker>,
     buf: Vec<u8>,
     /// When the wait for the current request (or the next one) ends.
     deadline: Instant,
@@ -257,16 +327,28 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, limits: Limits) -> Connection {
-        Connection {
+    /// A connection on `stream`, and what the accept loop sees of it;
+    /// `epoch` is the same for every connection of a server.
+    pub fn new(stream: TcpStream, limits: Limits, epoch: Instant) -> (Connection, Arc<Tracker>) {
+        // Idle from the start: a client that sends nothing is the first to
+        // make room.
+        let deadline = Instant::now() + limits.idle_timeout;
+        let tracker = Arc::new(Tracker {
+            epoch,
+            idle_since: AtomicU64::new(stamp(deadline, epoch)),
+            fd: Mutex::new(Some(stream.as_raw_fd())),
+        });
+        let connection = Connection {
             stream,
+            tracker: tracker.clone(),
             buf: Vec::with_capacity(4096),
             deadline: Instant::now() + limits.request_timeout,
             timer: Box::pin(tokio::time::sleep(limits.request_timeout)),
             out: Vec::new(),
             limits,
             hung_up: false,
-        }
+        };
+        (connection, tracker)
     }
 
     /// Whether the client was seen to hang up (by [`Connection::hang_up`]
@@ -299,7 +381,6 @@ impl Connection {
     /// Whether the client has hung up already, asked of the socket itself
     /// (one `recv` with `MSG_PEEK`, which takes nothing): never waits.
     pub fn has_hung_up(&mut self) -> bool {
-        use std::os::fd::AsRawFd;
         if !self.hung_up {
             let mut byte = 0u8;
             // SAFETY: recv(2) into one byte this function owns, on a socket
@@ -333,13 +414,18 @@ impl Connection {
                 return Err(ReadError::Closed);
             }
             self.set_deadline(self.limits.idle_timeout);
-            tokio::select! {
-                filled = self.fill() => {
-                    if filled != Fill::Data {
-                        return Err(ReadError::Closed);
-                    }
-                }
-                _ = stopping.changed() => return Err(ReadError::Closed),
+            // A new connection keeps the stamp it was made with.
+            if self.tracker.idle_since.load(Ordering::Relaxed) == 0 {
+                let since = stamp(self.deadline, self.tracker.epoch);
+                self.tracker.idle_since.store(since, Ordering::Relaxed);
+            }
+            let filled = tokio::select! {
+                filled = self.fill() => filled,
+                _ = stopping.changed() => Fill::Closed,
+            };
+            self.tracker.idle_since.store(0, Ordering::Relaxed);
+            if filled != Fill::Data {
+                return Err(ReadError::Closed);
             }
         }
         self.set_deadline(self.limits.request_timeout);
@@ -391,10 +477,14 @@ impl Connection {
     /// goes away half way.
     async fn read_request(&mut self) -> Result<Request, ReadError> {
         let head_len = loop {
-            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
-                break end + 4;
+            if let Some(end) = head_end(&self.buf) {
+                break end;
             }
-            let line_end = find(&self.buf, b"\r\n").unwrap_or(self.buf.len());
+            let line_end = self
+                .buf
+                .iter()
+                .position(|&b| b == b'\n')
+                .unwrap_or(self.buf.len());
             if line_end > self.limits.target_bytes + 32 {
                 return Err(reject(
                     414,
@@ -418,37 +508,61 @@ impl Connection {
                 "the request headers are too large",
             ));
         }
-        let mut request = self.parse_head(head_len)?;
-        if request.header("transfer-encoding").is_some() {
-            return Err(reject(
-                411,
-                "length-required",
-                "send the body with a Content-Length",
-            ));
-        }
-        let length = match request.header("content-length") {
-            None => 0,
-            Some(v) => v
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| reject(400, "bad-request", "Content-Length is not a number"))?,
+        let (mut request, framing, expect_continue) = self.parse_head(head_len)?;
+        let mut continued = !expect_continue;
+        let end = match framing {
+            Framing::Length(length) => {
+                if length > self.limits.body_bytes {
+                    return Err(reject(
+                        413,
+                        "body-too-large",
+                        "the request body is too large",
+                    ));
+                }
+                while self.buf.len() < head_len + length {
+                    self.continue_once(&mut continued).await?;
+                    self.fill().await.into_result()?;
+                }
+                request.body = self.buf[head_len..head_len + length].to_vec();
+                head_len + length
+            }
+            Framing::Chunked => {
+                let mut chunks = Chunks {
+                    start: head_len,
+                    at: head_len,
+                    state: Chunk::Size,
+                    trailers: 0,
+                };
+                while !chunks.advance(&self.buf, &mut request.body, &self.limits)? {
+                    self.continue_once(&mut continued).await?;
+                    self.fill().await.into_result()?;
+                }
+                chunks.at
+            }
         };
-        if length > self.limits.body_bytes {
-            return Err(reject(
-                413,
-                "body-too-large",
-                "the request body is too large",
-            ));
-        }
-        while self.buf.len() < head_len + length {
-            self.fill().await.into_result()?;
-        }
-        request.body = self.buf[head_len..head_len + length].to_vec();
-        self.buf.drain(..head_len + length);
+        self.buf.drain(..end);
         Ok(request)
     }
 
-    fn parse_head(&self, head_len: usize) -> Result<Request, ReadError> {
+    /// Answers `Expect: 100-continue` before the first wait for the body
+    /// (RFC 9110 §10.1.1), once: the client holds the body back until then.
+    async fn continue_once(&mut self, continued: &mut bool) -> Result<(), ReadError> {
+        if !*continued {
+            *continued = true;
+            self.stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .map_err(|_| ReadError::Closed)?;
+        }
+        Ok(())
+    }
+
+    /// The request head, how its body is framed, and whether the client
+    /// waits for `100 Continue`. The framing headers are read by RFC 9112
+    /// §6: `Content-Length` is digits only, and a second one must agree;
+    /// `Transfer-Encoding` is `chunked` alone, never beside a
+    /// `Content-Length` (either way round a request could be smuggled).
+    fn parse_head(&self, head_len: usize) -> Result<(Request, Framing, bool), ReadError> {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut parsed = httparse::Request::new(&mut headers);
         match parsed.parse(&self.buf[..head_len]) {
@@ -479,6 +593,58 @@ impl Connection {
                 _ => 0..0,
             }
         };
+        // One pass over the headers for everything the framing needs.
+        let mut length = None;
+        let mut chunked = None;
+        let (mut close, mut keep, mut expect_continue) = (false, false, false);
+        for h in parsed.headers.iter() {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-length") {
+                let n = parse_length(h.value)
+                    .ok_or_else(|| reject(400, "bad-request", "Content-Length is not a number"))?;
+                if length.is_some_and(|before| before != n) {
+                    return Err(reject(
+                        400,
+                        "bad-request",
+                        "two different Content-Length headers",
+                    ));
+                }
+                length = Some(n);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                if chunked.is_some() || !trim(h.value).eq_ignore_ascii_case(b"chunked") {
+                    return Err(reject(
+                        501,
+                        "not-implemented",
+                        "the only transfer coding taken is chunked",
+                    ));
+                }
+                chunked = Some(());
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                let value = String::from_utf8_lossy(h.value);
+                close |= has_token(&value, "close");
+                keep |= has_token(&value, "keep-alive");
+            } else if name.eq_ignore_ascii_case(b"expect") {
+                expect_continue = trim(h.value).eq_ignore_ascii_case(b"100-continue");
+            }
+        }
+        let framing = match (length, chunked) {
+            (Some(_), Some(())) => {
+                return Err(reject(
+                    400,
+                    "bad-request",
+                    "Transfer-Encoding and Content-Length together",
+                ))
+            }
+            (_, Some(())) if version == 0 => {
+                return Err(reject(
+                    400,
+                    "bad-request",
+                    "Transfer-Encoding in an HTTP/1.0 request",
+                ))
+            }
+            (_, Some(())) => Framing::Chunked,
+            (length, None) => Framing::Length(length.unwrap_or(0)),
+        };
         let headers: Vec<_> = parsed
             .headers
             .iter()
@@ -488,41 +654,56 @@ impl Connection {
             Some((path, query)) => (place(path.as_bytes()), place(query.as_bytes())),
             None => (place(target.as_bytes()), 0..0),
         };
-        let mut request = Request {
+        let request = Request {
             head: self.buf[..head_len].to_vec(),
             method: place(method.as_bytes()),
             path,
             query,
             headers,
             body: Vec::new(),
-            keep_alive: true,
+            keep_alive: !close && (version != 0 || keep),
         };
-        let close = request
-            .header("connection")
-            .is_some_and(|c| has_token(&c, "close"));
-        let keep = request
-            .header("connection")
-            .is_some_and(|c| has_token(&c, "keep-alive"));
-        request.keep_alive = !close && (version != 0 || keep);
-        Ok(request)
+        Ok((request, framing, expect_continue && version != 0))
     }
 
-    /// Writes `response`; `close` adds `Connection: close`.
-    pub async fn send(&mut self, response: &Response, close: bool) -> std::io::Result<()> {
+    /// Writes `response`; `close` adds `Connection: close`. `head_only`
+    /// (the answer to a `HEAD`) leaves the body out and keeps its length.
+    pub async fn send(
+        &mut self,
+        response: &Response,
+        close: bool,
+        head_only: bool,
+    ) -> std::io::Result<()> {
         use std::io::Write as _;
         let out = &mut self.out;
         out.clear();
         let _ = write!(
             out,
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}{}\r\n",
             response.status,
             reason(response.status),
             response.content_type,
             response.body.len(),
+            response.headers,
             if close { "Connection: close\r\n" } else { "" },
         );
-        out.extend_from_slice(&response.body);
+        if !head_only {
+            out.extend_from_slice(&response.body);
+        }
         self.stream.write_all(out).await
+    }
+}
+
+/// `deadline` as a `Tracker::idle_since`: never 0.
+fn stamp(deadline: Instant, epoch: Instant) -> u64 {
+    let since = deadline.saturating_duration_since(epoch).as_nanos();
+    u64::try_from(since).unwrap_or(u64::MAX).max(1)
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Before the socket closes: its number may be reused at once.
+        *self.tracker.fd.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -537,8 +718,179 @@ fn reject(status: u16, code: &str, message: &str) -> ReadError {
     ReadError::Reject(Response::error(status, code, message))
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// Where the head ends: after the first empty line. Lines end in CRLF or,
+/// as RFC 9112 §2.2 lets a server accept, a bare LF.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = buf[from..].iter().position(|&b| b == b'\n') {
+        let lf = from + at;
+        match buf.get(lf + 1..lf + 3) {
+            Some([b'\n', _]) => return Some(lf + 2),
+            Some([b'\r', b'\n']) => return Some(lf + 3),
+            None if buf.get(lf + 1) == Some(&b'\n') => return Some(lf + 2),
+            _ => {}
+        }
+        from = lf + 1;
+    }
+    None
+}
+
+/// `value` without spaces and tabs around it.
+fn trim(value: &[u8]) -> &[u8] {
+    let start = value.iter().position(|&b| b != b' ' && b != b'\t');
+    let end = value.iter().rposition(|&b| b != b' ' && b != b'\t');
+    match (start, end) {
+        (Some(start), Some(end)) => &value[start..=end],
+        _ => &[],
+    }
+}
+
+/// A `Content-Length`: one or more digits and nothing else (no sign, no
+/// spaces inside, no list), within `usize`.
+fn parse_length(value: &[u8]) -> Option<usize> {
+    let digits = trim(value);
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |n, &b| {
+        let digit = char::from(b).to_digit(10)?;
+        n.checked_mul(10)?.checked_add(digit as usize)
+    })
+}
+
+/// Where a chunked body's reader is (RFC 9112 §7.1).
+enum Chunk {
+    /// At a chunk-size line.
+    Size,
+    /// Within a chunk's data, this many bytes to go.
+    Data(usize),
+    /// At the line end after a chunk's data.
+    DataEnd,
+    /// Among the trailer lines (ignored) after the last chunk.
+    Trailers,
+}
+
+/// A chunked body being read: decoded as it arrives, without looking at a
+/// byte twice.
+struct Chunks {
+    /// Where the body starts, in the connection's buffer.
+    start: usize,
+    /// The first byte not yet read, in the connection's buffer.
+    at: usize,
+    state: Chunk,
+    /// Trailer bytes so far.
+    trailers: usize,
+}
+
+/// The longest chunk-size line (with extensions) taken.
+const CHUNK_LINE: usize = 1024;
+
+impl Chunks {
+    /// Reads on through `buf`, appending data to `body`: true once the
+    /// body is complete (`at` is then just past it), false when it needs
+    /// more bytes.
+    fn advance(
+        &mut self,
+        buf: &[u8],
+        body: &mut Vec<u8>,
+        limits: &Limits,
+    ) -> Result<bool, ReadError> {
+        let too_large = || reject(413, "body-too-large", "the request body is too large");
+        let bad = |message| reject(400, "bad-request", message);
+        loop {
+            match self.state {
+                Chunk::Size => {
+                    let Some((line, next)) = line(buf, self.at) else {
+                        if buf.len() - self.at > CHUNK_LINE {
+                            return Err(bad("a chunk-size line is too long"));
+                        }
+                        return Ok(false);
+                    };
+                    if line.len() > CHUNK_LINE {
+                        return Err(bad("a chunk-size line is too long"));
+                    }
+                    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+                    let rest = trim(&line[digits..]);
+                    if digits == 0 || !(rest.is_empty() || rest[0] == b';') {
+                        return Err(bad("a chunk size is not hex digits"));
+                    }
+                    let mut size = 0usize;
+                    for &b in &line[..digits] {
+                        let digit = char::from(b).to_digit(16).unwrap_or(0) as usize;
+                        size = match size.checked_mul(16) {
+                            Some(n) if n + digit <= limits.body_bytes => n + digit,
+                            _ => return Err(too_large()),
+                        };
+                    }
+                    // The framing may not outweigh the body itself.
+                    let framing = next - self.start - body.len();
+                    if body.len() + size > limits.body_bytes || framing > limits.body_bytes + 4096 {
+                        return Err(too_large());
+                    }
+                    self.at = next;
+                    self.state = if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Chunk::Data(left) => {
+                    let take = left.min(buf.len() - self.at);
+                    body.extend_from_slice(&buf[self.at..self.at + take]);
+                    self.at += take;
+                    if take < left {
+                        self.state = Chunk::Data(left - take);
+                        return Ok(false);
+                    }
+                    self.state = Chunk::DataEnd;
+                }
+                Chunk::DataEnd => match buf.get(self.at..) {
+                    Some([b'\n', ..]) => {
+                        self.at += 1;
+                        self.state = Chunk::Size;
+                    }
+                    Some([b'\r', b'\n', ..]) => {
+                        self.at += 2;
+                        self.state = Chunk::Size;
+                    }
+                    Some([] | [b'\r']) | None => return Ok(false),
+                    Some(_) => return Err(bad("a chunk is longer than its size")),
+                },
+                Chunk::Trailers => {
+                    let Some((line, next)) = line(buf, self.at) else {
+                        if self.trailers + buf.len() - self.at > limits.head_bytes {
+                            return Err(reject(
+                                431,
+                                "headers-too-large",
+                                "the request trailers are too large",
+                            ));
+                        }
+                        return Ok(false);
+                    };
+                    self.trailers += next - self.at;
+                    self.at = next;
+                    if line.is_empty() {
+                        return Ok(true);
+                    }
+                    if self.trailers > limits.head_bytes {
+                        return Err(reject(
+                            431,
+                            "headers-too-large",
+                            "the request trailers are too large",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The line of `buf` that starts at `at` (without its CRLF or LF), and
+/// where the next one starts; `None` until it is complete.
+fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let lf = at + buf.get(at..)?.iter().position(|&b| b == b'\n')?;
+    let line = &buf[at..lf];
+    Some((line.strip_suffix(b"\r").unwrap_or(line), lf + 1))
 }
 
 fn reason(status: u16) -> &'static str {
@@ -553,6 +905,7 @@ fn reason(status: u16) -> &'static str {
         409 => "Conflict",
         411 => "Length Required",
         410 => "Gone",
+        501 => "Not Implemented",
         413 => "Content Too Large",
         414 => "URI Too Long",
         431 => "Request Header Fields Too Large",

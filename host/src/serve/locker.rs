@@ -2,6 +2,14 @@
 //! with Locker's JSON answers (`ok`, `token`, `lockedBy`). One extension:
 //! `canhaz?ttl=SECONDS` takes a lease (without it, the daemon's
 //! `--default-ttl`, if any); a leased grant's answer adds `expires_ms`.
+//!
+//! Every answer has Locker's shape, `{"ok": ...}`: a refusal, and a token or
+//! client id that could never match (Locker would find no such lock), are
+//! `200 {"ok": false}`. Input Locker would have taken but hasp cannot (a
+//! bad escape, flag, `ttl` or resource name) is a 400 that still reads
+//! `{"ok": false}`, with an `error` beside it for people. Only a failure of
+//! the daemon itself (storage, sync, a broken guest: Locker had no disk to
+//! fail) is a bare HTTP error, so that no client reads it as a refusal.
 
 use super::http::{decode, Request, Response};
 use super::locks::{error_response, Locks};
@@ -40,7 +48,7 @@ struct Refused<'a> {
 /// the encoded resource path after it.
 pub async fn handle(locks: &Locks, verb: &str, rest: &str, request: &Request) -> Response {
     let Some(resource) = decode(rest, false) else {
-        return Response::error(
+        return invalid(
             400,
             "bad-request",
             "the resource path is not valid percent-encoded UTF-8",
@@ -56,7 +64,10 @@ pub async fn handle(locks: &Locks, verb: &str, rest: &str, request: &Request) ->
             };
             match locks.unlock(resource, key).await {
                 Ok(_) => Response::json(200, &Answer { ok: true }),
-                Err(err) if err.is_refusal() => Response::json(200, &Answer { ok: false }),
+                // A malformed token or id matches no lock: Locker says no.
+                Err(err) if err.is_refusal() || matches!(err, Error::InvalidInput { .. }) => {
+                    Response::json(200, &Answer { ok: false })
+                }
                 Err(err) => error_response(&err),
             }
         }
@@ -65,7 +76,7 @@ pub async fn handle(locks: &Locks, verb: &str, rest: &str, request: &Request) ->
                 200,
                 &json!({"lockedBy": held.map(|h| h.client.unwrap_or_else(|| "?".into()))}),
             ),
-            Err(err) => error_response(&err),
+            Err(err) => failed(&err),
         },
     }
 }
@@ -76,7 +87,7 @@ async fn canhaz(locks: &Locks, resource: String, request: &Request) -> Response 
         match value {
             None => Ok(true),
             Some(v) => parse_flag(&v).ok_or_else(|| {
-                Response::error(
+                invalid(
                     400,
                     "invalid-input",
                     &format!(
@@ -89,7 +100,7 @@ async fn canhaz(locks: &Locks, resource: String, request: &Request) -> Response 
     let ttl = match ttl {
         None => Ok(locks.default_ttl),
         Some(text) => parse_seconds(&text).map(Some).ok_or_else(|| {
-            Response::error(
+            invalid(
                 400,
                 "invalid-input",
                 &format!(
@@ -124,15 +135,36 @@ async fn canhaz(locks: &Locks, resource: String, request: &Request) -> Response 
             },
         )
         .handing(grant),
-        Err(Error::AlreadyLocked { holder, .. }) => Response::json(
-            200,
-            &Refused {
-                locked_by: &holder,
-                ok: false,
-            },
-        ),
-        Err(err) => error_response(&err),
+        Err(Error::AlreadyLocked { holder, .. } | Error::WouldBlock { holder, .. }) => {
+            Response::json(
+                200,
+                &Refused {
+                    locked_by: &holder,
+                    ok: false,
+                },
+            )
+        }
+        Err(err) => failed(&err),
     }
+}
+
+/// A refusal is `200 {"ok": false}`, bad input a 400 in Locker's shape,
+/// and a failure of the daemon its own HTTP error.
+fn failed(err: &Error) -> Response {
+    match err {
+        err if err.is_refusal() => Response::json(200, &Answer { ok: false }),
+        Error::InvalidInput { .. } => invalid(400, "invalid-input", &err.to_string()),
+        err => error_response(err),
+    }
+}
+
+/// `{"ok": false, "error": {"code": ..., "message": ...}}`: an error in
+/// Locker's shape.
+pub fn invalid(status: u16, code: &str, message: &str) -> Response {
+    Response::json(
+        status,
+        &json!({"ok": false, "error": {"code": code, "message": message}}),
+    )
 }
 
 /// A lease given in decimal seconds (`30`, `0.25`, `.5`), rounded up to

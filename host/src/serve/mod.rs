@@ -59,6 +59,11 @@ pub struct ServeConfig {
     /// `canhaz` without `ttl=`. `None`: those locks last until unlocked.
     /// `/v1` clients choose with `ttl_ms`.
     pub default_ttl: Option<Duration>,
+    /// Connections open at once; `None`: 1024, or fewer when the limit on
+    /// open files (`RLIMIT_NOFILE`) leaves less room. When all are taken,
+    /// a new client takes the place of the connection that has waited
+    /// longest for a request, or gets 503 if none is waiting.
+    pub max_connections: Option<usize>,
 }
 
 struct App {
@@ -116,7 +121,11 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
                 config.dir.display()
             );
         }
-        accept_until_stopped(listener, app.clone(), config.limits.clone(), signals).await;
+        let max = config
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(config.workers))
+            .max(1);
+        accept_until_stopped(listener, app.clone(), config.limits.clone(), max, signals).await;
         if app.log >= LogLevel::Info {
             eprintln!("hasp serve: stopped");
         }
@@ -124,33 +133,84 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     })
 }
 
+/// 1024 connections, or fewer if the limit on open files would be reached
+/// first: it keeps room for the lock directory, the guest instances and
+/// the runtime's own descriptors.
+fn default_max_connections(workers: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) fills the struct this function owns.
+    let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    let reserve = 64 + 2 * workers;
+    files.saturating_sub(reserve).clamp(16, 1024)
+}
+
+/// What a client past the cap gets when no connection is idle.
+const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Content-Length: 79\r\nConnection: close\r\nRetry-After: 1\r\n\r\n\
+{\"error\": {\"code\": \"busy\", \"message\": \"too many connections, try again soon\"}}\n";
+
 async fn accept_until_stopped(
     listener: TcpListener,
     app: Arc<App>,
     limits: Limits,
+    max_connections: usize,
     mut signals: Signals,
 ) {
     let (stop, stopping) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
+    // Each live connection, by the id of its task.
+    let mut live = std::collections::HashMap::new();
+    let epoch = tokio::time::Instant::now();
+    // Accept errors in a row (out of descriptors, say), and the pause
+    // before the next try: logged once per burst, not at every try.
+    let mut failures = 0u64;
+    let mut pause = Duration::from_millis(10);
+    let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    if failures > 0 {
+                        if app.log >= LogLevel::Warn {
+                            eprintln!("hasp serve: accepting again after {failures} failed accepts");
+                        }
+                        (failures, pause) = (0, Duration::from_millis(10));
+                    }
+                    if live.len() >= max_connections && !make_room(&live) {
+                        // Nobody is idle: a clear refusal, then close.
+                        refuse(stream, &refusing);
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
-                    let (app, limits, stopping) = (app.clone(), limits.clone(), stopping.clone());
-                    connections.spawn(async move {
-                        connection(Connection::new(stream, limits), app, stopping).await;
-                    });
+                    let (conn, tracker) = Connection::new(stream, limits.clone(), epoch);
+                    let (app, stopping) = (app.clone(), stopping.clone());
+                    let task = connections.spawn(connection(conn, app, stopping));
+                    live.insert(task.id(), tracker);
                 }
                 Err(err) => {
-                    if app.log >= LogLevel::Warn {
-                        eprintln!("hasp serve: accept failed: {err}");
+                    failures += 1;
+                    if failures == 1 && app.log >= LogLevel::Warn {
+                        eprintln!("hasp serve: accept failed: {err} (retrying, quietly, until it works)");
                     }
-                    // Out of descriptors, say: give the others a moment.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    // Give the others a moment to close theirs.
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
                 }
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(done) = connections.join_next_with_id(), if !connections.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(err) => err.id(),
+                };
+                live.remove(&id);
+            }
             _ = signals.recv() => break,
         }
     }
@@ -158,6 +218,44 @@ async fn accept_until_stopped(
     let _ = stop.send(true);
     // In-flight requests finish; idle connections close at once.
     while connections.join_next().await.is_some() {}
+}
+
+/// Refusals on their way out at once, at most.
+const REFUSING: usize = 32;
+
+/// Answers a client past the cap with 503 and closes. The request it sent
+/// is read (for up to a second) before the close: a close with unread
+/// bytes resets the connection, and the client would never see the 503.
+/// Past `REFUSING` refusals at once, it is only written.
+fn refuse(stream: tokio::net::TcpStream, refusing: &Arc<tokio::sync::Semaphore>) {
+    let Ok(permit) = refusing.clone().try_acquire_owned() else {
+        let _ = stream.try_write(FULL);
+        return;
+    };
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let drain = async {
+            stream.write_all(FULL).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            std::io::Result::Ok(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+        drop(permit);
+    });
+}
+
+/// Sheds the connection that has waited longest for a request; false if
+/// none is waiting.
+fn make_room(live: &std::collections::HashMap<tokio::task::Id, Arc<http::Tracker>>) -> bool {
+    let mut idle: Vec<_> = live
+        .values()
+        .filter_map(|t| Some((t.idle_since()?, t)))
+        .collect();
+    idle.sort_unstable_by_key(|(since, _)| *since);
+    idle.into_iter().any(|(_, tracker)| tracker.shed())
 }
 
 /// SIGINT and SIGTERM.
@@ -198,7 +296,7 @@ async fn connection(mut conn: Connection, app: Arc<App>, mut stopping: watch::Re
             Err(ReadError::Closed) => return,
             Err(ReadError::Reject(response)) => {
                 app.log_line("?", "?", response.status, std::time::Duration::ZERO);
-                let _ = conn.send(&response, true).await;
+                let _ = conn.send(&response, true, false).await;
                 return;
             }
         };
@@ -210,7 +308,7 @@ async fn connection(mut conn: Connection, app: Arc<App>, mut stopping: watch::Re
         let sent = if conn.is_hung_up() {
             Err(Cow::Borrowed("the client hung up"))
         } else {
-            conn.send(&response, close)
+            conn.send(&response, close, request.method() == "HEAD")
                 .await
                 .map_err(|err| Cow::Owned(err.to_string()))
         };
@@ -288,25 +386,33 @@ impl App {
         if path == "/healthz" {
             return (
                 Door::Other,
-                only(request, "GET", "/healthz")
+                only(request, READ, "/healthz")
                     .unwrap_or_else(|| Response::json(200, &serde_json::json!({"ok": true}))),
             );
         }
         if !self.authorized(request) {
             return (
                 Door::Other,
-                Response::error(401, "unauthorized", "send Authorization: Bearer <token>"),
+                Response::error(401, "unauthorized", "send Authorization: Bearer <token>")
+                    .with_headers("WWW-Authenticate: Bearer realm=\"hasp\"\r\n"),
             );
         }
         if let Some(route) = path.strip_prefix("/v1/") {
+            if !request.escapes_ok() {
+                return (Door::V1, bad_escapes());
+            }
             let operator = self.token.is_some();
-            return (
-                Door::V1,
-                v1::handle(&self.locks, route, request, conn, operator).await,
-            );
+            let mut response = v1::handle(&self.locks, route, request, conn, operator).await;
+            if response.status == 405 {
+                response.headers = match route {
+                    "status" | "list" => "Allow: GET\r\n",
+                    _ => "Allow: POST\r\n",
+                };
+            }
+            return (Door::V1, response);
         }
         if path == "/RPC2" || path == "/" {
-            if let Some(refused) = only(request, "POST", "XML-RPC") {
+            if let Some(refused) = only(request, POST, "XML-RPC") {
                 return (Door::XmlRpc, refused);
             }
             return (
@@ -317,8 +423,14 @@ impl App {
         for verb in ["canhaz", "nowant", "dohaz"] {
             if let Some(rest) = path.strip_prefix('/').and_then(|p| p.strip_prefix(verb)) {
                 if let Some(rest) = rest.strip_prefix('/') {
-                    if let Some(refused) = only(request, "GET", "Locker") {
+                    if let Some(refused) = only(request, GET, "Locker") {
                         return (Door::Locker, refused);
+                    }
+                    if !request.escapes_ok() {
+                        return (
+                            Door::Locker,
+                            locker::invalid(400, "bad-request", BAD_ESCAPES),
+                        );
                     }
                     return (
                         Door::Locker,
@@ -328,7 +440,7 @@ impl App {
             }
         }
         if path == "/metrics" {
-            if let Some(refused) = only(request, "GET", "/metrics") {
+            if let Some(refused) = only(request, READ, "/metrics") {
                 return (Door::Other, refused);
             }
             let text = self.locks.metrics.render();
@@ -351,11 +463,14 @@ impl App {
         let Some(given) = request.header("authorization") else {
             return false;
         };
-        let given = given.trim();
-        if let Some(bearer) = given.strip_prefix("Bearer ") {
-            return constant_time_eq(bearer.trim().as_bytes(), token.as_bytes());
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let (scheme, credentials) = given.trim().split_once([' ', '\t']).unwrap_or_default();
+        let credentials = credentials.trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return constant_time_eq(credentials.as_bytes(), token.as_bytes());
         }
-        if let Some(basic) = given.strip_prefix("Basic ") {
+        if scheme.eq_ignore_ascii_case("basic") {
+            let basic = credentials;
             let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim()) else {
                 return false;
             };
@@ -369,15 +484,41 @@ impl App {
     }
 }
 
-/// A 405 for a request to `what` made with another method than `method`.
-fn only(request: &Request, method: &str, what: &str) -> Option<Response> {
-    (request.method() != method).then(|| {
+/// The methods a route answers, and its `Allow` header.
+struct Methods(&'static [&'static str], &'static str);
+
+/// A route that reads: `HEAD` gets `GET`'s headers.
+const READ: Methods = Methods(&["GET", "HEAD"], "Allow: GET, HEAD\r\n");
+/// A route that may change locks on `GET` (Locker's): no `HEAD`, which
+/// must not.
+const GET: Methods = Methods(&["GET"], "Allow: GET\r\n");
+const POST: Methods = Methods(&["POST"], "Allow: POST\r\n");
+
+/// A 405 (with `Allow`) for a request to `what` made with a method it does
+/// not answer.
+fn only(request: &Request, methods: Methods, what: &str) -> Option<Response> {
+    let Methods(names, allow) = methods;
+    (!names.contains(&request.method())).then(|| {
         Response::error(
             405,
             "method-not-allowed",
-            &format!("{what} answers {method} only, not {}", request.method()),
+            &format!(
+                "{what} answers {} only, not {}",
+                names.join(" and "),
+                request.method()
+            ),
         )
+        .with_headers(allow)
     })
+}
+
+/// Why a target whose percent escapes do not decode is refused.
+const BAD_ESCAPES: &str = "the request target has a percent escape that is not % and two hex \
+                           digits, or escapes that are not UTF-8";
+
+/// A JSON 400 for a target whose percent escapes do not decode.
+fn bad_escapes() -> Response {
+    Response::error(400, "bad-request", BAD_ESCAPES)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
