@@ -97,8 +97,11 @@ impl Request {
     /// two hex digits, and they decode to UTF-8. Allocates only for a
     /// target that has escapes.
     pub fn escapes_ok(&self) -> bool {
-        let ok = |text: &str| !text.contains('%') || decode(text, false).is_some();
-        ok(self.path()) && ok(self.text(&self.query))
+        // Path and query lie together in the head: one look for a `%`.
+        let target = &self.head[self.path.start..self.query.end.max(self.path.end)];
+        !target.contains(&b'%')
+            || decode(self.path(), false).is_some()
+                && decode(self.text(&self.query), false).is_some()
     }
 
     /// The decoded value of query parameter `key` (`+` reads as a space).
@@ -912,5 +915,91 @@ fn reason(status: u16) -> &'static str {
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_are_percent_and_two_hex_digits_and_decode_to_utf8() {
+        assert_eq!(decode("a%20b+c", true).as_deref(), Some("a b c"));
+        assert_eq!(decode("a%20b+c", false).as_deref(), Some("a b+c"));
+        assert_eq!(decode("caf%C3%a9", false).as_deref(), Some("café"));
+        for bad in ["%", "%4", "%4g", "%+5", "%-5", "% 5", "%FF", "%C3", "x%"] {
+            assert_eq!(decode(bad, true), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b" 33\t"), Some(33));
+        for bad in [
+            &b""[..],
+            b" ",
+            b"+33",
+            b"-1",
+            b"0x10",
+            b"3 3",
+            b"33,33",
+            b"99999999999999999999999",
+        ] {
+            assert_eq!(parse_length(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_head_ends_at_its_first_empty_line_crlf_or_bare_lf() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\n\nrest"), Some(16));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\n\r\n"), Some(23));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r"), None);
+    }
+
+    /// Decodes `raw` as a whole chunked body: the body and the bytes read,
+    /// or the status it is refused with.
+    fn chunked(raw: &[u8]) -> Result<Option<(Vec<u8>, usize)>, u16> {
+        let mut chunks = Chunks {
+            start: 0,
+            at: 0,
+            state: Chunk::Size,
+            trailers: 0,
+        };
+        let mut body = Vec::new();
+        match chunks.advance(raw, &mut body, &Limits::default()) {
+            Ok(true) => Ok(Some((body, chunks.at))),
+            Ok(false) => Ok(None),
+            Err(ReadError::Reject(response)) => Err(response.status),
+            Err(ReadError::Closed) => Err(0),
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_are_strict_hex_and_trailers_are_skipped() {
+        let done = |body: &str, used: usize| Ok(Some((body.as_bytes().to_vec(), used)));
+        assert_eq!(chunked(b"3\r\nabc\r\n0\r\n\r\nNEXT"), done("abc", 13));
+        assert_eq!(
+            chunked(b"3;x=y\nabc\nA\r\n0123456789\r\n0\r\nT: v\r\n\r\n"),
+            done("abc0123456789", 36)
+        );
+        assert_eq!(chunked(b"3\r\nab"), Ok(None));
+        assert_eq!(chunked(b"3\r\nabc\r\n0\r\nT: v\r\n"), Ok(None));
+        for bad in [
+            &b"\r\n"[..],
+            b"g\r\n",
+            b"+3\r\n",
+            b"0x3\r\n",
+            b"3 3\r\n",
+            b"1\r\nab\r\n",
+        ] {
+            assert_eq!(chunked(bad), Err(400), "{bad:?}");
+        }
+        assert_eq!(chunked(b"ffffffffffffffffffffffff\r\n"), Err(413));
+        assert_eq!(chunked(b"10001\r\n"), Err(413));
+        let long = format!("1;{}\r\n", "x".repeat(2000));
+        assert_eq!(chunked(long.as_bytes()), Err(400));
     }
 }
