@@ -2686,3 +2686,63 @@ fn max_connections_refuses_with_503_when_no_connection_is_idle() {
         assert!(status == 200 || status == 409, "{status}");
     }
 }
+
+#[test]
+fn under_a_low_open_file_limit_the_default_cap_keeps_room_for_a_new_client() {
+    use std::os::unix::process::CommandExt;
+    let locks = Locks::new();
+    let mut cmd = locks.command(&["serve", "--addr", "127.0.0.1:0", "--workers", "1"]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // `ulimit -n 128` for the daemon alone.
+    // SAFETY: only setrlimit(2), which is async-signal-safe, between fork
+    // and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 128,
+                rlim_max: 128,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(cmd.spawn().expect("spawn hasp serve"));
+    let mut stderr = BufReader::new(child.0.stderr.take().expect("piped stderr"));
+    const MARK: &str = "listening on http://";
+    let addr: SocketAddr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).expect("stderr") > 0,
+            "never listened"
+        );
+        if let Some(at) = line.find(MARK) {
+            let shown = line[at + MARK.len()..].split_whitespace().next();
+            break shown.expect("an address").parse().expect("an address");
+        }
+    };
+    // The rest of stderr is read, so that the daemon never blocks on it.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    // More clients that say nothing than the daemon has descriptors.
+    let idle: Vec<TcpStream> = (0..150)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(GUARD)).expect("timeout");
+    stream
+        .write_all(&request("GET", "/healthz", &[], None))
+        .expect("send");
+    let got = read_response(&mut BufReader::new(stream)).expect("served, not stuck in the backlog");
+    assert_eq!((got.status, got.json()), (200, json!({"ok": true})));
+    drop(idle);
+}
