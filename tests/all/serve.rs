@@ -2746,3 +2746,66 @@ fn under_a_low_open_file_limit_the_default_cap_keeps_room_for_a_new_client() {
     assert_eq!((got.status, got.json()), (200, json!({"ok": true})));
     drop(idle);
 }
+
+#[test]
+fn the_other_framing_rules_hold_too() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let body = json!({"resource": "framed", "client": "c"}).to_string();
+    let n = body.len();
+    // Refused, and the connection closed: the framing cannot be trusted.
+    let many: String = (0..65).map(|i| format!("X-{i}: v\r\n")).collect();
+    for (raw, status, code) in [
+        // A space before the colon (RFC 9112 §5.1).
+        (
+            format!("POST /v1/lock HTTP/1.1\r\nHost: h\r\nContent-Length : {n}\r\n\r\n{body}"),
+            400,
+            "bad-request",
+        ),
+        // A folded header line (obs-fold, §5.2).
+        (
+            format!("POST /v1/lock HTTP/1.1\r\nHost: h\r\nContent-Length: {n}\r\n x\r\n\r\n{body}"),
+            400,
+            "bad-request",
+        ),
+        // Chunked from an HTTP/1.0 client (§6.1).
+        (
+            format!("POST /v1/lock HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n{n:x}\r\n{body}\r\n0\r\n\r\n"),
+            400,
+            "bad-request",
+        ),
+        // No version this server speaks.
+        (
+            "GET /healthz HTTP/2.0\r\n\r\n".to_string(),
+            400,
+            "bad-request",
+        ),
+        (format!("GET /healthz HTTP/1.1\r\n{many}\r\n"), 431, "headers-too-large"),
+    ] {
+        let (got, closed) = send_and_close(&server, raw.as_bytes());
+        assert_error_response(&got, status, code);
+        assert!(closed, "not closed after {}", show(raw.as_bytes()));
+    }
+    // Past the body limit, Expect gets the final answer, not 100 Continue.
+    let raw = "POST /v1/lock HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 65537\r\n\r\n";
+    let (got, closed) = send_and_close(&server, raw.as_bytes());
+    assert_error_response(&got, 413, "body-too-large");
+    assert!(closed);
+    // No body to wait for: no 100 Continue either.
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n")
+        .expect("send");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    assert_eq!(read_response(&mut reader).expect("an answer").status, 200);
+    // HTTP/1.0 with keep-alive stays open; Connection: close on 1.1 closes.
+    stream
+        .write_all(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    for _ in 0..2 {
+        assert_eq!(read_response(&mut reader).expect("an answer").status, 200);
+    }
+    let mut rest = Vec::new();
+    assert!(matches!(reader.read_to_end(&mut rest), Ok(0)), "{rest:?}");
+    assert_eq!(held(&locks), Vec::<String>::new());
+}
