@@ -2809,3 +2809,74 @@ fn the_other_framing_rules_hold_too() {
     assert!(matches!(reader.read_to_end(&mut rest), Ok(0)), "{rest:?}");
     assert_eq!(held(&locks), Vec::<String>::new());
 }
+
+/// Whether `tool` runs here (`tool --version`); says so when it does not.
+fn have(tool: &str) -> bool {
+    let found = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("skipped: {tool} is not installed");
+    }
+    found
+}
+
+#[test]
+fn node_sends_chunked_and_curl_expects_100_continue_and_both_are_served() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    if have("node") {
+        // http.request without a Content-Length: a chunked body, two writes.
+        let script = r#"
+const http = require("http");
+const req = http.request({host: "127.0.0.1", port: +process.argv[1], method: "POST",
+                          path: "/v1/lock", headers: {"Content-Type": "application/json"}},
+  res => { let body = ""; res.on("data", d => body += d);
+           res.on("end", () => console.log(JSON.stringify({status: res.statusCode, body}))); });
+req.write('{"resource": "from-node", ');
+req.end('"client": "node"}');
+"#;
+        let out = Command::new("node")
+            .args(["-e", script, &server.addr.port().to_string()])
+            .output()
+            .expect("run node");
+        let got: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(got["status"], 200, "{got}");
+    }
+    if have("curl") {
+        // curl waits for 100 Continue up to the timeout given: with none, it
+        // would send the body after 60 s, long after the daemon's 10 s.
+        let body = json!({"resource": "from-curl", "client": "curl"}).to_string();
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--expect100-timeout",
+                "60",
+                "-H",
+                "Expect: 100-continue",
+            ])
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &body,
+            ])
+            .args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(server.url("/v1/lock"))
+            .output()
+            .expect("run curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{out:?}");
+    }
+    let mut expected = Vec::new();
+    if have("curl") {
+        expected.push("from-curl");
+    }
+    if have("node") {
+        expected.push("from-node");
+    }
+    assert_eq!(held(&locks), expected);
+}
