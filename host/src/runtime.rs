@@ -106,6 +106,14 @@ pub(crate) struct MemoryBudget {
     most: usize,
 }
 
+impl MemoryBudget {
+    /// Bytes of linear memory the store's instances hold, all memories
+    /// together: what they have grown to (a memory never shrinks).
+    pub(crate) fn used(&self) -> usize {
+        self.used
+    }
+}
+
 impl wasmtime::ResourceLimiter for MemoryBudget {
     fn memory_growing(
         &mut self,

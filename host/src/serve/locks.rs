@@ -14,6 +14,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// A list of at least this many locks gives the heap's free pages back to
+/// the system once it is answered (the instance that made it is given
+/// back too: see `pool`).
+const BIG_LIST: usize = 5000;
 /// How often a call that found the disk in flux (`busy`) is tried again.
 const BUSY_RETRIES: usize = 3;
 /// A waiting lock retries at least this often, for releases made by other
@@ -253,8 +257,16 @@ impl Locks {
         result
     }
 
-    /// Every granted lock at or below `prefix`.
-    pub async fn list(&self, prefix: String) -> Result<Vec<Holder>, Error> {
+    /// A page of the granted locks at or below `prefix`, in resource
+    /// order: at most `limit` of those whose resource sorts after `after`,
+    /// and the resource to continue after if there are more. (The guest
+    /// lists them all each time; only the page is kept.)
+    pub async fn list(
+        &self,
+        prefix: String,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Holder>, Option<String>), Error> {
         let result = retry_busy(|| {
             let prefix = prefix.clone();
             self.pool.call(None, move |guest, handle, store| {
@@ -265,7 +277,24 @@ impl Locks {
             })
         })
         .await
-        .map(|all| all.into_iter().map(registry::holder).collect());
+        .map(|all| {
+            let big = all.len() >= BIG_LIST;
+            let from = after.map_or(0, |after| {
+                all.partition_point(|h| h.resource.as_str() <= after)
+            });
+            let more = all.len() - from > limit;
+            let page: Vec<Holder> = all
+                .into_iter()
+                .skip(from)
+                .take(limit)
+                .map(registry::holder)
+                .collect();
+            let next = more.then(|| page.last().map(|h| h.resource.clone()));
+            if big {
+                give_back_free_heap();
+            }
+            (page, next.flatten())
+        });
         if result.is_err() {
             self.metrics.outcome(Outcome::Failed);
         }
@@ -308,6 +337,18 @@ impl Locks {
             Err(e) if e.is_refusal() => Outcome::Refused,
             Err(_) => Outcome::Failed,
         });
+    }
+}
+
+/// Hands the free pages of the heap back to the system: after a big list
+/// (its locks lifted out of the guest, then mostly dropped), the allocator
+/// would otherwise keep them for the daemon's life. Only glibc's allocator
+/// needs telling.
+fn give_back_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim(3) only releases memory the allocator holds free.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

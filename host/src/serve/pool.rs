@@ -5,6 +5,10 @@
 //! apart, exactly as it does between processes. Nothing is cached that
 //! decides a grant: every call asks the disk.
 //!
+//! An instance is given back once a call has grown its memory past
+//! [`KEEP_MEMORY`], so the daemon returns near its idle size after big
+//! calls.
+//!
 //! A call about one resource always goes to the same instance (chosen by a
 //! hash of the name), so the directories that guest keeps open and the
 //! state it saw last are the ones it needs next; other calls take turns.
@@ -24,6 +28,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Mutex;
 use wasmtime::component::ResourceAny;
 use wasmtime::Store;
+
+/// An instance whose linear memory has grown past this is dropped after
+/// the call that grew it, and a fresh one started when next needed. A
+/// memory never shrinks, so one big call (a list of some ten thousand
+/// locks) would otherwise stay resident for the daemon's life, in every
+/// instance that ever made one. A fresh instance holds about 1 MiB, and
+/// every call but a big list stays there.
+const KEEP_MEMORY: usize = 4 << 20;
 
 /// Guest instances of the served directory.
 pub struct Pool {
@@ -64,7 +76,8 @@ impl Pool {
 
     /// Runs one guest call on the instance of `resource` (or the next in
     /// turn) under the runtime's limits. A trap, or a panic, drops the
-    /// instance; the next call on it starts a fresh one.
+    /// instance, and so does a call that grew its memory past
+    /// [`KEEP_MEMORY`]; the next call on it starts a fresh one.
     pub async fn call<T>(
         &self,
         resource: Option<&str>,
@@ -88,7 +101,7 @@ impl Pool {
         };
         live.store.set_epoch_deadline(self.runtime.deadline_ticks());
         let outcome = call(&live.guest, live.handle, &mut live.store).await;
-        if outcome.is_ok() {
+        if outcome.is_ok() && live.store.data().limits.used() <= KEEP_MEMORY {
             *slot = Some(live);
         }
         Error::from_call(outcome, &self.dir)

@@ -1,8 +1,8 @@
 //! The JSON API under `/v1/` (described in docs/openapi.yaml): lock with a
 //! client id, flags, an optional lease, request id and wait; renew a
 //! lease; unlock by client or token, or (an authenticated operator) by
-//! force; the status of one resource; a list under a prefix. Every grant
-//! carries its fencing token.
+//! force; the status of one resource; a list under a prefix, page by page.
+//! Every grant carries its fencing token.
 
 use super::http::{Connection, Request, Response};
 use super::locks::{error_response, Locks};
@@ -13,6 +13,10 @@ use std::time::Duration;
 
 /// The longest `wait_ms` accepted: ten minutes.
 const MAX_WAIT_MS: u64 = 600_000;
+/// Locks in a page of `/v1/list` when the request does not say.
+const LIST_PAGE: usize = 1000;
+/// The most locks a page of `/v1/list` holds.
+const MAX_LIST_PAGE: usize = 10_000;
 /// The longest lease: thirty days, as the lock rules allow.
 pub const MAX_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -86,13 +90,7 @@ pub async fn handle(
                 Err(err) => error_response(&err),
             }
         }
-        ("GET", "list") => {
-            let prefix = request.param("prefix").unwrap_or_default();
-            match locks.list(prefix).await {
-                Ok(held) => Response::json(200, &json!({ "locks": held })),
-                Err(err) => error_response(&err),
-            }
-        }
+        ("GET", "list") => list(locks, request).await,
         (_, "lock" | "unlock" | "renew" | "status" | "list") => Response::error(
             405,
             "method-not-allowed",
@@ -138,6 +136,31 @@ async fn lock(locks: &Locks, b: LockBody, conn: &mut Connection) -> Response {
     match result {
         Ok(grant) if retryable => Response::json(200, &grant),
         Ok(grant) => Response::json(200, &grant).handing(grant),
+        Err(err) => error_response(&err),
+    }
+}
+
+/// `GET /v1/list?prefix=P&limit=N&after=RESOURCE`: a page of the locks at
+/// or below `P`, and (only when there are more) the `next` resource to
+/// list after.
+async fn list(locks: &Locks, request: &Request) -> Response {
+    let [prefix, limit, after] = request.params(["prefix", "limit", "after"]);
+    let limit = match limit.as_deref().map(str::parse::<usize>) {
+        None => LIST_PAGE,
+        Some(Ok(n)) if (1..=MAX_LIST_PAGE).contains(&n) => n,
+        Some(_) => {
+            let shown = limit.unwrap_or_default();
+            return Response::error(
+                400,
+                "invalid-input",
+                &format!("limit is a number from 1 to {MAX_LIST_PAGE}, not {shown:?}"),
+            );
+        }
+    };
+    let after = after.as_deref().map(|a| a.trim_matches('/'));
+    match locks.list(prefix.unwrap_or_default(), after, limit).await {
+        Ok((held, None)) => Response::json(200, &json!({ "locks": held })),
+        Ok((held, Some(next))) => Response::json(200, &json!({ "locks": held, "next": next })),
         Err(err) => error_response(&err),
     }
 }
