@@ -1,7 +1,7 @@
 //! Bad input and broken lock directories: exit 2, a one-line message, and
 //! nothing changed on disk (and nothing ever granted).
 
-use crate::support::{already, hasp_in, Locks, Run};
+use crate::support::{already, hasp_in, is_root, Locks, Run, Tmpfs};
 use std::fs;
 use std::path::Path;
 
@@ -757,11 +757,6 @@ fn one_line_refusal(run: &Run, args: &[&str], parts: &[&str]) {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// The special files a test can make here: a FIFO and a socket always, a
 /// character device (like /dev/zero) only as root.
 #[derive(Clone, Copy, Debug)]
@@ -941,54 +936,6 @@ fn wrong_kinds_of_file_in_the_layout_are_named_in_words() {
                 &format!("cannot use {place}: it is {what}, not {wanted}"),
             );
         }
-    }
-}
-
-/// A tmpfs mounted on a temporary directory for one test, unmounted when
-/// dropped; `None` (saying why) where this process may not mount.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(options: &str) -> Option<Tmpfs> {
-        if !is_root() {
-            eprintln!("skipped: mounting a tmpfs needs root");
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "hasp-test"])
-            .arg(dir.path())
-            .status();
-        match mounted {
-            Ok(status) if status.success() => Some(Tmpfs { dir }),
-            other => {
-                eprintln!("skipped: mount -t tmpfs failed here ({other:?})");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn remount(&self, options: &str) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,{options}")])
-            .arg(self.path())
-            .status()
-            .expect("mount -o remount");
-        assert!(status.success());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.path())
-            .status();
     }
 }
 

@@ -13,7 +13,7 @@
 //! attempts per worker. Prints the counts.
 
 use crate::serve::Server;
-use crate::support::Locks;
+use crate::support::{Locks, Tmpfs};
 use hasp::{LockOptions, Registry, UnlockKey};
 use serde_json::{json, Value};
 use std::fs::OpenOptions;
@@ -401,4 +401,70 @@ fn held_count(locks: &Locks, round: usize) -> usize {
                 .map_or(0, |entries| entries.count().saturating_sub(1))
         })
         .sum()
+}
+
+/// **A full disk.** A tiny tmpfs (few inodes) as the lock directory, served
+/// by the daemon with and without `--fsync`: when it fills, a lock is
+/// refused with 507 and one line saying the disk is full; nothing is torn
+/// (the CLI reads every state); every held lock still unlocks; and once
+/// there is room again, locking works again. Needs root (a mount); says so
+/// and passes elsewhere.
+#[test]
+fn a_full_disk_refuses_cleanly_and_recovers() {
+    for fsync in [false, true] {
+        let Some(mount) = Tmpfs::mount("nr_inodes=128,size=4m") else {
+            return;
+        };
+        let locks = Locks::new_in(mount.path());
+        let extra: &[&str] = if fsync { &["--fsync"] } else { &[] };
+        let server = Server::start(&locks, extra);
+        let mut held = Vec::new();
+        let refusal = loop {
+            let resource = format!("r{}", held.len());
+            let (status, got) = server.post_json(
+                "/v1/lock",
+                &json!({"resource": resource, "client": "filler"}),
+            );
+            if status != 200 {
+                break (status, got);
+            }
+            held.push((resource, text(&got["token"])));
+            assert!(held.len() < 1000, "the disk never filled");
+        };
+        let (status, got) = refusal;
+        assert_eq!(status, 507, "fsync {fsync}: {got}");
+        assert_eq!(got["error"]["code"], "insufficient-storage", "{got}");
+        let message = text(&got["error"]["message"]);
+        assert!(
+            message.contains("no space left") && !message.contains('\n'),
+            "{message}"
+        );
+        assert!(!held.is_empty());
+        // Nothing torn: the CLI reads every state, and exactly the grants.
+        let listed = locks.json(&["status", "--json"]);
+        assert_eq!(
+            listed.as_array().map(Vec::len),
+            Some(held.len()),
+            "{listed}"
+        );
+        // Every held lock still unlocks (a rename needs no new inode).
+        for (resource, token) in &held {
+            let (status, got) =
+                server.post_json("/v1/unlock", &json!({"resource": resource, "token": token}));
+            assert_eq!(status, 200, "unlock {resource}: {got}");
+        }
+        // Room again: locking works again, through the daemon and the CLI.
+        mount.remount("nr_inodes=4096");
+        let (status, got) =
+            server.post_json("/v1/lock", &json!({"resource": "after", "client": "c"}));
+        assert_eq!(status, 200, "{got}");
+        locks.ok(&["lock", "after-cli", "--client", "c"]);
+        println!(
+            "full disk{}: {} grants until it filled, then 507 ({message}); all released; \
+             locking again after room was made",
+            if fsync { " with --fsync" } else { "" },
+            held.len()
+        );
+        drop(server);
+    }
 }

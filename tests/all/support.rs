@@ -57,6 +57,13 @@ impl Locks {
         }
     }
 
+    /// A fresh lock directory inside `parent` (a test's own mount, say).
+    pub fn new_in(parent: &Path) -> Locks {
+        Locks {
+            dir: tempfile::tempdir_in(parent).expect("temp dir"),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -380,3 +387,57 @@ pub const GRANT_KEYS: [&str; 7] = [
     "since_ms",
     "token",
 ];
+
+/// Whether this process runs as root (mounts, devices).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A tmpfs mounted on a temporary directory for one test, unmounted when
+/// dropped; `None` (saying why) where this process may not mount.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(options: &str) -> Option<Tmpfs> {
+        if !is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "hasp-test"])
+            .arg(dir.path())
+            .status();
+        match mounted {
+            Ok(status) if status.success() => Some(Tmpfs { dir }),
+            other => {
+                eprintln!("skipped: mount -t tmpfs failed here ({other:?})");
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn remount(&self, options: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(self.path())
+            .status()
+            .expect("mount -o remount");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.path())
+            .status();
+    }
+}

@@ -377,6 +377,9 @@ async fn retry_busy<T, F: Future<Output = Result<T, Error>>>(
     }
 }
 
+/// How the guest words ENOSPC (guest/src/dir.rs, `reason`).
+const NO_SPACE: &str = "no space left on the device";
+
 /// The JSON error response for `err`: status, code, message, and the holder
 /// when there is one.
 pub fn error_response(err: &Error) -> Response {
@@ -390,6 +393,11 @@ pub fn error_response(err: &Error) -> Response {
         Error::NotSynced { .. } => (503, "not-synced", None),
         Error::CorruptRecord { .. } => (500, "corrupt-record", None),
         Error::WouldBlock { holder, .. } => (409, "would-block", Some(holder)),
+        // A full disk is the client's to know: the request may succeed
+        // once room is made (RFC 4918's 507).
+        Error::Storage { message, .. } if message.contains(NO_SPACE) => {
+            (507, "insufficient-storage", None)
+        }
         Error::Storage { .. } | Error::Directory { .. } => (500, "storage", None),
         Error::Trap(_) | Error::Runtime(_) | Error::Plugin { .. } => (500, "internal", None),
     };
