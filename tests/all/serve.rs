@@ -3062,3 +3062,23 @@ fn v1_list_pages_through_limit_after_and_next() {
         assert_error(&got, 400, "invalid-input");
     }
 }
+
+#[test]
+fn http_1_0_keep_alive_is_answered_with_connection_keep_alive() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /healthz HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+        .expect("send");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let got = read_response(&mut reader).expect("an answer");
+    assert_eq!(got.status, 200);
+    // Without it an HTTP/1.0 client takes the answer to end at the close.
+    assert_eq!(got.header("Connection"), Some("keep-alive"), "{got:?}");
+    stream
+        .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+        .expect("send again");
+    let got = read_response(&mut reader).expect("a second answer");
+    assert_eq!(got.header("Connection"), Some("close"), "{got:?}");
+}

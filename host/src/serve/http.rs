@@ -58,6 +58,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Whether the client keeps the connection open after this request.
     pub keep_alive: bool,
+    /// An HTTP/1.0 request.
+    http10: bool,
 }
 
 /// How a request's body is framed (RFC 9112 §6.3).
@@ -327,6 +329,9 @@ pub struct Connection {
     limits: Limits,
     /// The client was seen to hang up while its request was answered.
     hung_up: bool,
+    /// The last request was HTTP/1.0 asking to be kept alive: the answer
+    /// must say it is (RFC 9112 §9.3), or the client waits for the close.
+    say_keep_alive: bool,
 }
 
 impl Connection {
@@ -350,6 +355,7 @@ impl Connection {
             out: Vec::new(),
             limits,
             hung_up: false,
+            say_keep_alive: false,
         };
         (connection, tracker)
     }
@@ -512,6 +518,7 @@ impl Connection {
             ));
         }
         let (mut request, framing, expect_continue) = self.parse_head(head_len)?;
+        self.say_keep_alive = request.http10 && request.keep_alive;
         let mut continued = !expect_continue;
         let end = match framing {
             Framing::Length(length) => {
@@ -665,6 +672,7 @@ impl Connection {
             headers,
             body: Vec::new(),
             keep_alive: !close && (version != 0 || keep),
+            http10: version == 0,
         };
         Ok((request, framing, expect_continue && version != 0))
     }
@@ -688,7 +696,11 @@ impl Connection {
             response.content_type,
             response.body.len(),
             response.headers,
-            if close { "Connection: close\r\n" } else { "" },
+            match (close, self.say_keep_alive) {
+                (true, _) => "Connection: close\r\n",
+                (false, true) => "Connection: keep-alive\r\n",
+                (false, false) => "",
+            },
         );
         if !head_only {
             out.extend_from_slice(&response.body);
