@@ -3,7 +3,7 @@
 //! gocept.lockd's XML-RPC, raw TCP for the JSON API's edges and for requests
 //! no polite client would send.
 
-use crate::support::{already, is_uuid_v4, now_ms, sorted_keys, Locks, Run, GRANT_KEYS};
+use crate::support::{already, is_uuid_v4, now_ms, sorted_keys, Locks, Run, Tmpfs, GRANT_KEYS};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -2068,9 +2068,8 @@ fn a_grant_whose_answer_cannot_be_delivered_is_released() {
 /// the tmpfs has room (`free`). Needs root, `mount`, `losetup`,
 /// `mkfs.ext4` and `fstrim`.
 struct FailingDisk {
-    /// Unmounted before `_back`, where it is mounted, is removed.
+    /// Where the image lives; unmounted once the filesystem on it is.
     tmpfs: Tmpfs,
-    _back: tempfile::TempDir,
     mounted: std::path::PathBuf,
     device: String,
 }
@@ -2087,51 +2086,16 @@ fn run_quietly(cmd: &mut Command) -> Result<String, String> {
     }
 }
 
-/// A tmpfs mounted over a directory, unmounted when dropped. Needs root.
-struct Tmpfs {
-    dir: std::path::PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (`40m`) over `dir`; why not, if it cannot.
-    fn mount(dir: &std::path::Path, size: &str) -> Result<Tmpfs, String> {
-        // SAFETY: geteuid(2) has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("mounting a filesystem needs root".into());
-        }
-        run_quietly(
-            Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(dir),
-        )?;
-        Ok(Tmpfs {
-            dir: dir.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 impl FailingDisk {
     /// Mounts a fresh one over `dir` (empty); why not, if it cannot.
     fn mount_on(dir: &std::path::Path) -> Result<FailingDisk, String> {
         let run = run_quietly;
-        let back = tempfile::tempdir().map_err(|e| e.to_string())?;
         let mut disk = FailingDisk {
-            tmpfs: Tmpfs::mount(back.path(), "40m")?,
-            _back: back,
+            tmpfs: Tmpfs::mount("size=40m").ok_or("no tmpfs for the image")?,
             mounted: std::path::PathBuf::new(),
             device: String::new(),
         };
-        let image = disk.tmpfs.dir.join("image");
+        let image = disk.tmpfs.path().join("image");
         std::fs::write(&image, vec![0u8; 32 << 20]).map_err(|e| e.to_string())?;
         run(Command::new("mkfs.ext4")
             .args([
@@ -2155,14 +2119,14 @@ impl FailingDisk {
     /// Fills the tmpfs under the image: from now on, no new block of the
     /// filesystem can be written.
     fn fill(&self) {
-        let mut filler = std::fs::File::create(self.tmpfs.dir.join("filler")).expect("filler");
+        let mut filler = std::fs::File::create(self.tmpfs.path().join("filler")).expect("filler");
         let zeros = vec![0u8; 1 << 20];
         while filler.write_all(&zeros).is_ok() {}
     }
 
     /// Gives the tmpfs room again.
     fn free(&self) {
-        std::fs::remove_file(self.tmpfs.dir.join("filler")).expect("remove the filler");
+        std::fs::remove_file(self.tmpfs.path().join("filler")).expect("remove the filler");
     }
 
     /// Writes a new file beside the lock directory's entries (in
@@ -2948,12 +2912,13 @@ fn list_all(server: &Server, prefix: &str, limit: usize) -> (Vec<Value>, usize) 
 #[test]
 fn big_lists_in_parallel_leave_the_daemon_near_its_idle_memory() {
     const LOCKS: usize = 20_000;
-    let locks = Locks::new();
     // On a tmpfs where it can (root): 20 000 locks are written, and later
     // removed, in seconds there; on a disk mounted with `discard`, minutes.
-    let tmpfs = Tmpfs::mount(locks.path(), "256m")
-        .map_err(|why| eprintln!("big lists on the temp dir's own filesystem: {why}"))
-        .ok();
+    let tmpfs = Tmpfs::mount("size=256m");
+    let locks = match &tmpfs {
+        Some(tmpfs) => Locks::new_in(tmpfs.path()),
+        None => Locks::new(),
+    };
     std::thread::scope(|scope| {
         for part in 0..2 {
             let locks = &locks;
@@ -3001,8 +2966,6 @@ fn big_lists_in_parallel_leave_the_daemon_near_its_idle_memory() {
             "not in order, or repeated"
         );
     }
-    drop(server);
-    drop(tmpfs);
 }
 
 #[test]
@@ -3081,4 +3044,67 @@ fn http_1_0_keep_alive_is_answered_with_connection_keep_alive() {
         .expect("send again");
     let got = read_response(&mut reader).expect("a second answer");
     assert_eq!(got.header("Connection"), Some("close"), "{got:?}");
+}
+
+// ---------------------------------------------------------------- the spec's bodies
+
+#[test]
+fn v1_bodies_are_json_objects_and_null_is_refused_but_for_an_anonymous_client() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    // A struct reads an array field by field: not a lock request.
+    for body in [
+        r#"["r", "a"]"#,
+        r#"["r", "a", true, true, 0, null, null]"#,
+        "7",
+        "\"r\"",
+        "",
+    ] {
+        let got = server.send(&request("POST", "/v1/lock", &[], Some(body)));
+        assert_error_response(&got, 400, "bad-request");
+        assert!(got.body.contains("not a JSON object"), "{got:?}");
+    }
+    assert_eq!(held(&locks), Vec::<String>::new());
+
+    let (status, grant) = server.post_json("/v1/lock", &json!({"resource": "r", "client": "a"}));
+    assert_eq!(status, 200, "{grant}");
+    // Only /v1/lock's client may be null (an anonymous lock); every other
+    // optional field is given a value of its type, or left out.
+    for (route, body) in [
+        (
+            "/v1/unlock",
+            json!({"resource": "r", "client": "a", "token": null}),
+        ),
+        (
+            "/v1/unlock",
+            json!({"resource": "r", "client": null, "token": token(&grant)}),
+        ),
+        (
+            "/v1/renew",
+            json!({"resource": "r", "client": "a", "ttl_ms": null}),
+        ),
+        (
+            "/v1/renew",
+            json!({"resource": "r", "client": "a", "token": null, "ttl_ms": 1000}),
+        ),
+        ("/v1/lock", json!({"resource": "s", "ttl_ms": null})),
+        ("/v1/lock", json!({"resource": "s", "request_id": null})),
+    ] {
+        let got = server.post_json(route, &body);
+        assert_error(&got, 400, "bad-request");
+        let message = got.1["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("invalid type: null"),
+            "{route} {body}: {message}"
+        );
+    }
+    assert_eq!(held(&locks), ["r"]);
+    let (status, anonymous) =
+        server.post_json("/v1/lock", &json!({"resource": "s", "client": null}));
+    assert_eq!(
+        (status, &anonymous["client"]),
+        (200, &Value::Null),
+        "{anonymous}"
+    );
+    assert_eq!(held(&locks), ["r", "s"]);
 }

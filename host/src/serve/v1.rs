@@ -31,7 +31,9 @@ struct LockBody {
     lock_children: bool,
     #[serde(default)]
     wait_ms: u64,
+    #[serde(default, deserialize_with = "given")]
     ttl_ms: Option<u64>,
+    #[serde(default, deserialize_with = "given")]
     request_id: Option<String>,
 }
 
@@ -43,7 +45,9 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 struct UnlockBody {
     resource: String,
+    #[serde(default, deserialize_with = "given")]
     client: Option<String>,
+    #[serde(default, deserialize_with = "given")]
     token: Option<String>,
     #[serde(default)]
     force: bool,
@@ -53,9 +57,22 @@ struct UnlockBody {
 #[serde(deny_unknown_fields)]
 struct RenewBody {
     resource: String,
+    #[serde(default, deserialize_with = "given")]
     client: Option<String>,
+    #[serde(default, deserialize_with = "given")]
     token: Option<String>,
+    #[serde(default, deserialize_with = "given")]
     ttl_ms: Option<u64>,
+}
+
+/// A field that may be left out but is never `null` (only `/v1/lock`'s
+/// `client` may be: an anonymous lock).
+fn given<'de, D, T>(field: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(field).map(Some)
 }
 
 /// Answers `/v1/<route>`. `operator`: the daemon asks for a token and the
@@ -246,12 +263,18 @@ async fn renew(locks: &Locks, b: RenewBody) -> Response {
     }
 }
 
+/// The request's body as a `T`: a JSON object (a struct would read an
+/// array too, field by field), or the 400 refusing it.
 fn body<T: serde::de::DeserializeOwned>(request: &Request) -> Result<T, Response> {
-    serde_json::from_slice(&request.body).map_err(|e| {
+    let bad = |why: &dyn std::fmt::Display| {
         Response::error(
             400,
             "bad-request",
-            &format!("the JSON body is not valid: {e}"),
+            &format!("the JSON body is not valid: {why}"),
         )
-    })
+    };
+    if request.body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(bad(&"it is not a JSON object"));
+    }
+    serde_json::from_slice(&request.body).map_err(|e| bad(&e))
 }
