@@ -440,6 +440,15 @@ fn a_full_disk_refuses_cleanly_and_recovers() {
             "{message}"
         );
         assert!(!held.is_empty());
+        // The failure is logged, once for the run of them.
+        assert!(server.stderr_says(|t| t.contains("hasp serve: a call failed: ")));
+        let logged = server.stderr();
+        assert_eq!(
+            logged.matches("hasp serve: a call failed: ").count(),
+            1,
+            "{logged}"
+        );
+        assert!(logged.contains("no space left on the device"), "{logged}");
         // Nothing torn: the CLI reads every state, and exactly the grants.
         let listed = locks.json(&["status", "--json"]);
         assert_eq!(

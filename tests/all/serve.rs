@@ -131,8 +131,14 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.text()
+    }
+
+    /// Waits (bounded) until what the server said on stderr satisfies
+    /// `what`; whether it did.
+    pub(crate) fn stderr_says(&self, what: impl Fn(&str) -> bool) -> bool {
+        self.stderr.wait_for(what)
     }
 
     /// A fresh connection, with generous read and write timeouts as guards.

@@ -33,6 +33,11 @@ pub struct Locks {
     /// The lease given to grants made through doors whose clients cannot
     /// ask for one (gocept.lockd's XML-RPC, Locker without `ttl=`).
     pub default_ttl: Option<Duration>,
+    /// Whether failures (storage, a broken guest) are logged on stderr:
+    /// the first of a run of them, and the success that ends it.
+    pub log_failures: bool,
+    /// Set while calls fail: later failures are only counted.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 /// The other end of the connection a waiting call answers: the wait ends
@@ -52,6 +57,8 @@ impl Locks {
             metrics: Metrics::default(),
             released: Notify::new(),
             default_ttl,
+            log_failures: true,
+            failing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -332,11 +339,26 @@ impl Locks {
     }
 
     fn count<T>(&self, result: &Result<T, Error>, success: Outcome) {
-        self.metrics.outcome(match result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let outcome = match result {
             Ok(_) => success,
             Err(e) if e.is_refusal() => Outcome::Refused,
-            Err(_) => Outcome::Failed,
-        });
+            // Bad input is the client's; a failed sync logs itself.
+            Err(Error::InvalidInput { .. } | Error::NotSynced { .. }) => Outcome::Failed,
+            Err(e) => {
+                if self.log_failures && !self.failing.swap(true, Relaxed) {
+                    eprintln!(
+                        "hasp serve: a call failed: {e} (failures are counted in /metrics; \
+                         the next success is logged)"
+                    );
+                }
+                Outcome::Failed
+            }
+        };
+        if result.is_ok() && self.failing.swap(false, Relaxed) && self.log_failures {
+            eprintln!("hasp serve: calls succeed again");
+        }
+        self.metrics.outcome(outcome);
     }
 }
 

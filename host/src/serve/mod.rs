@@ -101,8 +101,10 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         .map_err(|e| io("cannot start the network runtime", e))?;
     reactor.block_on(async move {
         let pool = pool::Pool::start(&runtime, &config.dir, config.workers).await?;
+        let mut locks = Locks::new(pool, syncer, config.default_ttl);
+        locks.log_failures = config.log >= LogLevel::Warn;
         let app = Arc::new(App {
-            locks: Locks::new(pool, syncer, config.default_ttl),
+            locks,
             token: config.token.clone(),
             log: config.log,
         });
