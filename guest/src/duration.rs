@@ -32,7 +32,9 @@ pub fn parse_ms(text: &str) -> Result<u64, String> {
     {
         return Err(bad());
     }
-    // Digits past the 9th of a fraction change nothing that counts.
+    let nonzero = whole.bytes().chain(fraction.bytes()).any(|b| b != b'0');
+    // Digits past the 9th of a fraction change nothing that counts (but
+    // for making a positive duration at least 1 ms, below).
     let fraction = &fraction[..fraction.len().min(9)];
     let whole: u128 = if whole.is_empty() {
         0
@@ -45,6 +47,6 @@ pub fn parse_ms(text: &str) -> Result<u64, String> {
     } else {
         fraction.parse().map_err(|_| bad())?
     };
-    let ms = whole * unit_ms + (fraction * unit_ms).div_ceil(scale);
+    let ms = (whole * unit_ms + (fraction * unit_ms).div_ceil(scale)).max(u128::from(nonzero));
     u64::try_from(ms).map_err(|_| format!("'{text}' is too long a duration"))
 }

@@ -716,3 +716,33 @@ fn stdout_discarded() -> bool {
         && stat.st_mode & libc::S_IFMT == libc::S_IFCHR
         && stat.st_rdev == null.rdev()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{duration, parse_timeout};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever is typed, a duration is parsed or refused, never a panic.
+        #[test]
+        fn durations_never_panic(text in ".{0,40}") {
+            let _ = duration::parse_ms(&text);
+            let _ = parse_timeout(&text);
+        }
+
+        /// Every whole number with every unit reads back as that many ms.
+        #[test]
+        fn durations_read_back(n in 0u64..1_000_000_000) {
+            prop_assert_eq!(duration::parse_ms(&format!("{n}ms")), Ok(n));
+            prop_assert_eq!(duration::parse_ms(&format!("{n}s")), Ok(n * 1000));
+            prop_assert_eq!(duration::parse_ms(&n.to_string()), Ok(n * 1000));
+            prop_assert_eq!(duration::parse_ms(&format!("{n}m")), Ok(n * 60_000));
+        }
+
+        /// A positive fraction never rounds down to nothing.
+        #[test]
+        fn a_positive_duration_is_never_zero(digits in "0\\.0{0,12}[1-9]") {
+            prop_assert!(duration::parse_ms(&digits).is_ok_and(|ms| ms >= 1));
+        }
+    }
+}

@@ -1014,4 +1014,73 @@ mod tests {
         let long = format!("1;{}\r\n", "x".repeat(2000));
         assert_eq!(chunked(long.as_bytes()), Err(400));
     }
+
+    mod properties {
+        //! Properties of every framing parser over arbitrary input: none
+        //! panics, and what a client may validly send reads back as sent.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        fn percent_encoded(text: &str) -> String {
+            text.bytes().map(|b| format!("%{b:02X}")).collect()
+        }
+
+        proptest! {
+            #[test]
+            fn decode_never_panics(text in ".*", plus: bool) {
+                let _ = decode(&text, plus);
+            }
+
+            #[test]
+            fn every_escaped_string_decodes_to_itself(text in ".*") {
+                prop_assert_eq!(decode(&percent_encoded(&text), false), Some(text.clone()));
+                prop_assert_eq!(decode(&percent_encoded(&text), true), Some(text));
+            }
+
+            #[test]
+            fn text_without_escapes_decodes_to_itself(text in "[^%+]*") {
+                prop_assert_eq!(decode(&text, true), Some(text));
+            }
+
+            #[test]
+            fn parse_length_never_panics_and_reads_every_number(
+                raw in proptest::collection::vec(any::<u8>(), 0..32),
+                n: u32,
+            ) {
+                let _ = parse_length(&raw);
+                prop_assert_eq!(parse_length(n.to_string().as_bytes()), Some(n as usize));
+            }
+
+            #[test]
+            fn head_end_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..256)) {
+                if let Some(end) = head_end(&raw) {
+                    prop_assert!(end <= raw.len());
+                }
+            }
+
+            #[test]
+            fn chunked_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = chunked(&raw);
+            }
+
+            #[test]
+            fn a_body_in_any_chunks_reads_back_whole(
+                body in proptest::collection::vec(any::<u8>(), 0..4096),
+                cuts in proptest::collection::vec(1usize..600, 1..16),
+            ) {
+                let mut raw = Vec::new();
+                let (mut at, mut cut) = (0, cuts.iter().cycle());
+                while at < body.len() {
+                    let size = (*cut.next().unwrap_or(&1)).min(body.len() - at);
+                    raw.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+                    raw.extend_from_slice(&body[at..at + size]);
+                    raw.extend_from_slice(b"\r\n");
+                    at += size;
+                }
+                raw.extend_from_slice(b"0\r\n\r\n");
+                prop_assert_eq!(chunked(&raw), Ok(Some((body, raw.len()))));
+            }
+        }
+    }
 }

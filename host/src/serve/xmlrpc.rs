@@ -328,4 +328,38 @@ mod tests {
         assert!(parse_call(b"not xml").is_err());
         assert!(parse_call(b"<other/>").is_err());
     }
+
+    mod properties {
+        //! The XML-RPC reader over arbitrary input: it never panics, and a
+        //! call of two strings, escaped as any client escapes them, reads
+        //! back as sent.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn parse_call_never_panics(body in proptest::collection::vec(any::<u8>(), 0..1024)) {
+                let _ = parse_call(&body);
+            }
+
+            #[test]
+            fn any_two_strings_read_back(
+                method in "[a-zA-Z_.]{1,16}",
+                first in "[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f]{0,40}",
+                second in "[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f]{0,40}",
+            ) {
+                let call = format!(
+                    "<?xml version='1.0'?><methodCall><methodName>{method}</methodName><params>\
+                     <param><value><string>{}</string></value></param>\
+                     <param><value><string>{}</string></value></param></params></methodCall>",
+                    escape(&first),
+                    escape(&second)
+                );
+                let (name, params) = parse_call(call.as_bytes()).expect("a valid call");
+                prop_assert_eq!(name, method);
+                prop_assert_eq!(params, vec![Param::Str(first), Param::Str(second)]);
+            }
+        }
+    }
 }
