@@ -50,3 +50,83 @@ pub fn parse_ms(text: &str) -> Result<u64, String> {
     let ms = (whole * unit_ms + (fraction * unit_ms).div_ceil(scale)).max(u128::from(nonzero));
     u64::try_from(ms).map_err(|_| format!("'{text}' is too long a duration"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ms;
+    use proptest::prelude::*;
+
+    /// Each unit and its length in milliseconds.
+    const UNITS: [(&str, u64); 6] = [
+        ("ms", 1),
+        ("", 1_000),
+        ("s", 1_000),
+        ("m", 60_000),
+        ("h", 3_600_000),
+        ("d", 86_400_000),
+    ];
+
+    proptest! {
+        /// Text made of what durations are made of is read or refused,
+        /// never a panic.
+        #[test]
+        fn never_panics(text in prop_oneof![any::<String>(), "[0-9.smhd]{0,30}"]) {
+            let _ = parse_ms(&text);
+        }
+
+        /// A whole number of any unit is that many units.
+        #[test]
+        fn whole_numbers(n in 0u64..100_000_000, unit in 0..UNITS.len()) {
+            let (suffix, ms) = UNITS[unit];
+            prop_assert_eq!(parse_ms(&format!("{n}{suffix}")), Ok(n * ms));
+        }
+
+        /// Milliseconds written as a fraction of a second are exact.
+        #[test]
+        fn fractions_of_a_second(n in 0u64..1_000_000, frac in 0u64..1000, zeros in 0usize..8) {
+            let digits = format!("{frac:03}{}", "0".repeat(zeros));
+            prop_assert_eq!(parse_ms(&format!("{n}.{digits}s")), Ok(n * 1000 + frac));
+            prop_assert_eq!(parse_ms(&format!("{n}.{digits}")), Ok(n * 1000 + frac));
+        }
+
+        /// Any fraction of a unit lands between the whole units around it.
+        #[test]
+        fn fractions_lie_between(n in 0u64..1_000_000, digits in "[0-9]{1,15}", unit in 0..UNITS.len()) {
+            let (suffix, ms) = UNITS[unit];
+            let got = parse_ms(&format!("{n}.{digits}{suffix}")).unwrap();
+            prop_assert!(n * ms <= got && got <= (n + 1) * ms, "{got}");
+        }
+
+        /// More than 20 digits, or more than fits, is refused.
+        #[test]
+        fn too_long_is_refused(digits in "[1-9][0-9]{20,30}", unit in 0..UNITS.len()) {
+            let text = format!("{digits}{}", UNITS[unit].0);
+            prop_assert!(parse_ms(&text).is_err());
+        }
+    }
+
+    #[test]
+    fn examples() {
+        assert_eq!(parse_ms("1.5s"), Ok(1500));
+        assert_eq!(parse_ms(".5"), Ok(500));
+        assert_eq!(parse_ms("5."), Ok(5000));
+        assert_eq!(parse_ms("0.0001s"), Ok(1));
+        assert_eq!(parse_ms("0"), Ok(0));
+        assert_eq!(parse_ms("18446744073709551615ms"), Ok(u64::MAX));
+        for bad in [
+            "",
+            ".",
+            "s",
+            "1.2.3",
+            "-1",
+            "+1",
+            "1 s",
+            "1S",
+            "1sec",
+            "18446744073709551616ms",
+            "18446744073709552s",
+        ] {
+            assert!(parse_ms(bad).is_err(), "{bad:?} was read");
+        }
+    }
+}

@@ -145,3 +145,147 @@ pub fn decode_segment(encoded: &str) -> Option<String> {
     out.push_str(rest);
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The on-disk form of one segment.
+    fn encoded(segment: &str) -> String {
+        let mut out = String::new();
+        push_encoded(&mut out, segment);
+        out
+    }
+
+    /// Any text, weighted towards what the rules look at: `/`, `.`, `%`,
+    /// control characters, and lengths around the limits.
+    fn any_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a/.%+\\x00\\x7f\\x{85}é]{0,16}",
+            "[a.]{185,200}%{0,6}",
+            prop::collection::vec("[a-z%.]{1,60}", 1..40).prop_map(|s| s.join("/")),
+        ]
+    }
+
+    /// One segment a name may have: anything but `/`, a control character,
+    /// `.` or `..`, often starting with `.` or holding `%`.
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof!["[^/\\p{Cc}]{1,20}", "[.%a]{1,6}"]
+            .prop_filter("not . or ..", |s| s != "." && s != "..")
+    }
+
+    /// The segments of a valid name, and the name as a user may type it.
+    fn valid_name() -> impl Strategy<Value = (Vec<String>, String)> {
+        (
+            prop::collection::vec(segment(), 1..8),
+            any::<(bool, bool)>(),
+        )
+            .prop_map(|(segments, (lead, trail))| {
+                let typed = format!(
+                    "{}{}{}",
+                    if lead { "/" } else { "" },
+                    segments.join("/"),
+                    if trail { "/" } else { "" }
+                );
+                (segments, typed)
+            })
+    }
+
+    /// Directory names made of pieces of escapes and what they stand for.
+    fn escapes() -> impl Strategy<Value = String> {
+        let piece =
+            prop::sample::select(&["a", ".", "%", "%25", "%2E", "%2e", "%2F", "2", "E"][..]);
+        prop::collection::vec(piece, 0..6).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        /// Any text is a name or refused, never a panic; a name accepted
+        /// obeys every documented rule.
+        #[test]
+        fn parse_never_panics(raw in any_name()) {
+            if let Ok(name) = Name::parse(&raw) {
+                let name = name.as_str();
+                prop_assert!(!name.is_empty() && name.len() <= MAX_NAME);
+                prop_assert!(!name.chars().any(char::is_control));
+                for segment in name.split('/') {
+                    prop_assert!(!matches!(segment, "" | "." | ".."));
+                    prop_assert!(encoded(segment).len() <= MAX_SEGMENT);
+                }
+            }
+        }
+
+        /// Every valid name is accepted in its canonical form, and its node
+        /// path is made of file-name segments that decode back to it.
+        #[test]
+        fn valid_names_round_trip((segments, typed) in valid_name()) {
+            let name = Name::parse(&typed).unwrap();
+            prop_assert_eq!(name.as_str(), segments.join("/"));
+            prop_assert_eq!(Name::parse(name.as_str()).unwrap(), name.clone());
+            prop_assert_eq!(Name::parse(&format!("/{}/", name.as_str())).unwrap(), name.clone());
+
+            let path = name.node_path();
+            let on_disk = path.strip_prefix("nodes/").unwrap();
+            let on_disk: Vec<&str> = on_disk.split('/').collect();
+            prop_assert_eq!(on_disk.len(), segments.len());
+            for (file, segment) in on_disk.iter().zip(&segments) {
+                prop_assert!(!file.is_empty() && file.len() <= MAX_SEGMENT);
+                prop_assert!(!file.starts_with('.') && !file.contains('\0'));
+                prop_assert_eq!(file.len(), encoded_len(segment));
+                prop_assert_eq!(decode_segment(file), Some(segment.clone()));
+            }
+
+            let ancestors: Vec<&str> = ancestor_nodes(&path).collect();
+            let expected: Vec<String> = (1..segments.len())
+                .map(|n| Name::parse(&segments[..n].join("/")).unwrap().node_path())
+                .collect();
+            prop_assert_eq!(ancestors, expected);
+        }
+
+        /// Decoding never panics, and decodes only what encoding made: no
+        /// two directories are the same resource.
+        #[test]
+        fn decode_segment_is_exact(file in prop_oneof![any::<String>(), escapes()]) {
+            if let Some(segment) = decode_segment(&file) {
+                prop_assert_eq!(encoded(&segment), file);
+            }
+        }
+
+        /// Any client id is accepted or refused, never a panic; one
+        /// accepted fits its on-disk limit.
+        #[test]
+        fn check_client_never_panics(
+            client in prop_oneof![any::<String>(), "[a%/+\\x00]{0,170}"],
+        ) {
+            if check_client(&client).is_ok() {
+                prop_assert!(!client.is_empty());
+                prop_assert!(!client.chars().any(char::is_control));
+                prop_assert!(record::encoded_client_len(&client) <= MAX_CLIENT_ON_DISK);
+            }
+        }
+    }
+
+    #[test]
+    fn examples() {
+        let name = Name::parse("/deploy/.prod/50%/").unwrap();
+        assert_eq!(name.as_str(), "deploy/.prod/50%");
+        assert_eq!(name.node_path(), "nodes/deploy/%2Eprod/50%25");
+        let path = name.node_path();
+        let ancestors: Vec<&str> = ancestor_nodes(&path).collect();
+        assert_eq!(ancestors, ["nodes/deploy", "nodes/deploy/%2Eprod"]);
+        for bad in [
+            "", "/", "//", "a//b", ".", "a/../b", "a/./b", "a\0b", "a\nb",
+        ] {
+            assert!(Name::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(Name::parse(&"%".repeat(66)).is_ok());
+        assert!(Name::parse(&"%".repeat(67)).is_err());
+        assert!(Name::parse(&["a"; 512].join("/")).is_ok()); // 1023 bytes
+        assert!(Name::parse(&["a"; 513].join("/")).is_err());
+        assert_eq!(decode_segment(".lock"), None);
+        assert_eq!(decode_segment("%2E%2E"), None);
+        assert_eq!(decode_segment("%2e"), None);
+        assert_eq!(decode_segment("%2E."), Some("..".to_string()));
+    }
+}

@@ -314,3 +314,309 @@ fn number(text: &str) -> Option<u64> {
         && (text == "0" || !text.starts_with('0'));
     canonical.then(|| text.parse().ok()).flatten()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::name::check_client;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    const TOKEN: &str = "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b";
+
+    /// Whether `name` can be the name of a file on the filesystems hasp
+    /// runs on: 1 to 255 bytes, no `/`, no NUL, not `.` or `..`.
+    fn is_file_name(name: &str) -> bool {
+        (1..=255).contains(&name.len())
+            && !name.contains(['/', '\0'])
+            && name != "."
+            && name != ".."
+    }
+
+    /// Numbers, small ones as often as any.
+    fn number() -> impl Strategy<Value = u64> {
+        prop_oneof![0..1000u64, any::<u64>()]
+    }
+
+    /// Tokens as hasp hands them out.
+    fn token() -> impl Strategy<Value = String> {
+        "[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+    }
+
+    /// Client ids hasp accepts, often with `%`, `/` and `+`, some near the
+    /// length limit.
+    fn client() -> impl Strategy<Value = String> {
+        prop_oneof!["[^\\p{Cc}]{1,30}", "[a%/+]{1,80}"]
+            .prop_filter("a valid client id", |c| check_client(c).is_ok())
+    }
+
+    /// A lease as a lock or a renewal at the clock's `now` makes it (ending
+    /// before [`MAX_TIME_MS`]), and when the lock was granted (not after
+    /// `now`).
+    fn lease() -> impl Strategy<Value = (u64, Lease)> {
+        (1..=MAX_TTL_MS, 0..MAX_TIME_MS - MAX_TTL_MS, any::<u64>()).prop_map(
+            |(ttl_ms, now, since)| {
+                let expires_ms = now + ttl_ms;
+                (since % (now + 1), Lease { expires_ms, ttl_ms })
+            },
+        )
+    }
+
+    /// A held lock as hasp writes one.
+    fn held() -> impl Strategy<Value = Held> {
+        let parts = (
+            number(),
+            token(),
+            any::<(bool, bool)>(),
+            number(),
+            prop::option::of(lease()),
+            prop::option::of(client()),
+        );
+        parts
+            .prop_filter(
+                "a leased lock's client id fits its limit",
+                |(.., lease, client)| lease.is_none() || client.as_deref().is_none_or(fits_a_lease),
+            )
+            .prop_map(|(fencing, token, flags, since_ms, lease, client)| {
+                let (since_ms, lease) = match lease {
+                    Some((since_ms, lease)) => (since_ms, Some(lease)),
+                    None => (since_ms, None),
+                };
+                Held {
+                    fencing,
+                    token,
+                    lock_parents: flags.0,
+                    lock_children: flags.1,
+                    since_ms,
+                    client,
+                    lease,
+                }
+            })
+    }
+
+    fn fits_a_lease(client: &str) -> bool {
+        encoded_client_len(client) <= MAX_LEASED_CLIENT_ON_DISK
+    }
+
+    /// What hasp writes for a state that [`decode`] read.
+    fn rewritten(state: &State) -> String {
+        match state {
+            State::Free(n) => free_name(*n),
+            State::Held(h) => name_of(
+                h.fencing,
+                &h.token,
+                (h.lock_parents, h.lock_children),
+                h.since_ms,
+                h.lease,
+                h.client.as_deref(),
+            ),
+        }
+    }
+
+    /// Checks that `name` never makes a parser panic, and that a name
+    /// either parser reads is exactly the one hasp writes for what it read:
+    /// no two file names mean the same state. (A client id read from a
+    /// name with a `/` would be written with `%2F`; no file name has one.)
+    fn check_parsers(name: &str) -> Result<(), TestCaseError> {
+        let state = decode(name);
+        let lost = decode_lost(name);
+        if name.contains('/') {
+            return Ok(());
+        }
+        if let Ok(state) = state {
+            prop_assert_eq!(rewritten(&state), name);
+        }
+        if let Some((fencing, token, same, client)) = lost {
+            let held = Held {
+                fencing,
+                token: token.to_string(),
+                lock_parents: false,
+                lock_children: false,
+                since_ms: 0,
+                client,
+                lease: None,
+            };
+            prop_assert_eq!(lost_name(&held, same), name);
+        }
+        Ok(())
+    }
+
+    /// A small change to a name: cut it short, drop a character, or put in
+    /// one that means something to the parsers.
+    #[derive(Clone, Debug)]
+    enum Edit {
+        Cut(Index),
+        Drop(Index),
+        Put(Index, char),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        let special = prop::sample::select(&['+', '%', '-', 'l', 'p', 'c', '0', '9', 'F', '.'][..]);
+        prop_oneof![
+            1 => any::<Index>().prop_map(Edit::Cut),
+            2 => any::<Index>().prop_map(Edit::Drop),
+            3 => (any::<Index>(), special).prop_map(|(at, c)| Edit::Put(at, c)),
+        ]
+    }
+
+    fn edited(name: &str, edits: &[Edit]) -> String {
+        let mut chars: Vec<char> = name.chars().collect();
+        for edit in edits {
+            match *edit {
+                Edit::Cut(at) => chars.truncate(at.index(chars.len() + 1)),
+                Edit::Drop(at) if !chars.is_empty() => {
+                    chars.remove(at.index(chars.len()));
+                }
+                Edit::Drop(_) => {}
+                Edit::Put(at, c) => chars.insert(at.index(chars.len() + 1), c),
+            }
+        }
+        chars.into_iter().collect()
+    }
+
+    proptest! {
+        /// Every held lock hasp writes is a file name that reads back as
+        /// that lock, and not as a lost lease's record.
+        #[test]
+        fn held_names_round_trip(held in held()) {
+            let grant = Grant { holder: held.holder("a/resource"), token: held.token.clone() };
+            let name = held_name(&grant);
+            prop_assert!(is_file_name(&name), "{name:?}");
+            prop_assert_eq!(decode(&name), Ok(State::Held(held.clone())));
+            prop_assert_eq!(decode_lost(&name), None);
+        }
+
+        /// A renewal's name reads back as the lock with its new lease.
+        #[test]
+        fn renewed_names_round_trip(held in held(), (since_ms, lease) in lease()) {
+            prop_assume!(held.client.as_deref().is_none_or(fits_a_lease));
+            let held = Held { since_ms, ..held };
+            let name = renewed_name(&held, lease);
+            prop_assert!(is_file_name(&name), "{name:?}");
+            let renewed = Held { lease: Some(lease), ..held };
+            prop_assert_eq!(decode(&name), Ok(State::Held(renewed)));
+        }
+
+        /// Every free state reads back as its number.
+        #[test]
+        fn free_names_round_trip(n in any::<u64>()) {
+            let name = free_name(n);
+            prop_assert_eq!(&name, &n.to_string());
+            prop_assert_eq!(decode(&name), Ok(State::Free(n)));
+        }
+
+        /// Every lost lease's record is a file name that reads back, and is
+        /// never read as a state.
+        #[test]
+        fn lost_names_round_trip(held in held(), same in any::<bool>()) {
+            let name = lost_name(&held, same);
+            prop_assert!(is_file_name(&name) && name.starts_with(LOST_PREFIX), "{name:?}");
+            let expected = (held.fencing, held.token.as_str(), same, held.client.clone());
+            prop_assert_eq!(decode_lost(&name), Some(expected));
+            prop_assert!(decode(&name).is_err());
+        }
+
+        /// Any text is read or refused, never a panic.
+        #[test]
+        fn parsers_never_panic(
+            name in prop_oneof![any::<String>(), "[0-9+]{0,8}", "[0-9a-f+%lpc-]{0,60}"],
+        ) {
+            check_parsers(&name)?;
+        }
+
+        /// Names hasp writes, slightly damaged, are read or refused, never
+        /// a panic, and only ever read as what they say.
+        #[test]
+        fn damaged_names_never_panic(
+            held in held(),
+            kind in 0..3,
+            edits in prop::collection::vec(edit(), 1..4),
+        ) {
+            let name = match kind {
+                0 => free_name(held.fencing),
+                1 => lost_name(&held, held.lock_parents),
+                _ => rewritten(&State::Held(held)),
+            };
+            check_parsers(&edited(&name, &edits))?;
+        }
+    }
+
+    #[test]
+    fn examples() {
+        let held = |lease, client: Option<&str>| {
+            State::Held(Held {
+                fencing: 8,
+                token: TOKEN.to_string(),
+                lock_parents: true,
+                lock_children: false,
+                since_ms: 1763913600123,
+                client: client.map(str::to_string),
+                lease,
+            })
+        };
+        let lease = Lease {
+            expires_ms: 1763913630123,
+            ttl_ms: 30000,
+        };
+        assert_eq!(decode("7"), Ok(State::Free(7)));
+        assert_eq!(
+            decode(&format!("8+{TOKEN}+p-+1763913600123")),
+            Ok(held(None, None))
+        );
+        assert_eq!(
+            decode(&format!("8+{TOKEN}+p-+1763913600123+ci-1")),
+            Ok(held(None, Some("ci-1")))
+        );
+        assert_eq!(
+            decode(&format!(
+                "8+{TOKEN}+p-l+1763913600123+1763913630123+30000+a+b%2Fc%25"
+            )),
+            Ok(held(Some(lease), Some("a+b/c%")))
+        );
+        assert_eq!(
+            decode_lost(&format!(".lost+6+{TOKEN}+o+ci-41")),
+            Some((6, TOKEN, false, Some("ci-41".to_string())))
+        );
+        for bad in [
+            String::new(),
+            "07".to_string(),
+            "18446744073709551616".to_string(),
+            "7+".to_string(),
+            format!("7+{}", TOKEN.to_uppercase()),
+            format!("7+{TOKEN}"),
+            format!("7+{TOKEN}+pc"),
+            format!("7+{TOKEN}+cp+1"),
+            format!("7+{TOKEN}+pcll+1"),
+            format!("7+{TOKEN}+pc+01"),
+            format!("7+{TOKEN}+pc+1+"),
+            format!("7+{TOKEN}+pc+1+a%2fb"),
+            format!("7+{TOKEN}+pc+1+a%b"),
+            format!("7+{TOKEN}+pc+1+a\tb"),
+            format!("7+{TOKEN}+pcl+1+2"),
+            format!("7+{TOKEN}+pcl+1+2+0"),
+            format!("7+{TOKEN}+pcl+1+2+2592000001"),
+            format!("7+{TOKEN}+pcl+1+10000000000000+5"),
+        ] {
+            assert!(decode(&bad).is_err(), "{bad:?} was read");
+        }
+    }
+
+    /// The longest names hasp can write stay within 255 bytes.
+    #[test]
+    fn longest_names_fit() {
+        let client = "%".repeat(MAX_CLIENT_ON_DISK / 3) + "a";
+        assert_eq!(encoded_client_len(&client), MAX_CLIENT_ON_DISK);
+        let leased = "%".repeat(MAX_LEASED_CLIENT_ON_DISK / 3);
+        assert_eq!(encoded_client_len(&leased), MAX_LEASED_CLIENT_ON_DISK);
+        let lease = Lease {
+            expires_ms: MAX_TIME_MS - 1,
+            ttl_ms: MAX_TTL_MS,
+        };
+        let since = MAX_TIME_MS - 1 - MAX_TTL_MS;
+        let flags = (true, true);
+        let held = name_of(u64::MAX, TOKEN, flags, u64::MAX, None, Some(&client));
+        let leased = name_of(u64::MAX, TOKEN, flags, since, Some(lease), Some(&leased));
+        assert!(held.len() <= 255, "{} bytes", held.len());
+        assert!(leased.len() <= 255, "{} bytes", leased.len());
+    }
+}
