@@ -246,9 +246,14 @@ struct ServeArgs {
     /// A request must arrive whole within SECONDS of its first byte
     #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_timeout)]
     request_timeout: Duration,
-    /// error, warn, info or debug (one line per request)
-    #[arg(long, default_value = "info", env = "HASP_LOG", value_parser = parse_level)]
-    log: hasp::serve::LogLevel,
+    /// What to log: error, warn, info (start, stop, failures), debug (and
+    /// one line per request), or filters as RUST_LOG takes them
+    /// (`hasp::access=info,warn`) [default: RUST_LOG, else info]
+    #[arg(long, value_name = "LEVEL|FILTER", env = "HASP_LOG", value_parser = crate::logs::check)]
+    log: Option<String>,
+    /// How log lines are written on stderr
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: crate::logs::Format,
     /// Give a lease of DURATION to grants made through doors where the
     /// client cannot ask for one (gocept.lockd's XML-RPC, Locker's canhaz
     /// without ttl=) [default: none]
@@ -395,6 +400,14 @@ fn run_locked(dir: &Path, run: RunArgs) -> anyhow::Result<i32> {
 /// `hasp serve`: checks the address and the token, then serves.
 fn serve(dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     use std::net::ToSocketAddrs;
+    let filter = match (args.log, std::env::var("RUST_LOG")) {
+        (Some(filter), _) => filter,
+        (None, Ok(rust_log)) if !rust_log.trim().is_empty() => {
+            crate::logs::check(&rust_log).map_err(|e| anyhow::anyhow!("RUST_LOG: {e}"))?
+        }
+        (None, _) => "info".to_string(),
+    };
+    crate::logs::install(&filter, args.log_format);
     let (mut host, mut port) = match args.addr.rsplit_once(':') {
         Some((h, p)) => (
             h.trim_start_matches('[').trim_end_matches(']').to_string(),
@@ -447,22 +460,10 @@ fn serve(dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
             request_timeout: args.request_timeout,
             ..hasp::serve::Limits::default()
         },
-        log: args.log,
         default_ttl: args.default_ttl,
         max_connections: args.max_connections,
     })?;
     Ok(())
-}
-
-fn parse_level(text: &str) -> Result<hasp::serve::LogLevel, String> {
-    use hasp::serve::LogLevel;
-    match text {
-        "error" => Ok(LogLevel::Error),
-        "warn" => Ok(LogLevel::Warn),
-        "info" => Ok(LogLevel::Info),
-        "debug" => Ok(LogLevel::Debug),
-        other => Err(format!("{other:?} is not one of error, warn, info, debug")),
-    }
 }
 
 /// The registry commands: lock, unlock, status.

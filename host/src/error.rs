@@ -114,6 +114,32 @@ pub enum Error {
     /// The WebAssembly runtime could not be set up.
     #[error("the hasp runtime failed: {0}")]
     Runtime(String),
+    /// `hasp serve` could not listen on its address: in use, not an
+    /// address of this machine, or a port that needs privileges.
+    #[error("cannot listen on {addr}: {}", listen_reason(source))]
+    Listen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why the bind failed.
+        source: std::io::Error,
+    },
+}
+
+/// Why a listening socket could not be bound, in words.
+fn listen_reason(err: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match err.kind() {
+        ErrorKind::AddrInUse => {
+            "the address is already in use (another hasp serve, or another program, \
+             listens there; pick another --addr, or port 0 for any free one)"
+                .to_string()
+        }
+        ErrorKind::AddrNotAvailable => "no interface of this machine has that address".to_string(),
+        ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need privileges)".to_string()
+        }
+        _ => err.to_string(),
+    }
 }
 
 impl Error {

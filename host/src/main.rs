@@ -9,6 +9,7 @@
 mod child;
 mod cli;
 mod hold;
+mod logs;
 
 fn main() {
     raise_open_file_limit();

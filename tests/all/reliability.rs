@@ -441,10 +441,10 @@ fn a_full_disk_refuses_cleanly_and_recovers() {
         );
         assert!(!held.is_empty());
         // The failure is logged, once for the run of them.
-        assert!(server.stderr_says(|t| t.contains("hasp serve: a call failed: ")));
+        assert!(server.stderr_says(|t| t.contains(" WARN hasp::serve: a call failed: ")));
         let logged = server.stderr();
         assert_eq!(
-            logged.matches("hasp serve: a call failed: ").count(),
+            logged.matches(" WARN hasp::serve: a call failed: ").count(),
             1,
             "{logged}"
         );

@@ -1413,20 +1413,147 @@ fn log_debug_prints_one_line_per_request() {
     assert_eq!(server.get("/healthz").0, 200);
     assert_eq!(server.get("/no/such/route").0, 404);
     assert_eq!(server.post("/v1/lock", "{}").0, 400);
+    let (status, _) = server.get_json("/canhaz/logged/one?id=me");
+    assert_eq!(status, 200);
+    let (status, refused) = server.get_json("/canhaz/logged?id=you");
+    assert_eq!((status, &refused["ok"]), (200, &json!(false)), "{refused}");
+    let (status, _) = server.post_json(
+        "/v1/unlock",
+        &json!({"resource": "logged/one", "client": "me"}),
+    );
+    assert_eq!(status, 200);
     let wanted = [
-        "hasp serve: GET /healthz -> 200 (",
-        "hasp serve: GET /no/such/route -> 404 (",
-        "hasp serve: POST /v1/lock -> 400 (",
+        "INFO hasp::access: GET /healthz -> 200 peer=127.0.0.1:",
+        "INFO hasp::access: GET /no/such/route -> 404 peer=127.0.0.1:",
+        "INFO hasp::access: POST /v1/lock -> 400 peer=127.0.0.1:",
+        // Locker says no with a 200: the outcome says what happened.
+        "door=locker resource=\"logged/one\" outcome=\"granted\" status=200",
+        "door=locker resource=\"logged\" outcome=\"already-locked\" status=200",
+        "door=v1 resource=\"logged/one\" outcome=\"released\" status=200",
     ];
     let all_there = |text: &str| wanted.iter().all(|w| text.contains(w));
     assert!(server.stderr.wait_for(all_there), "{}", server.stderr());
-    for line in server.stderr().lines().filter(|l| l.contains(" -> ")) {
+    let access: Vec<String> = server
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("hasp::access"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(access.len(), 6, "{access:#?}");
+    for line in &access {
+        // An RFC 3339 UTC timestamp first, the latency last.
+        let stamp = line.split_whitespace().next().unwrap_or_default();
+        assert!(
+            stamp.len() > 20 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+            "{line:?}"
+        );
         let micros = line
-            .rsplit_once(" (")
-            .and_then(|(_, rest)| rest.strip_suffix(" us)"))
-            .and_then(|n| n.parse::<u64>().ok());
+            .rsplit_once(" latency_us=")
+            .and_then(|(_, n)| n.parse::<u64>().ok());
         assert!(micros.is_some(), "{line:?}");
+        // No query string: a Locker token would be in it.
+        assert!(!line.contains('?'), "{line:?}");
     }
+}
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &["--log", "debug", "--log-format", "json"]);
+    let (status, _) = server.post_json("/v1/lock", &json!({"resource": "j", "client": "a"}));
+    assert_eq!(status, 200);
+    let logged = |text: &str| text.contains("POST /v1/lock -> 200");
+    assert!(server.stderr.wait_for(logged), "{}", server.stderr());
+    let (_, stderr) = server.stop(libc::SIGTERM);
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert_eq!(lines[0]["target"], "hasp::serve");
+    assert!(lines[0]["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("listening on http://127.0.0.1:")));
+    let access = &lines[1];
+    assert_eq!(access["level"], "INFO", "{access}");
+    assert_eq!(access["target"], "hasp::access", "{access}");
+    assert_eq!(access["door"], "v1", "{access}");
+    assert_eq!(access["resource"], "j", "{access}");
+    assert_eq!(access["outcome"], "granted", "{access}");
+    assert_eq!(access["status"], 200, "{access}");
+    assert!(access["latency_us"].is_u64(), "{access}");
+    assert!(
+        access["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{access}"
+    );
+    assert!(
+        access["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{access}"
+    );
+    assert_eq!(lines[2]["message"], "stopped");
+}
+
+#[test]
+fn log_filters_as_rust_log_takes_them() {
+    let locks = Locks::new();
+    // Directives as RUST_LOG takes them: the start line and the access
+    // lines, everything else at WARN.
+    let server = Server::start(
+        &locks,
+        &["--log", "warn,hasp::serve=info,hasp::access=info"],
+    );
+    assert_eq!(server.get("/healthz").0, 200);
+    assert!(
+        server
+            .stderr
+            .wait_for(|t| t.contains("GET /healthz -> 200")),
+        "{}",
+        server.stderr()
+    );
+    // RUST_LOG is read when --log is not given; --log wins over it.
+    let mut rust_log = locks.command(&["serve", "--addr", "127.0.0.1:0", "--log", "bogus"]);
+    rust_log.env("RUST_LOG", "hasp=info");
+    let run = finish(&mut rust_log);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    assert!(run.stderr.contains("\"bogus\" is not a level"), "{run:?}");
+    let mut bad = locks.command(&["serve", "--addr", "127.0.0.1:0"]);
+    bad.env("RUST_LOG", "hasp=[");
+    let run = finish(&mut bad);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    assert!(run.stderr.starts_with("RUST_LOG: "), "{run:?}");
+    // Levels below INFO are compiled out: asking for them warns nothing.
+    let server = Server::start(&locks, &["--log", "hasp=trace"]);
+    assert_eq!(server.get("/healthz").0, 200);
+    assert!(
+        server
+            .stderr
+            .wait_for(|t| t.contains("GET /healthz -> 200")),
+        "{}",
+        server.stderr()
+    );
+    assert!(!server.stderr().contains("warning"), "{}", server.stderr());
+}
+
+#[test]
+fn a_port_in_use_is_one_line() {
+    let locks = Locks::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let addr = taken.local_addr().expect("its address").to_string();
+    let run = finish(&mut locks.command(&["serve", "--addr", &addr]));
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "cannot listen on {addr}: the address is already in use (another hasp serve, or \
+             another program, listens there; pick another --addr, or port 0 for any free one)\n"
+        )
+    );
 }
 
 // ---------------------------------------------------------------- lifecycle
@@ -1461,12 +1588,13 @@ fn sigterm_and_sigint_stop_gracefully_and_keep_the_locks() {
         );
         let lines: Vec<&str> = stderr.lines().collect();
         assert!(
-            lines[0].starts_with("hasp serve: listening on http://127.0.0.1:"),
+            lines[0].contains(" INFO hasp::serve: listening on http://127.0.0.1:"),
             "{stderr}"
         );
-        assert_eq!(
-            lines.last(),
-            Some(&"hasp serve: stopped"),
+        assert!(
+            lines
+                .last()
+                .is_some_and(|l| l.ends_with(" INFO hasp::serve: stopped")),
             "SIG{name}: {stderr}"
         );
         // The default log level logs no requests.
@@ -1948,7 +2076,7 @@ fn a_waiting_lock_whose_client_hung_up_is_never_granted() {
         waiter.shutdown(how).expect("hang up");
         drop(waiter);
         // The daemon ends the request with nobody to answer (logged as 499).
-        let ended = |text: &str| text.matches("POST /v1/lock -> 499 (").count() > n;
+        let ended = |text: &str| text.matches("POST /v1/lock -> 499 ").count() > n;
         assert!(server.stderr.wait_for(ended), "{}", server.stderr());
     }
 

@@ -159,15 +159,19 @@ fn sync_loop(shared: &Shared, mut sync: Sync) {
         match &result {
             Err(err) => {
                 if failing == 0 {
-                    eprintln!(
-                        "hasp serve: --fsync: {err}; changes are answered with an error \
-                         until a sync succeeds"
+                    tracing::error!(
+                        target: "hasp::serve",
+                        "--fsync: {err}; changes are answered with an error until a sync \
+                         succeeds"
                     );
                 }
                 failing += 1;
             }
             Ok(()) if failing > 0 => {
-                eprintln!("hasp serve: --fsync: syncs succeed again after {failing} failed");
+                tracing::warn!(
+                    target: "hasp::serve",
+                    "--fsync: syncs succeed again after {failing} failed"
+                );
                 failing = 0;
             }
             Ok(()) => {}

@@ -2,6 +2,7 @@
 //! under `--fsync`, counted, and announced to waiters. The rules stay in the
 //! guest; this only carries calls and results.
 
+use super::access;
 use super::durable::{SyncError, Syncer};
 use super::http::Response;
 use super::metrics::{Metrics, Outcome};
@@ -33,10 +34,9 @@ pub struct Locks {
     /// The lease given to grants made through doors whose clients cannot
     /// ask for one (gocept.lockd's XML-RPC, Locker without `ttl=`).
     pub default_ttl: Option<Duration>,
-    /// Whether failures (storage, a broken guest) are logged on stderr:
-    /// the first of a run of them, and the success that ends it.
-    pub log_failures: bool,
-    /// Set while calls fail: later failures are only counted.
+    /// Set while calls fail: the first failure of a run is logged (target
+    /// `hasp::serve`, WARN), later ones only counted, and the success that
+    /// ends the run logged again.
     failing: std::sync::atomic::AtomicBool,
 }
 
@@ -57,7 +57,6 @@ impl Locks {
             metrics: Metrics::default(),
             released: Notify::new(),
             default_ttl,
-            log_failures: true,
             failing: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -85,7 +84,7 @@ impl Locks {
             },
             Err(err) => Err(err),
         };
-        self.count(&result, Outcome::Granted);
+        self.count(&resource, &result, Outcome::Granted, "granted");
         result
     }
 
@@ -166,7 +165,7 @@ impl Locks {
     pub async fn unlock(&self, resource: String, key: UnlockKey) -> Result<Holder, Error> {
         let result = self.release(&resource, &key).await;
         let result = self.synced(result, "released").await;
-        self.count(&result, Outcome::Released);
+        self.count(&resource, &result, Outcome::Released, "released");
         result
     }
 
@@ -217,7 +216,7 @@ impl Locks {
         .await
         .map(registry::holder);
         let result = self.synced(result, "renewed").await;
-        self.count(&result, Outcome::Renewed);
+        self.count(&resource, &result, Outcome::Renewed, "renewed");
         result
     }
 
@@ -240,7 +239,7 @@ impl Locks {
             self.released.notify_waiters();
         }
         let result = self.synced(result, "broken").await;
-        self.count(&result, Outcome::Released);
+        self.count(&resource, &result, Outcome::Released, "broken");
         result
     }
 
@@ -258,8 +257,13 @@ impl Locks {
         })
         .await
         .map(|held| held.map(registry::holder));
-        if result.is_err() {
-            self.metrics.outcome(Outcome::Failed);
+        match &result {
+            Ok(Some(_)) => access::note(&resource, "held"),
+            Ok(None) => access::note(&resource, "free"),
+            Err(err) => {
+                access::note(&resource, code(err).1);
+                self.metrics.outcome(Outcome::Failed);
+            }
         }
         result
     }
@@ -302,8 +306,12 @@ impl Locks {
             }
             (page, next.flatten())
         });
-        if result.is_err() {
-            self.metrics.outcome(Outcome::Failed);
+        match &result {
+            Ok(_) => access::note(&prefix, "listed"),
+            Err(err) => {
+                access::note(&prefix, code(err).1);
+                self.metrics.outcome(Outcome::Failed);
+            }
         }
         result
     }
@@ -338,7 +346,15 @@ impl Locks {
         }
     }
 
-    fn count<T>(&self, result: &Result<T, Error>, success: Outcome) {
+    /// Counts a lock call's `result` (`success`: how a success counts,
+    /// `done`: what the access log calls it) and notes it for the log.
+    fn count<T>(
+        &self,
+        resource: &str,
+        result: &Result<T, Error>,
+        success: Outcome,
+        done: &'static str,
+    ) {
         use std::sync::atomic::Ordering::Relaxed;
         let outcome = match result {
             Ok(_) => success,
@@ -346,19 +362,24 @@ impl Locks {
             // Bad input is the client's; a failed sync logs itself.
             Err(Error::InvalidInput { .. } | Error::NotSynced { .. }) => Outcome::Failed,
             Err(e) => {
-                if self.log_failures && !self.failing.swap(true, Relaxed) {
-                    eprintln!(
-                        "hasp serve: a call failed: {e} (failures are counted in /metrics; \
-                         the next success is logged)"
+                if !self.failing.swap(true, Relaxed) {
+                    tracing::warn!(
+                        target: "hasp::serve",
+                        "a call failed: {e} (failures are counted in /metrics; the next \
+                         success is logged)"
                     );
                 }
                 Outcome::Failed
             }
         };
-        if result.is_ok() && self.failing.swap(false, Relaxed) && self.log_failures {
-            eprintln!("hasp serve: calls succeed again");
+        if result.is_ok() && self.failing.swap(false, Relaxed) {
+            tracing::warn!(target: "hasp::serve", "calls succeed again");
         }
         self.metrics.outcome(outcome);
+        access::note(
+            resource,
+            result.as_ref().map_or_else(|e| code(e).1, |_| done),
+        );
     }
 }
 
@@ -402,29 +423,39 @@ async fn retry_busy<T, F: Future<Output = Result<T, Error>>>(
 /// How the guest words ENOSPC (guest/src/dir.rs, `reason`).
 const NO_SPACE: &str = "no space left on the device";
 
-/// The JSON error response for `err`: status, code, message, and the holder
-/// when there is one.
-pub fn error_response(err: &Error) -> Response {
-    let (status, code, holder) = match err {
-        Error::AlreadyLocked { holder, .. } => (409, "already-locked", Some(holder)),
-        Error::NotOwner { holder, .. } => (403, "not-owner", Some(holder)),
-        Error::NotLocked { .. } => (404, "not-locked", None),
-        Error::LeaseExpired { .. } => (410, "lease-expired", None),
-        Error::InvalidInput { .. } => (400, "invalid-input", None),
-        Error::Busy { .. } => (503, "busy", None),
-        Error::NotSynced { .. } => (503, "not-synced", None),
-        Error::CorruptRecord { .. } => (500, "corrupt-record", None),
-        Error::WouldBlock { holder, .. } => (409, "would-block", Some(holder)),
+/// The HTTP status and the error code (`/v1`'s `error.code`) of `err`.
+pub fn code(err: &Error) -> (u16, &'static str) {
+    match err {
+        Error::AlreadyLocked { .. } => (409, "already-locked"),
+        Error::NotOwner { .. } => (403, "not-owner"),
+        Error::NotLocked { .. } => (404, "not-locked"),
+        Error::LeaseExpired { .. } => (410, "lease-expired"),
+        Error::InvalidInput { .. } => (400, "invalid-input"),
+        Error::Busy { .. } => (503, "busy"),
+        Error::NotSynced { .. } => (503, "not-synced"),
+        Error::CorruptRecord { .. } => (500, "corrupt-record"),
+        Error::WouldBlock { .. } => (409, "would-block"),
         // A full disk is the client's to know: the request may succeed
         // once room is made (RFC 4918's 507).
         Error::Storage { message, .. } if message.contains(NO_SPACE) => {
-            (507, "insufficient-storage", None)
+            (507, "insufficient-storage")
         }
-        Error::Storage { .. } | Error::Directory { .. } => (500, "storage", None),
-        Error::Trap(_) | Error::Runtime(_) | Error::Plugin { .. } => (500, "internal", None),
-    };
+        Error::Storage { .. } | Error::Directory { .. } => (500, "storage"),
+        Error::Trap(_) | Error::Runtime(_) | Error::Plugin { .. } | Error::Listen { .. } => {
+            (500, "internal")
+        }
+    }
+}
+
+/// The JSON error response for `err`: status, code, message, and the holder
+/// when there is one.
+pub fn error_response(err: &Error) -> Response {
+    let (status, code) = code(err);
     let mut error = json!({"code": code, "message": err.to_string()});
-    if let Some(holder) = holder {
+    if let Error::AlreadyLocked { holder, .. }
+    | Error::NotOwner { holder, .. }
+    | Error::WouldBlock { holder, .. } = err
+    {
         error["holder"] = json!(holder);
     }
     Response::json(status, &json!({ "error": error }))

@@ -17,7 +17,7 @@ pub enum Door {
 impl Door {
     const ALL: [Door; 4] = [Door::Locker, Door::XmlRpc, Door::V1, Door::Other];
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Door::Locker => "locker",
             Door::XmlRpc => "xmlrpc",

@@ -5,7 +5,12 @@
 //! The server holds no lock state: each request runs the guest component on
 //! the lock directory (through a pool of instances), so the CLI, other
 //! daemons and the stock `wasmtime` CLI can share the directory safely.
+//!
+//! It logs through `tracing` and installs no subscriber: the `hasp` binary
+//! does. Targets: `hasp::serve` (start, stop, failures) and `hasp::access`
+//! (one INFO event per request: see [`access`]).
 
+mod access;
 mod durable;
 mod http;
 mod locker;
@@ -30,15 +35,6 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// How much `hasp serve` says on stderr.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-}
-
 /// Everything `hasp serve` needs to start.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -53,7 +49,6 @@ pub struct ServeConfig {
     /// Guest instances working in parallel.
     pub workers: usize,
     pub limits: Limits,
-    pub log: LogLevel,
     /// The lease (1 ms to 30 days) given to grants made through doors whose
     /// clients cannot ask for one: gocept.lockd's XML-RPC, and Locker's
     /// `canhaz` without `ttl=`. `None`: those locks last until unlocked.
@@ -69,7 +64,6 @@ pub struct ServeConfig {
 struct App {
     locks: Locks,
     token: Option<String>,
-    log: LogLevel,
 }
 
 /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
@@ -101,36 +95,34 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
         .map_err(|e| io("cannot start the network runtime", e))?;
     reactor.block_on(async move {
         let pool = pool::Pool::start(&runtime, &config.dir, config.workers).await?;
-        let mut locks = Locks::new(pool, syncer, config.default_ttl);
-        locks.log_failures = config.log >= LogLevel::Warn;
+        let locks = Locks::new(pool, syncer, config.default_ttl);
         let app = Arc::new(App {
             locks,
             token: config.token.clone(),
-            log: config.log,
         });
         // Handlers first: a signal that follows the startup line must stop
         // the server cleanly, not kill it.
         let signals = Signals::new();
         let listener = TcpListener::bind(config.addr)
             .await
-            .map_err(|e| io(&format!("cannot listen on {}", config.addr), e))?;
+            .map_err(|source| Error::Listen {
+                addr: config.addr,
+                source,
+            })?;
         let local = listener
             .local_addr()
             .map_err(|e| io("cannot read the bound address", e))?;
-        if app.log >= LogLevel::Info {
-            eprintln!(
-                "hasp serve: listening on http://{local} (lock directory {})",
-                config.dir.display()
-            );
-        }
+        tracing::info!(
+            target: "hasp::serve",
+            "listening on http://{local} (lock directory {})",
+            config.dir.display()
+        );
         let max = config
             .max_connections
             .unwrap_or_else(|| default_max_connections(config.workers))
             .max(1);
         accept_until_stopped(listener, app.clone(), config.limits.clone(), max, signals).await;
-        if app.log >= LogLevel::Info {
-            eprintln!("hasp serve: stopped");
-        }
+        tracing::info!(target: "hasp::serve", "stopped");
         Ok(())
     })
 }
@@ -178,11 +170,12 @@ async fn accept_until_stopped(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     if failures > 0 {
-                        if app.log >= LogLevel::Warn {
-                            eprintln!("hasp serve: accepting again after {failures} failed accepts");
-                        }
+                        tracing::warn!(
+                            target: "hasp::serve",
+                            "accepting again after {failures} failed accepts"
+                        );
                         (failures, pause) = (0, Duration::from_millis(10));
                     }
                     if live.len() >= max_connections && !make_room(&live) {
@@ -193,13 +186,16 @@ async fn accept_until_stopped(
                     let _ = stream.set_nodelay(true);
                     let (conn, tracker) = Connection::new(stream, limits.clone(), epoch);
                     let (app, stopping) = (app.clone(), stopping.clone());
-                    let task = connections.spawn(connection(conn, app, stopping));
+                    let task = connections.spawn(access::scope(connection(conn, peer, app, stopping)));
                     live.insert(task.id(), tracker);
                 }
                 Err(err) => {
                     failures += 1;
-                    if failures == 1 && app.log >= LogLevel::Warn {
-                        eprintln!("hasp serve: accept failed: {err} (retrying, quietly, until it works)");
+                    if failures == 1 {
+                        tracing::warn!(
+                            target: "hasp::serve",
+                            "accept failed: {err} (retrying, quietly, until it works)"
+                        );
                     }
                     // Give the others a moment to close theirs.
                     tokio::time::sleep(pause).await;
@@ -291,13 +287,18 @@ impl Signals {
     }
 }
 
-async fn connection(mut conn: Connection, app: Arc<App>, mut stopping: watch::Receiver<bool>) {
+async fn connection(
+    mut conn: Connection,
+    peer: SocketAddr,
+    app: Arc<App>,
+    mut stopping: watch::Receiver<bool>,
+) {
     loop {
         let request = match conn.next(&mut stopping).await {
             Ok(request) => request,
             Err(ReadError::Closed) => return,
             Err(ReadError::Reject(response)) => {
-                app.log_line("?", "?", response.status, std::time::Duration::ZERO);
+                access::log(peer, Door::Other, "?", "?", response.status, Duration::ZERO);
                 let _ = conn.send(&response, true, false).await;
                 return;
             }
@@ -319,7 +320,14 @@ async fn connection(mut conn: Connection, app: Arc<App>, mut stopping: watch::Re
             app.abandon(grant, why).await;
         }
         // Logged once answered (or not), so a line says it is all done.
-        app.log_line(request.method(), request.path(), response.status, took);
+        access::log(
+            peer,
+            door,
+            request.method(),
+            request.path(),
+            response.status,
+            took,
+        );
         if sent.is_err() || close {
             return;
         }
@@ -337,15 +345,6 @@ impl locks::Peer for Connection {
 }
 
 impl App {
-    fn log_line(&self, method: &str, target: &str, status: u16, took: std::time::Duration) {
-        if self.log >= LogLevel::Debug {
-            eprintln!(
-                "hasp serve: {method} {target} -> {status} ({} us)",
-                took.as_micros()
-            );
-        }
-    }
-
     /// Releases a grant whose answer never reached its client, with the
     /// grant's own token: nobody else knows it, so it would be held for
     /// ever (or until its lease ran out).
@@ -359,25 +358,28 @@ impl App {
             .locks
             .unlock(resource.clone(), crate::UnlockKey::Token(token))
             .await;
-        let (level, done) = match outcome {
+        // The access line says what became of the grant.
+        access::note(&resource, "abandoned");
+        match outcome {
             Ok(_) => {
                 self.locks.metrics.outcome(metrics::Outcome::Abandoned);
-                (LogLevel::Info, Cow::Borrowed("released it again"))
+                tracing::info!(
+                    target: "hasp::serve",
+                    "the grant of '{resource}' (fencing {fencing}) could not be delivered \
+                     ({why}); released it again"
+                );
             }
             // A short lease may end first; the lock is free either way.
-            Err(Error::LeaseExpired { .. }) => {
-                (LogLevel::Info, Cow::Borrowed("its lease had run out"))
-            }
-            Err(err) => (
-                LogLevel::Warn,
-                Cow::Owned(format!("could not release it: {err}")),
+            Err(Error::LeaseExpired { .. }) => tracing::info!(
+                target: "hasp::serve",
+                "the grant of '{resource}' (fencing {fencing}) could not be delivered \
+                 ({why}); its lease had run out"
             ),
-        };
-        if self.log >= level {
-            eprintln!(
-                "hasp serve: the grant of '{resource}' (fencing {fencing}) could not be \
-                 delivered ({why}); {done}"
-            );
+            Err(err) => tracing::warn!(
+                target: "hasp::serve",
+                "the grant of '{resource}' (fencing {fencing}) could not be delivered \
+                 ({why}); could not release it: {err}"
+            ),
         }
     }
 
