@@ -40,8 +40,6 @@ use tokio::sync::watch;
 pub struct ServeConfig {
     /// The lock directory (must exist).
     pub dir: PathBuf,
-    /// Where to listen.
-    pub addr: SocketAddr,
     /// Clients must send this bearer token (or it as a Basic password).
     pub token: Option<String>,
     /// Sync the filesystem (group commit) before acknowledging a change.
@@ -66,8 +64,18 @@ struct App {
     token: Option<String>,
 }
 
-/// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
-pub fn serve(config: ServeConfig) -> Result<(), Error> {
+/// Serves on `listener` until `shutdown` resolves, then stops accepting,
+/// answers the requests already read and returns. Runs on the caller's
+/// Tokio runtime, which must be multi-threaded with its I/O and time
+/// drivers enabled: guest calls run on its threads, each on a fiber.
+///
+/// Logs through `tracing` (see the module's documentation); installs no
+/// signal handler: the caller decides what stops it.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
     let io = |what: &str, e: std::io::Error| Error::Runtime(format!("{what}: {e}"));
     if let Some(ttl) = config.default_ttl {
         let ms = crate::registry::duration_ms(ttl);
@@ -85,46 +93,27 @@ pub fn serve(config: ServeConfig) -> Result<(), Error> {
     } else {
         None
     };
-    // One network thread per CPU: guest calls run on them too.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let reactor = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .thread_name("hasp-io")
-        .build()
-        .map_err(|e| io("cannot start the network runtime", e))?;
-    reactor.block_on(async move {
-        let pool = pool::Pool::start(&runtime, &config.dir, config.workers).await?;
-        let locks = Locks::new(pool, syncer, config.default_ttl);
-        let app = Arc::new(App {
-            locks,
-            token: config.token.clone(),
-        });
-        // Handlers first: a signal that follows the startup line must stop
-        // the server cleanly, not kill it.
-        let signals = Signals::new();
-        let listener = TcpListener::bind(config.addr)
-            .await
-            .map_err(|source| Error::Listen {
-                addr: config.addr,
-                source,
-            })?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| io("cannot read the bound address", e))?;
-        tracing::info!(
-            target: "hasp::serve",
-            "listening on http://{local} (lock directory {})",
-            config.dir.display()
-        );
-        let max = config
-            .max_connections
-            .unwrap_or_else(|| default_max_connections(config.workers))
-            .max(1);
-        accept_until_stopped(listener, app.clone(), config.limits.clone(), max, signals).await;
-        tracing::info!(target: "hasp::serve", "stopped");
-        Ok(())
-    })
+    let pool = pool::Pool::start(&runtime, &config.dir, config.workers).await?;
+    let locks = Locks::new(pool, syncer, config.default_ttl);
+    let app = Arc::new(App {
+        locks,
+        token: config.token.clone(),
+    });
+    let local = listener
+        .local_addr()
+        .map_err(|e| io("cannot read the bound address", e))?;
+    tracing::info!(
+        target: "hasp::serve",
+        "listening on http://{local} (lock directory {})",
+        config.dir.display()
+    );
+    let max = config
+        .max_connections
+        .unwrap_or_else(|| default_max_connections(config.workers))
+        .max(1);
+    accept_until_stopped(listener, app.clone(), config.limits.clone(), max, shutdown).await;
+    tracing::info!(target: "hasp::serve", "stopped");
+    Ok(())
 }
 
 /// 1024 connections, or fewer if the limit on open files would be reached
@@ -155,8 +144,9 @@ async fn accept_until_stopped(
     app: Arc<App>,
     limits: Limits,
     max_connections: usize,
-    mut signals: Signals,
+    shutdown: impl std::future::Future<Output = ()>,
 ) {
+    tokio::pin!(shutdown);
     let (stop, stopping) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     // Each live connection, by the id of its task.
@@ -209,7 +199,7 @@ async fn accept_until_stopped(
                 };
                 live.remove(&id);
             }
-            _ = signals.recv() => break,
+            () = &mut shutdown => break,
         }
     }
     drop(listener);
@@ -254,37 +244,6 @@ fn make_room(live: &std::collections::HashMap<tokio::task::Id, Arc<http::Tracker
         .collect();
     idle.sort_unstable_by_key(|(since, _)| *since);
     idle.into_iter().any(|(_, tracker)| tracker.shed())
-}
-
-/// SIGINT and SIGTERM.
-struct Signals {
-    int: Option<tokio::signal::unix::Signal>,
-    term: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    fn new() -> Signals {
-        use tokio::signal::unix::{signal, SignalKind};
-        Signals {
-            int: signal(SignalKind::interrupt()).ok(),
-            term: signal(SignalKind::terminate()).ok(),
-        }
-    }
-
-    async fn recv(&mut self) {
-        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
-            match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        }
-        tokio::select! {
-            _ = one(&mut self.int) => {}
-            _ = one(&mut self.term) => {}
-        }
-    }
 }
 
 async fn connection(

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 // Shared with the component's own command line, so both print the same.
-#[path = "../../guest/src/show.rs"]
+#[path = "../../../../guest/src/show.rs"]
 mod show;
 use show::utc;
 // Shared with the component's own command line, so both read `--ttl` alike.
-#[path = "../../guest/src/duration.rs"]
+#[path = "../../../../guest/src/duration.rs"]
 mod duration;
 
 #[derive(Parser)]
@@ -450,9 +450,8 @@ fn serve(dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     let workers = args
         .workers
         .unwrap_or_else(|| 8 * std::thread::available_parallelism().map_or(1, |n| n.get()));
-    hasp::serve::serve(hasp::serve::ServeConfig {
+    let config = hasp::serve::ServeConfig {
         dir,
-        addr,
         token,
         fsync: args.fsync,
         workers,
@@ -462,8 +461,43 @@ fn serve(dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
         },
         default_ttl: args.default_ttl,
         max_connections: args.max_connections,
-    })?;
-    Ok(())
+    };
+    // One network thread per CPU: guest calls run on them too.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let reactor = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .thread_name("hasp-io")
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the network runtime: {e}"))?;
+    reactor.block_on(async move {
+        // Handlers first: a signal that follows the startup line must stop
+        // the server cleanly, not kill it.
+        let stop = stop_signal()?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Listen { addr, source })?;
+        hasp::serve::serve(listener, config, stop).await?;
+        Ok(())
+    })
+}
+
+/// Resolves at the first SIGINT or SIGTERM (installed at once).
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handler = |kind: SignalKind| {
+        signal(kind).map_err(|e| anyhow::anyhow!("cannot handle SIGINT and SIGTERM: {e}"))
+    };
+    let (mut int, mut term) = (
+        handler(SignalKind::interrupt())?,
+        handler(SignalKind::terminate())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 /// The registry commands: lock, unlock, status.
