@@ -23,6 +23,13 @@ fn main() {
             );
         }
     }
+    // The guest's texts, a crate of the guest's own.
+    for watched in ["src", "Cargo.toml"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            guest.join("text").join(watched).display()
+        );
+    }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));

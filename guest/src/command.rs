@@ -10,9 +10,10 @@
 //! Process locks (`run`, `who`) need the host's `hasp:lock/file-lock`,
 //! which a stock runtime does not have: they say so and exit 2.
 
-use crate::hasp::lock::types::{Error, ErrorCode, Grant, Holder, LockOptions, UnlockKey};
+use crate::hasp::lock::types::{Error, ErrorCode, Holder, LockOptions, UnlockKey};
 use crate::registry::Registry;
 use crate::show;
+use hasp_text::json;
 use wasip2::cli::environment::get_arguments;
 use wasip2::filesystem::preopens::get_directories;
 
@@ -40,15 +41,7 @@ impl wasip2::exports::cli::run::Guest for Command {
             Err(Failure::Usage(text)) => (Output::Err(format!("{text}\n{USAGE}\n")), 2),
             Err(Failure::Other(text)) => (Output::Err(format!("{text}\n")), 2),
             Err(Failure::Call(err, dir)) => {
-                let refused = matches!(
-                    err.code,
-                    ErrorCode::AlreadyLocked(_)
-                        | ErrorCode::NotOwner(_)
-                        | ErrorCode::NotLocked
-                        | ErrorCode::Busy
-                        | ErrorCode::WouldBlock(_)
-                        | ErrorCode::LeaseExpired
-                );
+                let refused = hasp_text::is_refusal(crate::errors::code_name(&err.code));
                 let text = match err.code {
                     ErrorCode::Storage(_) | ErrorCode::CorruptRecord(_) => {
                         format!("{} (lock directory {dir})\n", err.message)
@@ -134,7 +127,10 @@ fn main(args: &[String]) -> Result<String, Failure> {
             };
             let grant = registry.lock(&resource, &options).map_err(call)?;
             Ok(if json {
-                format!("{}\n", grant_json(&grant))
+                format!(
+                    "{}\n",
+                    json::object(&lock(&grant.holder), Some(&grant.token))
+                )
             } else if verbose {
                 format!(
                     "token: {}\nfencing: {}\n",
@@ -195,19 +191,18 @@ fn main(args: &[String]) -> Result<String, Failure> {
                 Some(resource) => {
                     let held = registry.status(&resource).map_err(call)?;
                     Ok(match (held, json) {
-                        (Some(h), true) => format!("{}\n", holder_json(&h, None)),
+                        (Some(h), true) => format!("{}\n", json::object(&lock(&h), None)),
                         (None, true) => "null\n".into(),
-                        (Some(h), false) => show::table(&[row(&h)]),
-                        (None, false) => "not locked\n".into(),
+                        (Some(h), false) => show::table(&[lock(&h)]),
+                        (None, false) => format!("{}\n", hasp_text::NOT_LOCKED),
                     })
                 }
                 None => {
                     let all = registry.list("").map_err(call)?;
                     Ok(if json {
-                        let items: Vec<String> = all.iter().map(|h| holder_json(h, None)).collect();
-                        format!("[{}]\n", items.join(","))
+                        format!("{}\n", json::array(all.iter().map(lock)))
                     } else {
-                        show::table(&all.iter().map(row).collect::<Vec<_>>())
+                        show::table(&all.iter().map(lock).collect::<Vec<_>>())
                     })
                 }
             }
@@ -231,16 +226,6 @@ fn only_preopen() -> Result<String, Failure> {
     }
 }
 
-fn row(h: &Holder) -> show::Row<'_> {
-    show::Row {
-        resource: &h.resource,
-        client: h.client.as_deref(),
-        since_ms: h.since_ms,
-        fencing: h.fencing,
-        expires_ms: h.expires_ms,
-    }
-}
-
 /// Takes `--ttl DURATION`, in milliseconds.
 fn ttl(args: &mut Args) -> Result<Option<u64>, Failure> {
     match args.value("--ttl")? {
@@ -251,47 +236,17 @@ fn ttl(args: &mut Args) -> Result<Option<u64>, Failure> {
     }
 }
 
-/// A grant as `hasp lock --json` prints it.
-fn grant_json(grant: &Grant) -> String {
-    holder_json(&grant.holder, Some(&grant.token))
-}
-
-/// A holder as `hasp status --json` prints it (with the token for a grant).
-fn holder_json(h: &Holder, token: Option<&str>) -> String {
-    let client = h.client.as_deref().map_or("null".to_string(), quote);
-    let mut out = format!(
-        "{{\"resource\":{},\"client\":{client},\"fencing\":{},\"since_ms\":{},\
-         \"lock_parents\":{},\"lock_children\":{}",
-        quote(&h.resource),
-        h.fencing,
-        h.since_ms,
-        h.lock_parents,
-        h.lock_children
-    );
-    if let (Some(expires), Some(ttl)) = (h.expires_ms, h.ttl_ms) {
-        out.push_str(&format!(",\"expires_ms\":{expires},\"ttl_ms\":{ttl}"));
+/// A holder as its JSON shows it.
+fn lock(h: &Holder) -> hasp_text::Lock<'_> {
+    hasp_text::Lock {
+        resource: &h.resource,
+        client: h.client.as_deref(),
+        fencing: h.fencing,
+        since_ms: h.since_ms,
+        lock_parents: h.lock_parents,
+        lock_children: h.lock_children,
+        lease: h.expires_ms.zip(h.ttl_ms),
     }
-    if let Some(token) = token {
-        out.push_str(&format!(",\"token\":{}", quote(token)));
-    }
-    out.push('}');
-    out
-}
-
-/// A JSON string (names and ids hold no control characters).
-fn quote(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// The arguments after the command name: options anywhere, positionals in order.

@@ -8,7 +8,23 @@ use wasip2::filesystem::types::{DescriptorType as FsType, ErrorCode as FsError};
 
 /// Shown for a client id or an anonymous lock: the id, or `?`.
 pub fn shown(client: Option<&str>) -> &str {
-    client.unwrap_or("?")
+    client.unwrap_or(hasp_text::ANONYMOUS)
+}
+
+/// The WIT name of an error code's case (`already-locked`), as the host
+/// names it too.
+pub fn code_name(code: &ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::AlreadyLocked(_) => "already-locked",
+        ErrorCode::NotOwner(_) => "not-owner",
+        ErrorCode::NotLocked => "not-locked",
+        ErrorCode::InvalidInput => "invalid-input",
+        ErrorCode::CorruptRecord(_) => "corrupt-record",
+        ErrorCode::Storage(_) => "storage",
+        ErrorCode::Busy => "busy",
+        ErrorCode::WouldBlock(_) => "would-block",
+        ErrorCode::LeaseExpired => "lease-expired",
+    }
 }
 
 /// The resource (or a conflicting parent or child) is held by `holder`.
@@ -183,7 +199,7 @@ pub fn file_held(path: &str, owner: Option<(u32, &str, &str)>) -> Error {
         }
         None => Error {
             message: format!("Lock file {path} is held by another process"),
-            code: ErrorCode::WouldBlock("?".to_string()),
+            code: ErrorCode::WouldBlock(hasp_text::ANONYMOUS.to_string()),
         },
     }
 }

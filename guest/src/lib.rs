@@ -13,8 +13,9 @@
 //!
 //! Both reach the disk only through [`dir`] (the preopen as a capability) and
 //! say everything a user reads through [`errors`]. The registry component is
-//! also a command for the stock `wasmtime run` ([`command`], printing through
-//! [`show`], which the `hasp` CLI shares).
+//! also a command for the stock `wasmtime run` ([`command`]), printing
+//! through the `hasp-text` crate (`guest/text/`), which the `hasp` CLI
+//! shares.
 
 #[cfg(not(feature = "process"))]
 wit_bindgen::generate!({
@@ -54,11 +55,9 @@ mod process;
 #[cfg(not(feature = "process"))]
 mod command;
 #[cfg(not(feature = "process"))]
-mod duration;
-#[cfg(not(feature = "process"))]
-mod show;
-#[cfg(not(feature = "process"))]
 use command::Command;
+#[cfg(not(feature = "process"))]
+use hasp_text::{duration, show};
 #[cfg(not(feature = "process"))]
 wasip2::cli::command::export!(Command);
 

@@ -74,7 +74,7 @@ pub async fn handle(locks: &Locks, verb: &str, rest: &str, request: &Request) ->
         _ => match locks.status(resource).await {
             Ok(held) => Response::json(
                 200,
-                &json!({"lockedBy": held.map(|h| h.client.unwrap_or_else(|| "?".into()))}),
+                &json!({"lockedBy": held.map(|h| h.client.unwrap_or_else(|| hasp_text::ANONYMOUS.into()))}),
             ),
             Err(err) => failed(&err),
         },

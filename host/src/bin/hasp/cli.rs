@@ -6,13 +6,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-// Shared with the component's own command line, so both print the same.
-#[path = "../../../../guest/src/show.rs"]
-mod show;
-use show::utc;
-// Shared with the component's own command line, so both read `--ttl` alike.
-#[path = "../../../../guest/src/duration.rs"]
-mod duration;
+// The guest's texts, shared with its own command line: both print (and
+// read `--ttl`) alike.
+use hasp_text::show::{self, utc};
+use hasp_text::{duration, json};
 
 #[derive(Parser)]
 #[command(
@@ -536,9 +533,8 @@ fn registry_command(dir: &Path, command: Command) -> anyhow::Result<()> {
             }
             let (grant, _) = crate::hold::lock(&mut registry, &resource, &options, patience(wait))?;
             let printed = if json {
-                serde_json::to_string(&grant)
-                    .map_err(std::io::Error::other)
-                    .and_then(|line| writeln!(out, "{line}"))
+                let line = json::object(&shown(&grant.holder), Some(&grant.token));
+                writeln!(out, "{line}")
             } else if verbose {
                 print_grant(&mut out, &grant)
             } else if anonymous {
@@ -584,18 +580,17 @@ fn registry_command(dir: &Path, command: Command) -> anyhow::Result<()> {
         Command::Status { resource, json } => match resource {
             Some(resource) => {
                 let held = registry.status(&resource)?;
-                if json {
-                    writeln!(out, "{}", serde_json::to_string(&held)?)?;
-                } else if let Some(holder) = held {
-                    print_table(&mut out, &[holder])?;
-                } else {
-                    writeln!(out, "not locked")?;
+                match (held, json) {
+                    (Some(h), true) => writeln!(out, "{}", json::object(&shown(&h), None))?,
+                    (None, true) => writeln!(out, "null")?,
+                    (Some(h), false) => print_table(&mut out, &[h])?,
+                    (None, false) => writeln!(out, "{}", hasp_text::NOT_LOCKED)?,
                 }
             }
             None => {
                 let all = registry.list("")?;
                 if json {
-                    writeln!(out, "{}", serde_json::to_string(&all)?)?;
+                    writeln!(out, "{}", json::array(all.iter().map(shown)))?;
                 } else {
                     print_table(&mut out, &all)?;
                 }
@@ -722,17 +717,21 @@ fn print_grant(out: &mut impl Write, grant: &Grant) -> std::io::Result<()> {
 }
 
 fn print_table(out: &mut impl Write, holders: &[Holder]) -> std::io::Result<()> {
-    let rows: Vec<show::Row<'_>> = holders
-        .iter()
-        .map(|h| show::Row {
-            resource: &h.resource,
-            client: h.client.as_deref(),
-            since_ms: h.since_ms,
-            fencing: h.fencing,
-            expires_ms: h.expires_ms,
-        })
-        .collect();
+    let rows: Vec<hasp_text::Lock<'_>> = holders.iter().map(shown).collect();
     out.write_all(show::table(&rows).as_bytes())
+}
+
+/// A holder as the guest's texts show it.
+fn shown(h: &Holder) -> hasp_text::Lock<'_> {
+    hasp_text::Lock {
+        resource: &h.resource,
+        client: h.client.as_deref(),
+        fencing: h.fencing,
+        since_ms: h.since_ms,
+        lock_parents: h.lock_parents,
+        lock_children: h.lock_children,
+        lease: h.expires_ms.zip(h.ttl_ms),
+    }
 }
 
 /// Whether standard output goes nowhere: closed, or `/dev/null` (where the

@@ -1,7 +1,7 @@
 //! Durations as people type them on a command line: `30s`, `5m`, `1500ms`,
 //! `2h`, `1d`, `1.5s`; a bare number is seconds. Plain Rust with no
 //! dependencies, so the `hasp` CLI (host) and the component's own command
-//! line read `--ttl` alike; the host includes this file by path.
+//! line read `--ttl` alike.
 
 /// Milliseconds in `text`, or a one-line reason it is not a duration.
 /// Fractions of a millisecond are rounded up, so a positive duration never

@@ -1,34 +1,26 @@
-//! How locks are shown to people and scripts: the status table, timestamps
-//! and JSON. Plain Rust with no dependencies, so the `hasp` CLI (host) and
-//! the component's own command line (`wasmtime run hasp.wasm ...`) print
-//! byte for byte the same; the host includes this file by path.
+//! How locks are shown to people: the status table, timestamps, and what
+//! a forced unlock reports.
 
-/// One lock as shown: resource, owner (`?` when anonymous), grant time in
-/// milliseconds since the Unix epoch, fencing token, and when its lease runs
-/// out (`None`: no lease).
-pub struct Row<'a> {
-    pub resource: &'a str,
-    pub client: Option<&'a str>,
-    pub since_ms: u64,
-    pub fencing: u64,
-    pub expires_ms: Option<u64>,
-}
+use crate::{Lock, ANONYMOUS};
 
 /// The status table: a header, then one aligned line per lock. An EXPIRES
 /// column follows when any lock has a lease (`-` for one without).
-pub fn table(rows: &[Row<'_>]) -> String {
-    let leases = rows.iter().any(|r| r.expires_ms.is_some());
+pub fn table(rows: &[Lock<'_>]) -> String {
+    let leases = rows.iter().any(|r| r.lease.is_some());
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             let mut cells = vec![
                 r.resource.to_string(),
-                r.client.unwrap_or("?").to_string(),
+                r.client.unwrap_or(ANONYMOUS).to_string(),
                 utc(r.since_ms),
                 r.fencing.to_string(),
             ];
             if leases {
-                cells.push(r.expires_ms.map_or_else(|| "-".to_string(), utc_ms));
+                cells.push(
+                    r.lease
+                        .map_or_else(|| "-".to_string(), |(end, _)| utc_ms(end)),
+                );
             }
             cells
         })
@@ -97,6 +89,6 @@ pub fn utc(ms: u64) -> String {
 pub fn broke(resource: &str, client: Option<&str>, fencing: u64) -> String {
     format!(
         "broke the lock on '{resource}' held by '{}' (fencing {fencing})",
-        client.unwrap_or("?")
+        client.unwrap_or(ANONYMOUS)
     )
 }

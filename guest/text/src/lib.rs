@@ -1,0 +1,49 @@
+//! What hasp prints and reads as text, in one place: the status table and
+//! timestamps ([`show`]), a holder or grant as JSON ([`json`]), durations as
+//! typed on a command line ([`duration`]), and the words that recur.
+//!
+//! Plain Rust without dependencies. The guest's own command line
+//! (`wasmtime run hasp.wasm ...`) and the `hasp` CLI both use it, so they
+//! print byte for byte the same; the crate lives in the guest's tree
+//! because the guest owns every text hasp shows.
+#![warn(missing_docs)]
+
+pub mod duration;
+pub mod json;
+pub mod show;
+
+/// One granted lock, as hasp shows it (a view of a holder).
+#[derive(Debug, Clone, Copy)]
+pub struct Lock<'a> {
+    /// The resource name.
+    pub resource: &'a str,
+    /// The client id; `None` for an anonymous lock.
+    pub client: Option<&'a str>,
+    /// The fencing token.
+    pub fencing: u64,
+    /// Grant time, in milliseconds since the Unix epoch.
+    pub since_ms: u64,
+    /// Whether the lock conflicts with locks on parents.
+    pub lock_parents: bool,
+    /// Whether the lock conflicts with locks on children.
+    pub lock_children: bool,
+    /// For a leased lock: when the lease ends (milliseconds since the Unix
+    /// epoch) and how long it is (milliseconds).
+    pub lease: Option<(u64, u64)>,
+}
+
+/// The holder shown for a lock taken without a client id.
+pub const ANONYMOUS: &str = "?";
+
+/// What `status RESOURCE` prints for a resource nobody holds.
+pub const NOT_LOCKED: &str = "not locked";
+
+/// Whether the error code named `code` (the WIT `error-code` case, as
+/// `already-locked`) is a refusal by the lock rules, which the command
+/// lines exit 1 for, rather than bad input or a broken environment (2).
+pub fn is_refusal(code: &str) -> bool {
+    matches!(
+        code,
+        "already-locked" | "not-owner" | "not-locked" | "busy" | "would-block" | "lease-expired"
+    )
+}
