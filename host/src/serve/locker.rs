@@ -83,9 +83,9 @@ pub async fn handle(locks: &Locks, verb: &str, rest: &str, request: &Request) ->
 
 async fn canhaz(locks: &Locks, resource: String, request: &Request) -> Response {
     let [id, parents, children, ttl] = request.params(["id", "lockParents", "lockChildren", "ttl"]);
-    let flag = |name: &str, value: Option<String>| -> Result<bool, Response> {
+    let flag = |name: &str, value: Option<String>, default: bool| -> Result<bool, Response> {
         match value {
-            None => Ok(true),
+            None => Ok(default),
             Some(v) => parse_flag(&v).ok_or_else(|| {
                 invalid(
                     400,
@@ -110,9 +110,10 @@ async fn canhaz(locks: &Locks, resource: String, request: &Request) -> Response 
             )
         }),
     };
+    let default = LockOptions::default();
     let options = match (
-        flag("lockParents", parents),
-        flag("lockChildren", children),
+        flag("lockParents", parents, default.lock_parents),
+        flag("lockChildren", children, default.lock_children),
         ttl,
     ) {
         (Ok(lock_parents), Ok(lock_children), Ok(ttl)) => LockOptions {
@@ -120,7 +121,7 @@ async fn canhaz(locks: &Locks, resource: String, request: &Request) -> Response 
             lock_parents,
             lock_children,
             ttl,
-            request_id: None,
+            ..default
         },
         (Err(bad), _, _) | (_, Err(bad), _) | (_, _, Err(bad)) => return bad,
     };

@@ -25,9 +25,9 @@ pub const MAX_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
 struct LockBody {
     resource: String,
     client: Option<String>,
-    #[serde(default = "yes")]
+    #[serde(default = "parents_by_default")]
     lock_parents: bool,
-    #[serde(default = "yes")]
+    #[serde(default = "children_by_default")]
     lock_children: bool,
     #[serde(default)]
     wait_ms: u64,
@@ -37,8 +37,12 @@ struct LockBody {
     request_id: Option<String>,
 }
 
-fn yes() -> bool {
-    true
+fn parents_by_default() -> bool {
+    LockOptions::default().lock_parents
+}
+
+fn children_by_default() -> bool {
+    LockOptions::default().lock_children
 }
 
 #[derive(Deserialize)]

@@ -602,12 +602,13 @@ fn registry_command(dir: &Path, command: Command) -> anyhow::Result<()> {
 
 /// The lock options the command line asked for.
 fn lock_options(args: LockArgs, ttl: Option<Duration>) -> LockOptions {
+    let default = LockOptions::default();
     LockOptions {
         client: args.client,
-        lock_parents: !args.no_lock_parents,
-        lock_children: !args.no_lock_children,
+        lock_parents: default.lock_parents && !args.no_lock_parents,
+        lock_children: default.lock_children && !args.no_lock_children,
         ttl,
-        request_id: None,
+        ..default
     }
 }
 
