@@ -2,7 +2,11 @@
 //! the host's flock) beside native `std::fs::File::lock` in the same run.
 //! Run: `cargo bench --bench process`. Prints one table:
 //!
-//! - in-process acquire+release on a file kept open;
+//! - in-process acquire+release on a file kept open, and the floor any
+//!   component pays for it: two empty calls into a guest, each calling out
+//!   to the host once (what one hasp cycle crosses), on an engine
+//!   configured as hasp's; "native + floor" is what a cycle would cost if
+//!   hasp added nothing but the boundary;
 //! - handoff: one process releases, a waiting process holds it (median);
 //! - contended throughput of 4 processes for a fixed time;
 //! - release after `kill -9` of the holder, until a waiter holds it.
@@ -67,6 +71,13 @@ fn main() {
         print!(" {name:>12}");
     }
     println!();
+    let floor = boundary_floor();
+    println!(
+        "{:<44} {:>12} {floor:>12.0}",
+        "boundary floor: 2 calls in, 2 out (ops/s)", ""
+    );
+    // Rates add as times do: 1 / (1/native + 1/floor).
+    let plus_floor = |native: f64| 1.0 / (1.0 / native + 1.0 / floor);
     let n = in_process(Kind::Native, dir, false);
     let h = in_process(Kind::Hasp, dir, false);
     row(
@@ -76,9 +87,11 @@ fn main() {
         &py(0),
         0,
     );
+    floor_row("exclusive", plus_floor(n), h);
     let n = in_process(Kind::Native, dir, true);
     let h = in_process(Kind::Hasp, dir, true);
     row("shared acquire+release, kept open (ops/s)", n, h, &[], 0);
+    floor_row("shared", plus_floor(n), h);
     let (n, h) = (handoff(Kind::Native, dir), handoff(Kind::Hasp, dir));
     row("handoff between processes, median (ms)", n, h, &py(1), 3);
     let (n, h) = (contended(Kind::Native, dir), contended(Kind::Hasp, dir));
@@ -96,6 +109,65 @@ fn row(what: &str, native: f64, hasp: f64, others: &[f64], decimals: usize) {
         print!(" {v:>12.decimals$}");
     }
     println!();
+}
+
+/// The native cycle plus the boundary floor (under "native"), and how many
+/// times as long hasp's cycle takes (under "hasp").
+fn floor_row(what: &str, native_plus_floor: f64, hasp: f64) {
+    let times = native_plus_floor / hasp;
+    println!(
+        "{:<44} {native_plus_floor:>12.0} {:>12}",
+        format!("  {what}: native + floor (ops/s); hasp ×"),
+        format!("{times:.2}×")
+    );
+}
+
+/// Cycles per second of the component boundary alone: a host call into a
+/// guest export whose body calls one host import and returns, twice per
+/// cycle (a hasp cycle calls `acquire` and `release`, and each calls the
+/// host's `file-lock` once). The engine is configured as hasp's (component
+/// model, epoch interruption), with the deadline set once.
+fn boundary_floor() -> f64 {
+    use wasmtime::component::{Component, Linker};
+    use wasmtime::{Config, Engine, Store};
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    let engine = Engine::new(&config).expect("engine");
+    let text = r#"(component
+        (import "ping" (func $ping))
+        (core func $ping_low (canon lower (func $ping)))
+        (core module $m
+          (import "host" "ping" (func $ping))
+          (func (export "call") (call $ping)))
+        (core instance $host (export "ping" (func $ping_low)))
+        (core instance $i (instantiate $m (with "host" (instance $host))))
+        (func (export "call") (canon lift (core func $i "call"))))"#;
+    let component =
+        Component::new(&engine, wat::parse_str(text).expect("component text")).expect("component");
+    let mut linker = Linker::<()>::new(&engine);
+    linker
+        .root()
+        .func_wrap("ping", |_, (): ()| Ok(()))
+        .expect("ping");
+    let mut store = Store::new(&engine, ());
+    store.set_epoch_deadline(u64::MAX / 2);
+    let instance = linker
+        .instantiate(&mut store, &component)
+        .expect("instance");
+    let call = instance
+        .get_typed_func::<(), ()>(&mut store, "call")
+        .expect("call");
+    let once = |store: &mut Store<()>| call.call(&mut *store, ()).expect("call");
+    for _ in 0..1000 {
+        once(&mut store);
+    }
+    let start = Instant::now();
+    for _ in 0..CYCLES {
+        once(&mut store);
+        once(&mut store);
+    }
+    CYCLES as f64 / start.elapsed().as_secs_f64()
 }
 
 /// locket's and filelock's figures from benches/process.py, when python3
