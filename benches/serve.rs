@@ -32,19 +32,20 @@
 //! held locks through the server, reports the daemon's RSS, kills it (-9) and
 //! times its restart until /healthz answers and a held lock shows as held.
 
-use std::future::Future;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+#[path = "../tests/http_client.rs"]
+mod http_client;
+
+use http_client::{now, AsyncHttp, Client, Http};
 
 /// Distinct resources per connection, taken round robin.
 const NAMES_PER_CONN: usize = 16;
@@ -53,7 +54,6 @@ const FIGHT_NODES: usize = 8;
 /// How long a fighter holds a granted lock (marked as held) before releasing.
 const HOLD: Duration = Duration::from_millis(1);
 const BIG_CONNS: usize = 32;
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
 const REFERENCE: &str = "reference (issue, this machine, not re-run here): \
                          Locker ~390 cycles/s, gocept.lockd ~730 cycles/s";
 
@@ -455,13 +455,12 @@ async fn xmlrpc(
     }
 }
 
-fn json_of(body: &[u8]) -> Result<serde_json::Value, String> {
-    serde_json::from_slice(body).map_err(|e| format!("not JSON ({e}): {}", text(body)))
+fn json_of(body: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(body).map_err(|e| format!("not JSON ({e}): {}", text(body)))
 }
 
-fn text(body: &[u8]) -> String {
-    let s = String::from_utf8_lossy(body);
-    let s = s.trim();
+fn text(body: &str) -> String {
+    let s = body.trim();
     match s.char_indices().nth(300) {
         Some((at, _)) => format!("{}…", &s[..at]),
         None => s.to_string(),
@@ -967,7 +966,7 @@ impl Server {
         let mut http = Http::new(self.addr);
         match now(http.get("/metrics")) {
             Ok((200, body)) => {
-                let metrics = String::from_utf8_lossy(&body);
+                let metrics = &body;
                 let value = |name: &str| {
                     metrics.lines().find_map(|l| {
                         let (n, v) = l.split_once(' ')?;
@@ -1046,340 +1045,4 @@ impl Drop for Server {
             self.kill();
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// Minimal HTTP/1.1 keep-alive clients: blocking (`Http`) and event-loop
-// (`AsyncHttp`)
-
-/// An HTTP/1.1 keep-alive client. The requests of a cycle (`cycle`, `canhaz`,
-/// `nowant`, `xmlrpc`) are written once over it: `AsyncHttp` runs them as
-/// tasks of a runtime, `Http` blocks in them and so runs them with `now`.
-trait Client {
-    /// Status and body. A connection that fails, or that the server closes,
-    /// is counted as dropped and made anew at the next request.
-    async fn request(
-        &mut self,
-        method: &str,
-        target: &str,
-        body: Option<&[u8]>,
-    ) -> Result<(u16, Vec<u8>), String>;
-
-    async fn get(&mut self, target: &str) -> Result<(u16, Vec<u8>), String> {
-        self.request("GET", target, None).await
-    }
-
-    async fn post(&mut self, target: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
-        self.request("POST", target, Some(body)).await
-    }
-}
-
-/// Runs a future of `Http` requests to its end. `Http` does its I/O blocking,
-/// inside the first poll, so its futures never wait and need no runtime.
-fn now<T>(future: impl Future<Output = T>) -> T {
-    let mut future = std::pin::pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(value) => value,
-        Poll::Pending => unreachable!("a blocking Http request waited"),
-    }
-}
-
-/// The bytes of a request: head, and `body` if any.
-fn request_bytes(method: &str, target: &str, host: &str, body: Option<&[u8]>) -> Vec<u8> {
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n");
-    if let Some(body) = body {
-        let kind = if target == "/RPC2" {
-            "text/xml"
-        } else {
-            "application/json"
-        };
-        req.push_str(&format!(
-            "Content-Type: {kind}\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body.unwrap_or_default());
-    bytes
-}
-
-/// A request's `outcome` (status, body, whether the connection stays open),
-/// after closing `conn`, counted in `drops`, if it failed or is not kept.
-fn settle<C>(
-    conn: &mut Option<C>,
-    drops: &mut u64,
-    outcome: io::Result<(u16, Vec<u8>, bool)>,
-    method: &str,
-    target: &str,
-) -> Result<(u16, Vec<u8>), String> {
-    match outcome {
-        Ok((status, body, keep)) => {
-            if !keep {
-                *conn = None;
-                *drops += 1;
-            }
-            Ok((status, body))
-        }
-        Err(e) => {
-            *conn = None;
-            *drops += 1;
-            Err(format!("{method} {target}: {e}"))
-        }
-    }
-}
-
-/// A response head, fed line by line (the status line first).
-#[derive(Default)]
-struct Head {
-    status: Option<u16>,
-    length: Option<usize>,
-    chunked: bool,
-    close: bool,
-}
-
-/// How a response's body ends.
-enum Framing {
-    Chunked,
-    Length(usize),
-    /// At the end of the connection.
-    Close,
-}
-
-impl Head {
-    /// Takes one line of the head; `Ok(true)` at the blank line ending it.
-    fn line(&mut self, line: &str) -> io::Result<bool> {
-        if self.status.is_none() {
-            let status = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| io::Error::other(format!("bad status line {line:?}")))?;
-            self.status = Some(status);
-            return Ok(false);
-        }
-        let header = line.trim_end();
-        if header.is_empty() {
-            return Ok(true);
-        }
-        let Some((name, value)) = header.split_once(':') else {
-            return Err(io::Error::other(format!("bad header {header:?}")));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            self.length = Some(value.parse::<usize>().map_err(io::Error::other)?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            self.chunked = value.eq_ignore_ascii_case("chunked");
-        } else if name.eq_ignore_ascii_case("connection") {
-            self.close = value.eq_ignore_ascii_case("close");
-        }
-        Ok(false)
-    }
-
-    /// The error for a connection closed before the head ended.
-    fn cut(&self) -> io::Error {
-        let what = match self.status {
-            None => "connection closed before a response",
-            Some(_) => "connection closed in headers",
-        };
-        io::Error::new(io::ErrorKind::UnexpectedEof, what)
-    }
-
-    fn framing(&self) -> Framing {
-        match (self.chunked, self.length) {
-            (true, _) => Framing::Chunked,
-            (false, Some(length)) => Framing::Length(length),
-            (false, None) => Framing::Close,
-        }
-    }
-
-    /// Status, body, and whether the connection stays open.
-    fn response(&self, body: Vec<u8>) -> (u16, Vec<u8>, bool) {
-        let keep = !self.close && !matches!(self.framing(), Framing::Close);
-        (self.status.unwrap_or_default(), body, keep)
-    }
-}
-
-/// The size on a chunk's size line.
-fn chunk_size(line: &str) -> io::Result<usize> {
-    usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).map_err(io::Error::other)
-}
-
-/// The blocking client: std::net, one thread per connection.
-struct Http {
-    addr: SocketAddr,
-    host: String,
-    conn: Option<BufReader<TcpStream>>,
-    /// Connections that failed or were closed by the server mid-run.
-    drops: u64,
-}
-
-impl Http {
-    fn new(addr: SocketAddr) -> Http {
-        Http {
-            addr,
-            host: addr.to_string(),
-            conn: None,
-            drops: 0,
-        }
-    }
-}
-
-impl Client for Http {
-    async fn request(
-        &mut self,
-        method: &str,
-        target: &str,
-        body: Option<&[u8]>,
-    ) -> Result<(u16, Vec<u8>), String> {
-        if self.conn.is_none() {
-            let stream = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT)
-                .map_err(|e| format!("connect: {e}"))?;
-            stream.set_nodelay(true).ok();
-            stream.set_read_timeout(Some(IO_TIMEOUT)).ok();
-            stream.set_write_timeout(Some(IO_TIMEOUT)).ok();
-            self.conn = Some(BufReader::with_capacity(16 * 1024, stream));
-        }
-        let conn = self.conn.as_mut().unwrap();
-        let bytes = request_bytes(method, target, &self.host, body);
-        let outcome = conn
-            .get_mut()
-            .write_all(&bytes)
-            .and_then(|()| read_response(conn));
-        settle(&mut self.conn, &mut self.drops, outcome, method, target)
-    }
-}
-
-/// Status, body, and whether the connection stays open.
-fn read_response(conn: &mut BufReader<TcpStream>) -> io::Result<(u16, Vec<u8>, bool)> {
-    let mut head = Head::default();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if conn.read_line(&mut line)? == 0 {
-            return Err(head.cut());
-        }
-        if head.line(&line)? {
-            break;
-        }
-    }
-    let mut body = Vec::new();
-    match head.framing() {
-        Framing::Chunked => loop {
-            line.clear();
-            conn.read_line(&mut line)?;
-            let size = chunk_size(&line)?;
-            let at = body.len();
-            body.resize(at + size, 0);
-            conn.read_exact(&mut body[at..])?;
-            line.clear();
-            conn.read_line(&mut line)?;
-            if size == 0 {
-                break;
-            }
-        },
-        Framing::Length(length) => {
-            body.resize(length, 0);
-            conn.read_exact(&mut body)?;
-        }
-        Framing::Close => {
-            conn.read_to_end(&mut body)?;
-        }
-    }
-    Ok(head.response(body))
-}
-
-/// The event-loop client: a tokio TcpStream, for a task among many on one
-/// thread. Each request (connect, or write and response) times out after
-/// `IO_TIMEOUT`, as `Http`'s socket timeouts do.
-struct AsyncHttp {
-    addr: SocketAddr,
-    host: String,
-    conn: Option<tokio::io::BufReader<tokio::net::TcpStream>>,
-    /// Connections that failed or were closed by the server mid-run.
-    drops: u64,
-}
-
-impl AsyncHttp {
-    fn new(addr: SocketAddr) -> AsyncHttp {
-        AsyncHttp {
-            addr,
-            host: addr.to_string(),
-            conn: None,
-            drops: 0,
-        }
-    }
-}
-
-impl Client for AsyncHttp {
-    async fn request(
-        &mut self,
-        method: &str,
-        target: &str,
-        body: Option<&[u8]>,
-    ) -> Result<(u16, Vec<u8>), String> {
-        if self.conn.is_none() {
-            let stream =
-                tokio::time::timeout(IO_TIMEOUT, tokio::net::TcpStream::connect(self.addr))
-                    .await
-                    .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-                    .map_err(|e| format!("connect: {e}"))?;
-            stream.set_nodelay(true).ok();
-            self.conn = Some(tokio::io::BufReader::with_capacity(16 * 1024, stream));
-        }
-        let conn = self.conn.as_mut().unwrap();
-        let bytes = request_bytes(method, target, &self.host, body);
-        let exchange = async {
-            conn.get_mut().write_all(&bytes).await?;
-            read_response_async(conn).await
-        };
-        let outcome = tokio::time::timeout(IO_TIMEOUT, exchange)
-            .await
-            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
-        settle(&mut self.conn, &mut self.drops, outcome, method, target)
-    }
-}
-
-/// `read_response` for `AsyncHttp`.
-async fn read_response_async(
-    conn: &mut tokio::io::BufReader<tokio::net::TcpStream>,
-) -> io::Result<(u16, Vec<u8>, bool)> {
-    let mut head = Head::default();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if conn.read_line(&mut line).await? == 0 {
-            return Err(head.cut());
-        }
-        if head.line(&line)? {
-            break;
-        }
-    }
-    let mut body = Vec::new();
-    match head.framing() {
-        Framing::Chunked => loop {
-            line.clear();
-            conn.read_line(&mut line).await?;
-            let size = chunk_size(&line)?;
-            let at = body.len();
-            body.resize(at + size, 0);
-            conn.read_exact(&mut body[at..]).await?;
-            line.clear();
-            conn.read_line(&mut line).await?;
-            if size == 0 {
-                break;
-            }
-        },
-        Framing::Length(length) => {
-            body.resize(length, 0);
-            conn.read_exact(&mut body).await?;
-        }
-        Framing::Close => {
-            conn.read_to_end(&mut body).await?;
-        }
-    }
-    Ok(head.response(body))
 }

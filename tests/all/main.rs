@@ -1,6 +1,8 @@
 //! Black-box tests of hasp: the real `hasp` binary, real directories, real
 //! processes. One test binary, one module per area.
 
+#[path = "../http_client.rs"]
+mod http_client;
 mod support;
 
 mod api;

@@ -372,12 +372,14 @@ fn lock_until_cut(
         }
         let resource = format!("k{round}/{n}/{i}");
         let body = json!({"resource": resource, "client": format!("c{n}")}).to_string();
-        // Kept alive (the shared `request` asks to close).
-        let raw = format!(
-            "POST /v1/lock HTTP/1.1\r\nHost: hasp.test\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
+        // Kept alive (the serve tests' `request` asks to close).
+        let raw = crate::http_client::request(
+            "POST",
+            "/v1/lock",
+            &[("Host", "hasp.test")],
+            Some(body.as_bytes()),
         );
-        if writer.write_all(raw.as_bytes()).is_err() {
+        if writer.write_all(&raw).is_err() {
             break;
         }
         match crate::serve::read_response(&mut reader) {

@@ -3,6 +3,7 @@
 //! gocept.lockd's XML-RPC, raw TCP for the JSON API's edges and for requests
 //! no polite client would send.
 
+use crate::http_client;
 use crate::support::{already, is_uuid_v4, now_ms, sorted_keys, Locks, Run, Tmpfs, GRANT_KEYS};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -141,12 +142,9 @@ impl Server {
         self.stderr.wait_for(what)
     }
 
-    /// A fresh connection, with generous read and write timeouts as guards.
+    /// A fresh connection, with generous timeouts as guards.
     pub(crate) fn connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.addr).expect("connect to hasp serve");
-        stream.set_read_timeout(Some(GUARD)).expect("timeout");
-        stream.set_write_timeout(Some(GUARD)).expect("timeout");
-        stream
+        http_client::connect(self.addr).expect("connect to hasp serve")
     }
 
     /// Sends `raw` on a fresh connection and reads one response. A failed
@@ -340,95 +338,14 @@ fn xmlrpc(url: &str, calls: Value) -> Vec<Value> {
     got.as_array().expect("a list").clone()
 }
 
-#[derive(Debug)]
-pub(crate) struct Response {
-    pub(crate) status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
+pub(crate) use crate::http_client::{read_response, Response};
 
-impl Response {
-    #[track_caller]
-    pub(crate) fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        let found = self
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name));
-        found.map(|(_, v)| v.as_str())
-    }
-}
-
-/// Reads one HTTP/1.x response: by its Content-Length, else to end of stream.
-pub(crate) fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "connection closed before a response",
-        ));
-    }
-    let mut parts = line.split_whitespace();
-    let version = parts.next().unwrap_or_default();
-    let status = parts.next().and_then(|s| s.parse::<u16>().ok());
-    let status = match status {
-        Some(status) if version.starts_with("HTTP/1.") => status,
-        _ => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("bad status line {line:?}"),
-            ))
-        }
-    };
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let line = line.trim_end_matches(['\r', '\n']);
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':').unwrap_or((line, ""));
-        headers.push((name.trim().to_string(), value.trim().to_string()));
-    }
-    let length = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.parse::<usize>().expect("numeric Content-Length"));
-    let mut body = Vec::new();
-    match length {
-        Some(n) => {
-            body.resize(n, 0);
-            reader.read_exact(&mut body)?;
-        }
-        None => {
-            reader.read_to_end(&mut body)?;
-        }
-    }
-    let body = String::from_utf8_lossy(&body).into_owned();
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
-}
-
-/// An HTTP/1.1 request with `Connection: close` (and Content-Length for a
-/// body).
+/// An HTTP/1.1 request to `hasp.test` with `Connection: close` (and
+/// Content-Length for a body).
 fn request(method: &str, target: &str, headers: &[(&str, &str)], body: Option<&str>) -> Vec<u8> {
-    let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: hasp.test\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        raw.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if let Some(body) = body {
-        raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    raw.push_str("\r\n");
-    raw.push_str(body.unwrap_or(""));
-    raw.into_bytes()
+    let mut all = vec![("Host", "hasp.test"), ("Connection", "close")];
+    all.extend_from_slice(headers);
+    http_client::request(method, target, &all, body.map(str::as_bytes))
 }
 
 /// `raw` for a failure message, shortened.
@@ -2400,21 +2317,12 @@ fn fsync_a_failed_sync_fails_the_change_through_every_door_and_is_counted_and_lo
 
 // ------------------------------------------------- HTTP/1.1 framing (RFC 9112)
 
-/// Reads a response head only (the answer to a HEAD): status and headers.
+/// Reads a response head only (the answer to a HEAD, or a `100 Continue`):
+/// the status line and the headers, names in lower case.
+#[track_caller]
 fn read_head(reader: &mut BufReader<TcpStream>) -> (String, Vec<(String, String)>) {
-    let mut status = String::new();
-    reader.read_line(&mut status).expect("a status line");
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("a header line");
-        let line = line.trim_end_matches(['\r', '\n']);
-        if line.is_empty() {
-            return (status.trim_end().to_string(), headers);
-        }
-        let (name, value) = line.split_once(':').unwrap_or((line, ""));
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-    }
+    let head = http_client::read_head(reader).expect("a response head");
+    (head.line, head.headers)
 }
 
 /// Sends `raw` on a fresh connection: its one response, then whether the
