@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 #[path = "../tests/http_client.rs"]
 mod http_client;
 
-use http_client::{now, AsyncHttp, Client, Http};
+use http_client::{now, AsyncHttp, Conn, Http, Keep};
 
 /// Distinct resources per connection, taken round robin.
 const NAMES_PER_CONN: usize = 16;
@@ -382,7 +382,12 @@ fn throughput(
 }
 
 /// One lock+unlock of `name` through `door`.
-async fn cycle(http: &mut impl Client, door: Door, name: &str, client: &str) -> Result<(), String> {
+async fn cycle(
+    http: &mut Keep<impl Conn>,
+    door: Door,
+    name: &str,
+    client: &str,
+) -> Result<(), String> {
     match door {
         Door::Locker => match canhaz(http, name, client).await? {
             Ok(token) => nowant(http, name, &token).await,
@@ -413,7 +418,7 @@ async fn cycle(http: &mut impl Client, door: Door, name: &str, client: &str) -> 
 /// Locker's canhaz with a client id: `Ok(Ok(token))` on a grant,
 /// `Ok(Err(holder))` on a refusal.
 async fn canhaz(
-    http: &mut impl Client,
+    http: &mut Keep<impl Conn>,
     name: &str,
     client: &str,
 ) -> Result<Result<String, String>, String> {
@@ -426,7 +431,7 @@ async fn canhaz(
     }
 }
 
-async fn nowant(http: &mut impl Client, name: &str, token: &str) -> Result<(), String> {
+async fn nowant(http: &mut Keep<impl Conn>, name: &str, token: &str) -> Result<(), String> {
     let (status, body) = http.get(&format!("/nowant/{name}?token={token}")).await?;
     match (status, &json_of(&body)?["ok"]) {
         (200, serde_json::Value::Bool(true)) => Ok(()),
@@ -435,7 +440,7 @@ async fn nowant(http: &mut impl Client, name: &str, token: &str) -> Result<(), S
 }
 
 async fn xmlrpc(
-    http: &mut impl Client,
+    http: &mut Keep<impl Conn>,
     method: &str,
     name: &str,
     client: &str,

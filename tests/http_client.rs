@@ -292,31 +292,11 @@ pub fn now<T>(future: impl Future<Output = T>) -> T {
 // ---------------------------------------------------------------------------
 // Keep-alive clients: blocking (`Http`) and event-loop (`AsyncHttp`)
 
-/// An HTTP/1.1 keep-alive client. What is sent over it is written once, as
-/// `async`: `AsyncHttp` runs it as a task of a runtime, `Http` blocks in it
-/// and so runs it with [`now`].
-pub trait Client {
-    /// Status and body. A connection that fails, or that the server closes,
-    /// is counted as dropped and made anew at the next request.
-    async fn request(
-        &mut self,
-        method: &str,
-        target: &str,
-        body: Option<&[u8]>,
-    ) -> Result<(u16, String), String>;
-
-    async fn get(&mut self, target: &str) -> Result<(u16, String), String> {
-        self.request("GET", target, None).await
-    }
-
-    async fn post(&mut self, target: &str, body: &[u8]) -> Result<(u16, String), String> {
-        self.request("POST", target, Some(body)).await
-    }
-}
-
-/// A keep-alive connection, made when needed: to `addr`, with `Host` its
-/// address; `drops` counts the connections that failed or that the server
-/// closed.
+/// An HTTP/1.1 keep-alive client over a [`Conn`], made when needed: to
+/// `addr`, with `Host` its address; `drops` counts the connections that
+/// failed or that the server closed. What is sent over it is written once,
+/// as `async`: `AsyncHttp` runs it as a task of a runtime, `Http` blocks in
+/// it and so runs it with [`now`].
 pub struct Keep<C> {
     addr: SocketAddr,
     host: String,
@@ -384,51 +364,69 @@ impl<C> Keep<C> {
     }
 }
 
-impl Client for Http {
-    async fn request(
-        &mut self,
-        method: &str,
-        target: &str,
-        body: Option<&[u8]>,
-    ) -> Result<(u16, String), String> {
-        if self.conn.is_none() {
-            let stream = connect(self.addr).map_err(|e| format!("connect: {e}"))?;
-            self.conn = Some(io::BufReader::with_capacity(16 * 1024, stream));
-        }
-        let bytes = self.bytes(method, target, body);
-        let conn = self.conn.as_mut().expect("connected");
-        let outcome = conn
-            .get_mut()
-            .write_all(&bytes)
-            .and_then(|()| read_response(conn));
-        self.settle(outcome, method, target)
+/// A connection a [`Keep`] client sends over: blocking or tokio.
+pub trait Conn: Sized {
+    async fn open(addr: SocketAddr) -> io::Result<Self>;
+
+    /// Writes `request` and reads its response.
+    async fn exchange(&mut self, request: &[u8]) -> io::Result<Response>;
+}
+
+impl Conn for io::BufReader<TcpStream> {
+    async fn open(addr: SocketAddr) -> io::Result<Self> {
+        Ok(io::BufReader::with_capacity(16 * 1024, connect(addr)?))
+    }
+
+    async fn exchange(&mut self, request: &[u8]) -> io::Result<Response> {
+        self.get_mut().write_all(request)?;
+        receive(self).await
     }
 }
 
-impl Client for AsyncHttp {
-    async fn request(
+impl Conn for tokio::io::BufReader<tokio::net::TcpStream> {
+    async fn open(addr: SocketAddr) -> io::Result<Self> {
+        let stream = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))?;
+        stream.set_nodelay(true)?;
+        Ok(tokio::io::BufReader::with_capacity(16 * 1024, stream))
+    }
+
+    async fn exchange(&mut self, request: &[u8]) -> io::Result<Response> {
+        let exchange = async {
+            self.get_mut().write_all(request).await?;
+            receive(self).await
+        };
+        tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+    }
+}
+
+impl<C: Conn> Keep<C> {
+    /// Status and body. A connection that fails, or that the server closes,
+    /// is counted as dropped and made anew at the next request.
+    pub async fn request(
         &mut self,
         method: &str,
         target: &str,
         body: Option<&[u8]>,
     ) -> Result<(u16, String), String> {
         if self.conn.is_none() {
-            let stream = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(self.addr))
-                .await
-                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-                .map_err(|e| format!("connect: {e}"))?;
-            stream.set_nodelay(true).ok();
-            self.conn = Some(tokio::io::BufReader::with_capacity(16 * 1024, stream));
+            let conn = C::open(self.addr).await;
+            self.conn = Some(conn.map_err(|e| format!("connect: {e}"))?);
         }
         let bytes = self.bytes(method, target, body);
         let conn = self.conn.as_mut().expect("connected");
-        let exchange = async {
-            conn.get_mut().write_all(&bytes).await?;
-            receive(conn).await
-        };
-        let outcome = tokio::time::timeout(TIMEOUT, exchange)
-            .await
-            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
+        let outcome = conn.exchange(&bytes).await;
         self.settle(outcome, method, target)
+    }
+
+    pub async fn get(&mut self, target: &str) -> Result<(u16, String), String> {
+        self.request("GET", target, None).await
+    }
+
+    pub async fn post(&mut self, target: &str, body: &[u8]) -> Result<(u16, String), String> {
+        self.request("POST", target, Some(body)).await
     }
 }
