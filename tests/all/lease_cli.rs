@@ -7,7 +7,7 @@
 //! attempts) through /proc before the holder lets go. No assertion is on
 //! how long anything took.
 
-use crate::support::{already, hasp_bin, is_uuid_v4, Locks, Run};
+use crate::support::{already, finished, hasp_bin, is_uuid_v4, Locks, Run};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -44,10 +44,6 @@ fn spawn(locks: &Locks, args: &[&str]) -> Child {
 /// `$HASP_DIR` set for a command it runs.
 fn run_with_env(locks: &Locks, args: &[&str]) -> Run {
     finished(spawn(locks, args))
-}
-
-fn finished(child: Child) -> Run {
-    Run::from(child.wait_with_output().expect("wait for hasp"))
 }
 
 /// The held lock on `resource` as `status --json` shows it (`null`: free).

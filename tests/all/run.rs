@@ -8,7 +8,7 @@
 //! waits for time to pass.
 
 use crate::support::{
-    child_blocked, hasp_in, host_name, now_ms, Holder, Locks, Run, Watchdog, HOLD,
+    child_blocked, finished, hasp_in, host_name, now_ms, Holder, Locks, Run, Watchdog, HOLD,
 };
 use std::fs;
 use std::io::Write;
@@ -36,10 +36,6 @@ fn spawn(locks: &Locks, args: &[&str]) -> std::process::Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn hasp")
-}
-
-fn finished(child: std::process::Child) -> Run {
-    Run::from(child.wait_with_output().expect("wait for hasp"))
 }
 
 #[track_caller]

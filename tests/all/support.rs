@@ -43,6 +43,11 @@ impl Run {
     }
 }
 
+/// Waits for `child` (its output piped) and collects what it printed.
+pub fn finished(child: Child) -> Run {
+    Run::from(child.wait_with_output().expect("wait for hasp"))
+}
+
 /// Runs `hasp --dir DIR ARGS...` on any path (which may be broken on purpose).
 pub fn hasp_in(dir: &Path, args: &[&str]) -> Run {
     let mut cmd = Command::new(hasp_bin());
