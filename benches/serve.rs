@@ -1010,8 +1010,8 @@ impl Server {
         }
     }
 
-    /// SIGTERM; notes anything but a prompt exit 0 with `hasp serve: stopped`,
-    /// and any other stderr line.
+    /// SIGTERM; notes anything but a prompt exit 0 with the log line
+    /// `... INFO hasp::serve: stopped`, and any other stderr line.
     fn stop(mut self, notes: &mut Vec<String>) {
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -1035,10 +1035,11 @@ impl Server {
             .take()
             .and_then(|r| r.join().ok())
             .unwrap_or_default();
-        if !lines.iter().any(|l| l.contains("hasp serve: stopped")) {
+        let stopped = |l: &String| l.ends_with(" INFO hasp::serve: stopped");
+        if !lines.iter().any(stopped) {
             notes.push("hasp serve: no `stopped` line after SIGTERM".into());
         }
-        for line in lines.iter().filter(|l| !l.contains("hasp serve: stopped")) {
+        for line in lines.iter().filter(|l| !stopped(l)) {
             notes.push(format!("server stderr: {line}"));
         }
     }
