@@ -12,6 +12,7 @@
 //! - release after `kill -9` of the holder, until a waiter holds it.
 //!
 //! The bench re-executes itself for the other processes (`--role ...`).
+//! `HASP_BENCH_ONLY` runs some rows only (see [`wanted`]).
 
 use hasp::{FileLock, Wait};
 use std::fs::File;
@@ -61,7 +62,11 @@ fn main() {
     .expect("temp dir");
     let dir = dir.path();
 
-    let python = python_figures(dir);
+    let python = if wanted("python") {
+        python_figures(dir)
+    } else {
+        Vec::new()
+    };
     let py = |i: usize| python.iter().map(|(_, v)| v[i]).collect::<Vec<f64>>();
     print!(
         "process locks, same run\n{:<44} {:>12} {:>12}",
@@ -78,29 +83,46 @@ fn main() {
     );
     // Rates add as times do: 1 / (1/native + 1/floor).
     let plus_floor = |native: f64| 1.0 / (1.0 / native + 1.0 / floor);
-    let n = in_process(Kind::Native, dir, false);
-    let h = in_process(Kind::Hasp, dir, false);
-    row(
-        "exclusive acquire+release, kept open (ops/s)",
-        n,
-        h,
-        &py(0),
-        0,
-    );
-    floor_row("exclusive", plus_floor(n), h);
-    let n = in_process(Kind::Native, dir, true);
-    let h = in_process(Kind::Hasp, dir, true);
-    row("shared acquire+release, kept open (ops/s)", n, h, &[], 0);
-    floor_row("shared", plus_floor(n), h);
-    let (n, h) = (handoff(Kind::Native, dir), handoff(Kind::Hasp, dir));
-    row("handoff between processes, median (ms)", n, h, &py(1), 3);
-    let (n, h) = (contended(Kind::Native, dir), contended(Kind::Hasp, dir));
-    row("contended, 4 processes (ops/s)", n, h, &py(2), 0);
-    let (n, h) = (after_kill(Kind::Native, dir), after_kill(Kind::Hasp, dir));
-    row("held again after kill -9, median (ms)", n, h, &py(3), 3);
+    if wanted("exclusive") {
+        let n = in_process(Kind::Native, dir, false);
+        let h = in_process(Kind::Hasp, dir, false);
+        row(
+            "exclusive acquire+release, kept open (ops/s)",
+            n,
+            h,
+            &py(0),
+            0,
+        );
+        floor_row("exclusive", plus_floor(n), h);
+    }
+    if wanted("shared") {
+        let n = in_process(Kind::Native, dir, true);
+        let h = in_process(Kind::Hasp, dir, true);
+        row("shared acquire+release, kept open (ops/s)", n, h, &[], 0);
+        floor_row("shared", plus_floor(n), h);
+    }
+    if wanted("handoff") {
+        let (n, h) = (handoff(Kind::Native, dir), handoff(Kind::Hasp, dir));
+        row("handoff between processes, median (ms)", n, h, &py(1), 3);
+    }
+    if wanted("contended") {
+        let (n, h) = (contended(Kind::Native, dir), contended(Kind::Hasp, dir));
+        row("contended, 4 processes (ops/s)", n, h, &py(2), 0);
+    }
+    if wanted("kill") {
+        let (n, h) = (after_kill(Kind::Native, dir), after_kill(Kind::Hasp, dir));
+        row("held again after kill -9, median (ms)", n, h, &py(3), 3);
+    }
     if python.is_empty() {
         println!("(python3 with locket and filelock not found: no Python columns)");
     }
+}
+
+/// Whether the row `name` runs: all do, unless `HASP_BENCH_ONLY` lists
+/// some (comma-separated: `python`, `exclusive`, `shared`, `handoff`,
+/// `contended`, `kill`; the floor always runs).
+fn wanted(name: &str) -> bool {
+    std::env::var("HASP_BENCH_ONLY").map_or(true, |only| only.split(',').any(|n| n.trim() == name))
 }
 
 fn row(what: &str, native: f64, hasp: f64, others: &[f64], decimals: usize) {

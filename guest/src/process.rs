@@ -20,6 +20,7 @@ use crate::exports::hasp::lock::process_lock::{
 };
 use crate::hasp::lock::file_lock::{File as OsLock, LockError};
 use crate::hasp::lock::types::Error;
+use std::cell::RefCell;
 use wasip2::filesystem::types::{Descriptor, DescriptorType, ErrorCode};
 
 /// Longest accepted lock file path, in bytes.
@@ -41,6 +42,34 @@ pub struct LockFile {
     lock: OsLock,
     file: Descriptor,
     path: String,
+    /// The last owner record written through this handle, kept with the
+    /// owner it was made for: a holder that locks again (within the same
+    /// millisecond, or with nothing else changed) reuses it as it is.
+    record: RefCell<Record>,
+}
+
+/// An owner record and whom it was made for.
+#[derive(Default)]
+struct Record {
+    owner: Option<Owner>,
+    line: Vec<u8>,
+}
+
+impl Record {
+    /// The record of `owner`, made anew only when the owner changed.
+    fn of(&mut self, owner: Owner) -> &[u8] {
+        let same = self.owner.as_ref().is_some_and(|had| {
+            had.pid == owner.pid
+                && had.since_ms == owner.since_ms
+                && had.host == owner.host
+                && had.command == owner.command
+        });
+        if !same {
+            write_owner_line(&owner, &mut self.line);
+            self.owner = Some(owner);
+        }
+        &self.line
+    }
 }
 
 impl GuestLockFile for LockFile {
@@ -58,8 +87,9 @@ impl GuestLockFile for LockFile {
 
     fn acquire(&self, mode: LockMode, timeout_ms: Option<u64>, owner: Owner) -> Result<(), Error> {
         // An exclusive holder records itself, in the same host call.
-        let content = (mode == LockMode::Exclusive).then(|| owner_line(&owner).into_bytes());
-        match self.lock.lock(mode, timeout_ms, content.as_deref()) {
+        let mut record = self.record.borrow_mut();
+        let content = (mode == LockMode::Exclusive).then(|| record.of(owner));
+        match self.lock.lock(mode, timeout_ms, content) {
             Ok(()) => Ok(()),
             Err(LockError::WouldBlock) => Err(self.held()),
             Err(err) => Err(failure(&self.path, "lock", err)),
@@ -164,7 +194,12 @@ impl LockFile {
             Err(LockError::NoSuchFile) => return Ok(None),
             Err(e) => return Err(failure(&path, "open", e)),
         };
-        Ok(Some(LockFile { lock, file, path }))
+        Ok(Some(LockFile {
+            lock,
+            file,
+            path,
+            record: RefCell::default(),
+        }))
     }
 
     /// The refusal for a lock somebody else holds, naming them if known.
@@ -189,15 +224,48 @@ impl LockFile {
     }
 }
 
-/// The one-line record of an exclusive holder: `pid host since-ms command`.
-fn owner_line(owner: &Owner) -> String {
-    let command: String = owner
-        .command
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let host: String = owner.host.split_whitespace().collect::<Vec<_>>().join("-");
-    format!("{} {} {} {}\n", owner.pid, host, owner.since_ms, command)
+/// Writes into `out` the one-line record of an exclusive holder:
+/// `pid host since-ms command`, the host's whitespace runs as one `-` (it
+/// is one field), the command's control characters as spaces (it is one
+/// line).
+fn write_owner_line(owner: &Owner, out: &mut Vec<u8>) {
+    out.clear();
+    push_decimal(out, u64::from(owner.pid));
+    out.push(b' ');
+    for (i, word) in owner.host.split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(b'-');
+        }
+        out.extend_from_slice(word.as_bytes());
+    }
+    out.push(b' ');
+    push_decimal(out, owner.since_ms);
+    out.push(b' ');
+    if owner.command.chars().any(char::is_control) {
+        let mut utf8 = [0u8; 4];
+        for c in owner.command.chars() {
+            let c = if c.is_control() { ' ' } else { c };
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+        }
+    } else {
+        out.extend_from_slice(owner.command.as_bytes());
+    }
+    out.push(b'\n');
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// A failed OS-lock call on `path`.
@@ -259,3 +327,70 @@ fn check_path(path: &str) -> Result<(), Error> {
 }
 
 crate::export!(Component with_types_in crate);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The record as first written (`format!`), the reference for the
+    /// one made without allocations.
+    fn reference(owner: &Owner) -> String {
+        let command: String = owner
+            .command
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let host: String = owner.host.split_whitespace().collect::<Vec<_>>().join("-");
+        format!("{} {} {} {}\n", owner.pid, host, owner.since_ms, command)
+    }
+
+    fn owner(pid: u32, host: &str, since_ms: u64, command: &str) -> Owner {
+        Owner {
+            pid,
+            host: host.to_string(),
+            since_ms,
+            command: command.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_record_is_one_line_of_four_fields() {
+        let mut line = Vec::new();
+        write_owner_line(
+            &owner(4242, " build host ", 1795450452162, "./deploy.sh\n--prod"),
+            &mut line,
+        );
+        assert_eq!(line, b"4242 build-host 1795450452162 ./deploy.sh --prod\n");
+        write_owner_line(&owner(0, "", 0, ""), &mut line);
+        assert_eq!(line, b"0  0 \n");
+    }
+
+    #[test]
+    fn a_record_is_remade_only_for_another_owner() {
+        let mut record = Record::default();
+        let first = record.of(owner(1, "h", 5, "c")).to_vec();
+        assert_eq!(record.of(owner(1, "h", 5, "c")), first.as_slice());
+        assert_eq!(record.of(owner(1, "h", 6, "c")), b"1 h 6 c\n");
+        assert_eq!(record.of(owner(1, "h", 6, "d")), b"1 h 6 d\n");
+    }
+
+    proptest! {
+        #[test]
+        fn the_record_is_what_format_made_and_reads_back(
+            pid in any::<u32>(),
+            host in "\\PC{0,12}|[a-z \t]{0,12}",
+            since_ms in any::<u64>(),
+            command in any::<String>(),
+        ) {
+            let owner = owner(pid, &host, since_ms, &command);
+            let mut line = Vec::new();
+            write_owner_line(&owner, &mut line);
+            let text = String::from_utf8(line).expect("UTF-8");
+            prop_assert_eq!(&text, &reference(&owner));
+            let back = parse_owner(&text).expect("a record reads back");
+            prop_assert_eq!(back.pid, pid);
+            prop_assert_eq!(back.since_ms, since_ms);
+        }
+    }
+}
