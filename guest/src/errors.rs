@@ -93,8 +93,9 @@ pub fn invalid(what: &str, value: &str, why: &str) -> Error {
 
 /// A lock state that does not parse. `path` is relative to the lock directory.
 pub fn corrupt(path: &str, why: &str) -> Error {
+    let shown = on_one_line(path);
     Error {
-        message: format!("corrupt lock state {path}: {why}"),
+        message: format!("corrupt lock state {shown}: {why}"),
         code: ErrorCode::CorruptRecord(path.to_string()),
     }
 }
@@ -106,8 +107,9 @@ pub fn storage(action: &str, path: &str, code: FsError) -> Error {
 
 /// Like [`storage`], with the reason given as text.
 pub fn io_failure(action: &str, path: &str, reason: &str) -> Error {
+    let shown = on_one_line(path);
     Error {
-        message: format!("cannot {action} {path}: {reason}"),
+        message: format!("cannot {action} {shown}: {reason}"),
         code: ErrorCode::Storage(path.to_string()),
     }
 }
@@ -168,6 +170,26 @@ pub fn busy(resource: &str) -> Error {
 }
 
 /// Shows user input safely: control characters escaped, long values cut.
+/// A path as a message shows it: as it is, but for control characters
+/// (a file name may hold a newline), which are escaped so that a message
+/// stays one line.
+fn on_one_line(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.chars().any(char::is_control) {
+        return path.into();
+    }
+    path.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_debug().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect::<String>()
+        .into()
+}
+
 fn quoted(value: &str) -> String {
     const SHOWN: usize = 80;
     let mut out: String = value

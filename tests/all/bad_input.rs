@@ -1114,3 +1114,19 @@ fn out_of_descriptors_is_called_too_many_open_files() {
     }
     assert!(failed > 0, "no limit from 5 to 24 open files was too few");
 }
+
+#[test]
+fn a_state_file_named_with_a_newline_is_reported_on_one_line() {
+    let locks = Locks::new();
+    locks.ok(&["lock", "odd", "--client", "a"]);
+    // The only state file, under a name that does not parse.
+    let state = locks.path().join("nodes/odd/.lock");
+    for entry in std::fs::read_dir(&state).expect("read .lock") {
+        std::fs::remove_file(entry.expect("entry").path()).expect("remove the state");
+    }
+    std::fs::write(state.join("1+x\nFAKE LINE"), b"").expect("plant a forged state");
+    let run = locks.run(&["status", "odd"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    assert!(run.stderr.contains("1+x\\nFAKE LINE"), "{run:?}");
+}
