@@ -1,70 +1,70 @@
-//! Host bindings of the `hasp:lock` WIT package, one module per world.
+//! Host bindings of the `hasp:lock` worlds the host instantiates, and the
+//! host types their resources map to. Nothing here names another module of
+//! the crate: the runtime, the capabilities and the API build on it.
+//! (`plugin` has the bindings of what plugins import, beside their host
+//! implementation.)
 
-/// World `guest`: the registry component.
-pub mod registry {
+use std::fs::File;
+use std::sync::Arc;
+
+/// World `guest`: the registry component. Its exports are called through
+/// their typed functions (`func_lock`, ...), synchronously or on a fiber
+/// (see `runtime::instance`), so one set of bindings serves both.
+pub(crate) mod registry {
     wasmtime::component::bindgen!({
         world: "guest",
         path: "../wit",
     });
-
-    pub use self::hasp::lock::types;
 }
 
-/// World `guest` again, with exports called asynchronously: `hasp serve`
-/// runs guest calls on its network threads, each on a fiber of its own.
-pub mod registry_async {
-    wasmtime::component::bindgen!({
-        world: "guest",
-        path: "../wit",
-        exports: { default: async },
-        with: {
-            "hasp:lock/types": crate::bindings::registry::types,
-        },
-    });
-}
+// `pub` where bindgen's generated `pub use` re-exports a type: the module
+// itself is the crate's own.
+#[allow(unreachable_pub)]
+pub use registry::hasp::lock::types;
 
-/// World `process`: the lock-file component, which imports `file-lock`.
-pub mod process {
+/// World `process`: the process-lock component, which exports
+/// `process-lock` and imports `file-lock` from the host.
+pub(crate) mod process {
     wasmtime::component::bindgen!({
         world: "process",
         path: "../wit",
         imports: { default: trappable },
         with: {
-            "hasp:lock/file-lock.file": crate::file_lock::LockHandle,
-            "hasp:lock/types": crate::bindings::registry::types,
+            "hasp:lock/file-lock.file": super::LockHandle,
+            "hasp:lock/types": super::types,
         },
     });
 
-    pub use self::hasp::lock::file_lock;
+    pub(crate) use self::exports::hasp::lock::process_lock;
+    pub(crate) use self::hasp::lock::file_lock;
 }
 
-/// World `plugin`: what a plugin imports. The host serves it (`plugin.rs`),
-/// each registry backed by a guest instance of its own.
-pub mod plugin {
-    wasmtime::component::bindgen!({
-        world: "plugin",
-        path: "../wit",
-        imports: { default: trappable },
-        with: {
-            "hasp:lock/types": crate::bindings::registry::types,
-            "hasp:lock/registry.registry": crate::plugin::Served,
-        },
-    });
-
-    pub use self::hasp::lock::registry;
+/// The host side of a `file-lock.file`: the open file whose lock it is.
+#[derive(Debug)]
+#[allow(unreachable_pub)]
+pub struct LockHandle {
+    pub(crate) file: Arc<File>,
 }
 
-/// World `plugin` of `hasp:lock@0.1.0` (`wit/v0.1.0/`): what a plugin built
-/// before leases imports. The host keeps serving it, on the same guest.
-pub mod plugin_v0_1 {
-    wasmtime::component::bindgen!({
-        world: "plugin",
-        path: "../wit/v0.1.0",
-        imports: { default: trappable },
-        with: {
-            "hasp:lock/registry.registry": crate::plugin::Served,
-        },
-    });
+/// The directories an instance may lock files in (`file-lock`), by the
+/// name it knows them.
+#[derive(Debug, Default)]
+pub(crate) struct LockDirs {
+    dirs: Vec<(String, cap_std::fs::Dir)>,
+}
 
-    pub use self::hasp::lock::{registry, types};
+impl LockDirs {
+    /// Grants `dir` under the guest-visible `name`.
+    pub(crate) fn grant(&mut self, name: &str, dir: cap_std::fs::Dir) {
+        self.dirs.push((name.to_string(), dir));
+    }
+
+    /// The directory granted as `name`, if any.
+    pub(crate) fn get(&self, name: &str) -> Option<&cap_std::fs::Dir> {
+        let name = name.trim_end_matches('/');
+        self.dirs
+            .iter()
+            .find(|(n, _)| n.trim_end_matches('/') == name)
+            .map(|(_, d)| d)
+    }
 }

@@ -1,6 +1,6 @@
-//! The one error type of the hasp library.
+//! The one error type of the hasp library: the bottom layer, which
+//! names no other module of the crate.
 
-use crate::bindings::registry::types as wit;
 use std::path::PathBuf;
 
 /// Why a hasp call failed. The lock-rule variants carry the message the guest
@@ -54,6 +54,8 @@ pub enum Error {
         dir: PathBuf,
         /// The file or directory it failed on, relative to `dir`.
         file: PathBuf,
+        /// Whether the disk is full or read-only, or something else.
+        kind: StorageKind,
         /// What failed.
         message: String,
     },
@@ -98,9 +100,11 @@ pub enum Error {
     },
     /// The component trapped or ran past its time or memory limit. The
     /// registry re-instantiates it on the next call; the disk is unchanged by
-    /// whatever the trapped call had not committed.
-    #[error("the hasp component stopped: {0}")]
-    Trap(String),
+    /// whatever the trapped call had not committed. The text names the
+    /// trap and its causes; [`source`](std::error::Error::source) is the
+    /// trap itself.
+    #[error("the hasp component stopped: {0:#}")]
+    Trap(#[source] wasmtime::Error),
     /// A plugin could not be composed with hasp, or failed while it ran
     /// (not a component, an import hasp does not provide, a trap, a limit).
     /// Locks and records are as the guest's rules left them.
@@ -111,9 +115,11 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
-    /// The WebAssembly runtime could not be set up.
-    #[error("the hasp runtime failed: {0}")]
-    Runtime(String),
+    /// The WebAssembly runtime could not be set up: what failed, as the
+    /// error's outermost context, and its cause below it (the text shows
+    /// them all).
+    #[error("the hasp runtime failed: {0:#}")]
+    Runtime(#[source] wasmtime::Error),
     /// `hasp serve` could not listen on its address: in use, not an
     /// address of this machine, or a port that needs privileges.
     #[error("cannot listen on {addr}: {}", listen_reason(source))]
@@ -123,6 +129,20 @@ pub enum Error {
         /// Why the bind failed.
         source: std::io::Error,
     },
+}
+
+/// What kind of failure an [`Error::Storage`] is: the ones a caller acts
+/// on get a kind of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageKind {
+    /// The disk (or the user's quota) is full: a retry may succeed once room
+    /// is made.
+    Full,
+    /// The lock directory is on a read-only filesystem.
+    ReadOnly,
+    /// Anything else: the message says what.
+    Other,
 }
 
 /// Why a listening socket could not be bound, in words.
@@ -157,95 +177,11 @@ impl Error {
         )
     }
 
-    /// Maps the outcome of a guest call on `dir`: the guest's own error, or
-    /// a trap.
-    pub(crate) fn from_call<T>(
-        outcome: wasmtime::Result<Result<T, wit::Error>>,
-        dir: &std::path::Path,
-    ) -> Result<T, Error> {
-        match outcome {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(Error::from_guest(err, dir)),
-            Err(trap) => Err(Error::Trap(format!("{trap:#}"))),
-        }
-    }
-
-    /// Maps an error returned by the guest, in the registry on `dir`.
-    pub(crate) fn from_guest(err: wit::Error, dir: &std::path::Path) -> Error {
-        let message = err.message;
-        let dir = dir.to_path_buf();
-        match err.code {
-            wit::ErrorCode::AlreadyLocked(holder) => Error::AlreadyLocked { holder, message },
-            wit::ErrorCode::NotOwner(holder) => Error::NotOwner { holder, message },
-            wit::ErrorCode::NotLocked => Error::NotLocked { message },
-            wit::ErrorCode::InvalidInput => Error::InvalidInput { message },
-            wit::ErrorCode::CorruptRecord(file) => Error::CorruptRecord {
-                dir,
-                file: file.into(),
-                message,
-            },
-            wit::ErrorCode::Storage(file) => Error::Storage {
-                message: name_io_cause(message, &dir),
-                dir,
-                file: file.into(),
-            },
-            wit::ErrorCode::Busy => Error::Busy { message },
-            wit::ErrorCode::WouldBlock(holder) => Error::WouldBlock { holder, message },
-            wit::ErrorCode::LeaseExpired => Error::LeaseExpired { message },
-        }
-    }
-}
-
-/// How the guest ends a storage message for WASI's catch-all `io` error
-/// (`guest/src/dir.rs`, `reason`).
-const IO_ERROR: &str = ": input/output error";
-
-/// Names the cause of a storage failure that WASI could only call an
-/// input/output error: wasmtime-wasi reports `EROFS`, `EMFILE`, `ENFILE`
-/// and `EDQUOT` that way. The host looks at what the guest cannot see: a
-/// lock directory on a read-only mount (for a call that writes), or a
-/// process out of descriptors. Anything else stays as the guest said.
-fn name_io_cause(message: String, dir: &std::path::Path) -> String {
-    let Some(head) = message.strip_suffix(IO_ERROR) else {
-        return message;
-    };
-    let reads = head.starts_with("cannot read ") || head.starts_with("cannot inspect ");
-    let cause = if !reads && read_only(dir) {
-        "read-only filesystem"
-    } else if out_of_descriptors() {
-        "too many open files"
-    } else {
-        return message;
-    };
-    format!("{head}: {cause}")
-}
-
-/// Whether `dir` is on a filesystem mounted read-only.
-fn read_only(dir: &std::path::Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statvfs(3) fills the zeroed struct it is given; `path` is a
-    // NUL-terminated string that outlives the call.
-    unsafe {
-        let mut stat: libc::statvfs = std::mem::zeroed();
-        libc::statvfs(path.as_ptr(), &mut stat) == 0 && stat.f_flag & libc::ST_RDONLY != 0
-    }
-}
-
-/// Whether this process is at (or within a few of) its limit of open files.
-fn out_of_descriptors() -> bool {
-    // SAFETY: getrlimit(2) fills the zeroed struct it is given.
-    let limit = unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return false;
-        }
-        limit.rlim_cur
-    };
-    match std::fs::read_dir("/proc/self/fd") {
-        Ok(entries) => (entries.count() as u64).saturating_add(8) >= limit as u64,
-        Err(err) => matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)),
+    /// A runtime failure: `what` failed, because of `cause`.
+    pub(crate) fn runtime(
+        what: impl std::fmt::Display,
+        cause: impl Into<wasmtime::Error>,
+    ) -> Error {
+        Error::Runtime(cause.into().context(what.to_string()))
     }
 }

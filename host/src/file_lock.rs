@@ -6,39 +6,14 @@
 //! open, and the opened file is checked again.
 
 use crate::bindings::process::file_lock::{Host, HostFile, LockError, LockMode};
+use crate::bindings::LockHandle;
 use crate::runtime::State;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Once};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
 use wasmtime::component::Resource;
-
-/// The host side of a `file-lock.file`: the open file whose lock it is.
-pub struct LockHandle {
-    file: Arc<File>,
-}
-
-/// The directories an instance may lock files in, by the name it knows them.
-#[derive(Default)]
-pub struct LockDirs {
-    dirs: Vec<(String, cap_std::fs::Dir)>,
-}
-
-impl LockDirs {
-    /// Grants `dir` under the guest-visible `name`.
-    pub fn grant(&mut self, name: &str, dir: cap_std::fs::Dir) {
-        self.dirs.push((name.to_string(), dir));
-    }
-
-    fn get(&self, name: &str) -> Option<&cap_std::fs::Dir> {
-        let name = name.trim_end_matches('/');
-        self.dirs
-            .iter()
-            .find(|(n, _)| n.trim_end_matches('/') == name)
-            .map(|(_, d)| d)
-    }
-}
 
 impl Host for State {}
 
@@ -311,7 +286,7 @@ fn acquire(file: &Arc<File>, mode: LockMode, timeout: Option<Duration>) -> Resul
 }
 
 /// The signal that interrupts a helper thread's wait. Its default action is
-/// to ignore it, and the handler installed for it does nothing.
+/// to ignore it; the handler installed for it passes on what is not ours.
 const WAKE: libc::c_int = libc::SIGURG;
 
 /// Waits for the lock on a helper thread blocked in flock(2), so that the
@@ -331,6 +306,7 @@ fn acquire_within(file: &Arc<File>, mode: LockMode, limit: Duration) -> Result<(
             .name("hasp-flock".into())
             .spawn(move || {
                 unblock_wake();
+                WAITING.with(|waiting| waiting.set(true));
                 loop {
                     // SAFETY: flock on a descriptor this thread keeps open (`file`).
                     if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
@@ -384,19 +360,60 @@ fn unblock_wake() {
     }
 }
 
+/// The handler that was installed for [`WAKE`] before ours, if any.
+static BEFORE: OnceLock<libc::sigaction> = OnceLock::new();
+
+thread_local! {
+    /// Set on a helper thread while its flock(2) waits: a [`WAKE`] there is
+    /// ours.
+    static WAITING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs the process-wide handler for [`WAKE`], once. The handler does
+/// nothing on a helper thread that waits for a lock (the signal only cuts
+/// the wait short: no `SA_RESTART`, so flock(2) returns `EINTR`), and
+/// passes any other `WAKE` on to the handler that was installed before,
+/// so an application's own use of the signal keeps working.
 fn install_wake_handler() {
-    static ONCE: Once = Once::new();
-    extern "C" fn wake(_: libc::c_int) {}
-    ONCE.call_once(|| {
-        // SAFETY: a handler that does nothing is async-signal-safe; no
-        // SA_RESTART, so a blocked flock(2) returns EINTR.
+    BEFORE.get_or_init(|| {
+        // SAFETY: sigaction(2) with a zeroed (then filled) struct; the old
+        // action is written into `before`.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = wake as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO;
             libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(WAKE, &action, std::ptr::null_mut());
+            let mut before: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(WAKE, &action, &mut before);
+            before
         }
     });
+}
+
+/// The handler for [`WAKE`] (see [`install_wake_handler`]).
+extern "C" fn wake(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    // `try_with`: a thread being torn down has no flag, and is not ours.
+    if WAITING.try_with(|waiting| waiting.get()).unwrap_or(false) {
+        return;
+    }
+    let Some(before) = BEFORE.get() else { return };
+    let handler = before.sa_sigaction;
+    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+        // SIGURG's default action is to ignore it.
+        return;
+    }
+    // SAFETY: `handler` is the function the application installed for this
+    // signal, called the way its flags say it expects.
+    unsafe {
+        if before.sa_flags & libc::SA_SIGINFO != 0 {
+            let chained: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                std::mem::transmute(handler);
+            chained(signal, info, context);
+        } else {
+            let chained: extern "C" fn(libc::c_int) = std::mem::transmute(handler);
+            chained(signal);
+        }
+    }
 }
 
 fn io_error(err: std::io::Error) -> LockError {

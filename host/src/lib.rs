@@ -27,16 +27,18 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+// The modules, bottom to top (docs/ARCHITECTURE.md, "Layers"): each
+// imports only from those above it in this list.
 mod bindings;
 mod error;
 mod file_lock;
-mod lock_file;
 pub mod plugin;
+mod process_lock;
 mod registry;
 mod runtime;
 pub mod serve;
 
-pub use error::Error;
-pub use lock_file::{FileGuard, FileHolder, FileLock, LockFailed, Owner, Wait};
+pub use error::{Error, StorageKind};
+pub use process_lock::{FileGuard, FileHolder, FileLock, LockFailed, LockMode, Owner, Wait};
 pub use registry::{Grant, Holder, LockOptions, Registry, UnlockKey};
 pub use runtime::{cache_dir, component_file, Limits, Runtime, GUEST_WASM, PROCESS_WASM, WIT};

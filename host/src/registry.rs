@@ -1,18 +1,17 @@
-//! The Rust API: a lock registry on a directory, served by one reused
-//! instance of the guest component.
+//! `hasp:lock/registry`, the Rust API: a lock registry on a directory,
+//! served by one reused instance of the guest component.
 
-use crate::bindings::registry::{types as wit, Guest};
+use crate::bindings::registry::Guest;
+use crate::bindings::types as wit;
 use crate::error::Error;
-use crate::file_lock::LockDirs;
-use crate::runtime::{runtime_error, Runtime, State};
+use crate::runtime::instance::{self, Call, Component, Export, Flavour, Instance, GUEST_DIR};
+use crate::runtime::outcome::Outcome;
+use crate::runtime::{Runtime, State};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-use wasmtime::component::ResourceAny;
-use wasmtime::{CallHook, Store};
-
-/// Where the guest sees the lock directory (its only preopen).
-pub(crate) const GUEST_DIR: &str = "/locks";
+use std::path::Path;
+use std::time::Duration;
+use wasmtime::component::{ComponentNamedList, Lift, Lower, ResourceAny};
+use wasmtime::Store;
 
 /// How to take a lock. The default is Locker's: anonymous, and conflicting
 /// with locks on both parents and children.
@@ -116,16 +115,62 @@ pub enum UnlockKey {
 /// directory; they never grant conflicting locks. Each `Registry` keeps one
 /// guest instance and reuses it for every call.
 pub struct Registry {
-    runtime: Runtime,
-    dir: PathBuf,
-    live: Option<Live>,
-    time_host_calls: bool,
+    instance: Instance<Exports>,
 }
 
-struct Live {
-    store: Store<State>,
-    guest: Guest,
-    handle: ResourceAny,
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("dir", &self.dir())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The exports of the registry component's `registry` resource, typed.
+/// [`Registry`] calls them, and so does `hasp serve`'s pool: a call is
+/// `|exports, handle| (exports.lock, (handle, resource, &options))`.
+pub(crate) struct Exports {
+    pub(crate) open: Export<(&'static str,), ResourceAny>,
+    pub(crate) lock: Export<(ResourceAny, &'static str, &'static wit::LockOptions), wit::Grant>,
+    pub(crate) unlock: Export<(ResourceAny, &'static str, &'static wit::UnlockKey), wit::Holder>,
+    pub(crate) renew: Export<
+        (
+            ResourceAny,
+            &'static str,
+            &'static wit::UnlockKey,
+            Option<u64>,
+        ),
+        wit::Holder,
+    >,
+    pub(crate) force_unlock: Export<(ResourceAny, &'static str), wit::Holder>,
+    pub(crate) status: Export<(ResourceAny, &'static str), Option<wit::Holder>>,
+    pub(crate) list: Export<(ResourceAny, &'static str), Vec<wit::Holder>>,
+}
+
+impl instance::Exports for Exports {
+    const COMPONENT: Component = Component::Registry;
+
+    fn of(
+        store: &mut Store<State>,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<Self> {
+        let guest = Guest::new(&mut *store, instance)?;
+        let registry = guest.hasp_lock_registry().registry();
+        Ok(Exports {
+            open: registry.func_open().func().typed(&*store)?,
+            lock: registry.func_lock().func().typed(&*store)?,
+            unlock: registry.func_unlock().func().typed(&*store)?,
+            renew: registry.func_renew().func().typed(&*store)?,
+            force_unlock: registry.func_force_unlock().func().typed(&*store)?,
+            status: registry.func_status().func().typed(&*store)?,
+            list: registry.func_list().func().typed(&*store)?,
+        })
+    }
+}
+
+/// Opens the registry on the guest's preopen.
+pub(crate) fn open(exports: &Exports) -> Call<(&'static str,), ResourceAny> {
+    (exports.open, (GUEST_DIR,))
 }
 
 impl Registry {
@@ -136,32 +181,28 @@ impl Registry {
 
     /// Opens the registry in `dir` with a given runtime.
     pub fn open_with(runtime: &Runtime, dir: impl AsRef<Path>) -> Result<Registry, Error> {
-        let mut registry = Registry {
-            runtime: runtime.clone(),
-            dir: dir.as_ref().to_path_buf(),
-            live: None,
-            time_host_calls: false,
-        };
-        registry.live()?;
-        Ok(registry)
+        let mut instance = Instance::new(runtime, dir.as_ref(), Flavour::Sync);
+        runtime.now(instance.open(open))?;
+        Ok(Registry { instance })
     }
 
     /// The directory this registry keeps its records in.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.instance.dir()
     }
 
     /// Takes a lock on `resource`. Never waits: a held resource (or a
     /// conflicting parent or child) gives [`Error::AlreadyLocked`] at once.
     pub fn lock(&mut self, resource: &str, options: &LockOptions) -> Result<Grant, Error> {
         let options = wit_options(options);
-        Ok(grant(self.call(guest_lock(resource, &options))?))
+        let granted = self.call(|r, h| (r.lock, (h, resource, &options)))?;
+        Ok(grant(granted))
     }
 
     /// Releases the lock on `resource` if `key` owns it; returns what was held.
     pub fn unlock(&mut self, resource: &str, key: &UnlockKey) -> Result<Holder, Error> {
         let key = wit_key(key);
-        Ok(holder(self.call(guest_unlock(resource, &key))?))
+        Ok(holder(self.call(|r, h| (r.unlock, (h, resource, &key)))?))
     }
 
     /// Extends the lease of the lock on `resource` that `key` owns, to end
@@ -176,252 +217,70 @@ impl Registry {
     ) -> Result<Holder, Error> {
         let key = wit_key(key);
         let ttl_ms = ttl.map(duration_ms);
-        Ok(holder(self.call(guest_renew(resource, &key, ttl_ms))?))
+        Ok(holder(
+            self.call(|r, h| (r.renew, (h, resource, &key, ttl_ms)))?,
+        ))
     }
 
     /// Releases the lock on `resource` whoever holds it (the operator's
     /// tool); returns the lock it broke. [`Error::NotLocked`] when there is
     /// none.
     pub fn force_unlock(&mut self, resource: &str) -> Result<Holder, Error> {
-        Ok(holder(self.call(guest_force_unlock(resource))?))
+        Ok(holder(self.call(|r, h| (r.force_unlock, (h, resource)))?))
     }
 
     /// The lock on exactly `resource`, or `None` when it is free.
     pub fn status(&mut self, resource: &str) -> Result<Option<Holder>, Error> {
-        Ok(self.call(guest_status(resource))?.map(holder))
+        Ok(self.call(|r, h| (r.status, (h, resource)))?.map(holder))
     }
 
     /// Every lock at or below `prefix` (`""` for all), sorted by resource.
     pub fn list(&mut self, prefix: &str) -> Result<Vec<Holder>, Error> {
-        Ok(self
-            .call(guest_list(prefix))?
-            .into_iter()
-            .map(holder)
-            .collect())
-    }
-
-    /// `lock`, with the guest's own types: for plugins, which get the
-    /// guest's answer as it is. `Err` only for a trap.
-    pub(crate) fn lock_wit(
-        &mut self,
-        resource: &str,
-        options: &wit::LockOptions,
-    ) -> wasmtime::Result<Result<wit::Grant, wit::Error>> {
-        self.call_through(guest_lock(resource, options))
-    }
-
-    /// `unlock`, with the guest's own types (see [`Registry::lock_wit`]).
-    pub(crate) fn unlock_wit(
-        &mut self,
-        resource: &str,
-        key: &wit::UnlockKey,
-    ) -> wasmtime::Result<Result<wit::Holder, wit::Error>> {
-        self.call_through(guest_unlock(resource, key))
-    }
-
-    /// `renew`, with the guest's own types (see [`Registry::lock_wit`]).
-    pub(crate) fn renew_wit(
-        &mut self,
-        resource: &str,
-        key: &wit::UnlockKey,
-        ttl_ms: Option<u64>,
-    ) -> wasmtime::Result<Result<wit::Holder, wit::Error>> {
-        self.call_through(guest_renew(resource, key, ttl_ms))
-    }
-
-    /// `force-unlock`, with the guest's own types (see [`Registry::lock_wit`]).
-    pub(crate) fn force_unlock_wit(
-        &mut self,
-        resource: &str,
-    ) -> wasmtime::Result<Result<wit::Holder, wit::Error>> {
-        self.call_through(guest_force_unlock(resource))
-    }
-
-    /// `status`, with the guest's own types (see [`Registry::lock_wit`]).
-    pub(crate) fn status_wit(
-        &mut self,
-        resource: &str,
-    ) -> wasmtime::Result<Result<Option<wit::Holder>, wit::Error>> {
-        self.call_through(guest_status(resource))
-    }
-
-    /// `list`, with the guest's own types (see [`Registry::lock_wit`]).
-    pub(crate) fn list_wit(
-        &mut self,
-        prefix: &str,
-    ) -> wasmtime::Result<Result<Vec<wit::Holder>, wit::Error>> {
-        self.call_through(guest_list(prefix))
+        let all = self.call(|r, h| (r.list, (h, prefix)))?;
+        Ok(all.into_iter().map(holder).collect())
     }
 
     /// Starts measuring the time the guest spends in host functions (the
     /// filesystem, clock and random calls of WASI). For benchmarks: it adds a
     /// hook to every host call.
     pub fn time_host_calls(&mut self) {
-        self.time_host_calls = true;
-        if let Some(live) = &mut self.live {
-            install_timer(&mut live.store);
-        }
+        self.instance.time_host_calls();
     }
 
     /// Total time spent in host functions since [`Registry::time_host_calls`].
-    pub fn host_time(&self) -> std::time::Duration {
-        self.live
-            .as_ref()
-            .map_or_else(Default::default, |live| live.store.data().host_time.total)
+    pub fn host_time(&self) -> Duration {
+        self.instance.host_time()
     }
 
-    /// Runs one guest call under the runtime's limits, as `hasp::Error`.
-    fn call<T>(&mut self, f: impl GuestCall<T>) -> Result<T, Error> {
-        let outcome = self.call_raw(f)?;
-        Error::from_call(outcome, &self.dir)
-    }
-
-    /// Runs one guest call, leaving the guest's answer as it is; a failure
-    /// to start an instance becomes a trap of the caller.
-    fn call_through<T>(&mut self, f: impl GuestCall<T>) -> wasmtime::Result<Result<T, wit::Error>> {
-        self.call_raw(f)
-            .map_err(|e| wasmtime::Error::msg(e.to_string()))?
-    }
-
-    /// Runs one guest call under the runtime's limits. A trap drops the
-    /// instance; the next call starts a fresh one.
-    fn call_raw<T>(
+    /// Runs one call on the registry under the runtime's limits. A trap
+    /// drops the instance; the next call starts a fresh one.
+    fn call<P, T>(
         &mut self,
-        f: impl GuestCall<T>,
-    ) -> Result<wasmtime::Result<Result<T, wit::Error>>, Error> {
-        let ticks = self.runtime.deadline_ticks();
-        let runtime = self.runtime.clone();
-        let _tokio = runtime.enter();
-        let live = self.live()?;
-        live.store.set_epoch_deadline(ticks);
-        let outcome = f(&live.guest, live.handle, &mut live.store);
-        if outcome.is_err() {
-            self.live = None; // trapped: the next call gets a fresh instance
-        }
-        Ok(outcome)
+        call: impl FnOnce(&Exports, ResourceAny) -> Call<P, T>,
+    ) -> Result<T, Error>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        T: Lift + Send + Sync + 'static,
+    {
+        let runtime = self.instance.runtime().clone();
+        runtime.now(self.instance.call(open, call))
     }
 
-    fn live(&mut self) -> Result<&mut Live, Error> {
-        if self.live.is_none() {
-            self.live = Some(self.instantiate()?);
-        }
-        Ok(self.live.as_mut().expect("just set"))
-    }
-
-    fn instantiate(&self) -> Result<Live, Error> {
-        let wasi = Runtime::wasi_for(&self.dir, GUEST_DIR)?;
-        let _tokio = self.runtime.enter();
-        let mut store = self.runtime.new_store(wasi, LockDirs::default());
-        if self.time_host_calls {
-            install_timer(&mut store);
-        }
-        let guest = self
-            .runtime
-            .pre()
-            .instantiate(&mut store)
-            .map_err(runtime_error)?;
-        let opened = guest
-            .hasp_lock_registry()
-            .registry()
-            .call_open(&mut store, GUEST_DIR)
-            .map_err(|trap| Error::Trap(format!("{trap:#}")))?;
-        let handle = opened.map_err(|err| Error::from_guest(err, &self.dir))?;
-        Ok(Live {
-            store,
-            guest,
-            handle,
-        })
-    }
-}
-
-fn install_timer(store: &mut Store<State>) {
-    store.call_hook(|mut ctx, hook| {
-        let timer = &mut ctx.data_mut().host_time;
-        match hook {
-            CallHook::CallingHost => timer.entered = Some(Instant::now()),
-            CallHook::ReturningFromHost => {
-                if let Some(start) = timer.entered.take() {
-                    timer.total += start.elapsed();
-                }
-            }
-            CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
-        }
-        Ok(())
-    });
-}
-
-/// One call on the guest's registry handle.
-trait GuestCall<T>:
-    FnOnce(&Guest, ResourceAny, &mut Store<State>) -> wasmtime::Result<Result<T, wit::Error>>
-{
-}
-
-impl<T, F> GuestCall<T> for F where
-    F: FnOnce(&Guest, ResourceAny, &mut Store<State>) -> wasmtime::Result<Result<T, wit::Error>>
-{
-}
-
-fn guest_lock<'a>(
-    resource: &'a str,
-    options: &'a wit::LockOptions,
-) -> impl GuestCall<wit::Grant> + 'a {
-    move |guest, handle, store| {
-        guest
-            .hasp_lock_registry()
-            .registry()
-            .call_lock(store, handle, resource, options)
-    }
-}
-
-fn guest_unlock<'a>(
-    resource: &'a str,
-    key: &'a wit::UnlockKey,
-) -> impl GuestCall<wit::Holder> + 'a {
-    move |guest, handle, store| {
-        guest
-            .hasp_lock_registry()
-            .registry()
-            .call_unlock(store, handle, resource, key)
-    }
-}
-
-fn guest_renew<'a>(
-    resource: &'a str,
-    key: &'a wit::UnlockKey,
-    ttl_ms: Option<u64>,
-) -> impl GuestCall<wit::Holder> + 'a {
-    move |guest, handle, store| {
-        guest
-            .hasp_lock_registry()
-            .registry()
-            .call_renew(store, handle, resource, key, ttl_ms)
-    }
-}
-
-fn guest_force_unlock(resource: &str) -> impl GuestCall<wit::Holder> + '_ {
-    move |guest, handle, store| {
-        guest
-            .hasp_lock_registry()
-            .registry()
-            .call_force_unlock(store, handle, resource)
-    }
-}
-
-fn guest_status(resource: &str) -> impl GuestCall<Option<wit::Holder>> + '_ {
-    move |guest, handle, store| {
-        guest
-            .hasp_lock_registry()
-            .registry()
-            .call_status(store, handle, resource)
-    }
-}
-
-fn guest_list(prefix: &str) -> impl GuestCall<Vec<wit::Holder>> + '_ {
-    move |guest, handle, store| {
-        guest
-            .hasp_lock_registry()
-            .registry()
-            .call_list(store, handle, prefix)
+    /// [`Registry::call`], with the guest's answer as it is: for plugins,
+    /// which get it as the guest gave it. `Err` only for a trap (a failure
+    /// to start an instance becomes one too).
+    pub(crate) fn answer<P, T>(
+        &mut self,
+        call: impl FnOnce(&Exports, ResourceAny) -> Call<P, T>,
+    ) -> Outcome<T>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        T: Lift + Send + Sync + 'static,
+    {
+        let runtime = self.instance.runtime().clone();
+        runtime
+            .now(self.instance.answer(open, call))
+            .map_err(|e| wasmtime::Error::msg(e.to_string()))?
     }
 }
 

@@ -7,13 +7,15 @@ use super::durable::{SyncError, Syncer};
 use super::http::Response;
 use super::metrics::{Metrics, Outcome};
 use super::pool::Pool;
-use crate::registry;
-use crate::{Error, Grant, Holder, LockOptions, UnlockKey};
+use crate::registry::{self, Exports};
+use crate::runtime::instance::Call;
+use crate::{Error, Grant, Holder, LockOptions, StorageKind, UnlockKey};
 use serde_json::json;
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use wasmtime::component::{ComponentNamedList, Lift, Lower, ResourceAny};
 
 /// A list of at least this many locks gives the heap's free pages back to
 /// the system once it is answered (the instance that made it is given
@@ -65,18 +67,10 @@ impl Locks {
     pub async fn lock(&self, resource: String, options: LockOptions) -> Result<Grant, Error> {
         let retryable = options.request_id.is_some();
         let options = registry::wit_options(&options);
-        let result = retry_busy(|| {
-            let (name, options) = (resource.clone(), options.clone());
-            self.pool
-                .call(Some(&resource), move |guest, handle, store| {
-                    Box::pin(async move {
-                        let registry = guest.hasp_lock_registry().registry();
-                        registry.call_lock(store, handle, &name, &options).await
-                    })
-                })
-        })
-        .await
-        .map(registry::grant);
+        let result = self
+            .call(&resource, |r, h| (r.lock, (h, &*resource, &options)))
+            .await
+            .map(registry::grant);
         let result = match result {
             Ok(grant) => match self.durable().await {
                 Ok(()) => Ok(grant),
@@ -174,17 +168,10 @@ impl Locks {
     /// after a sync that covers this release too.)
     async fn release(&self, resource: &str, key: &UnlockKey) -> Result<Holder, Error> {
         let key = registry::wit_key(key);
-        let result = retry_busy(|| {
-            let (name, key) = (resource.to_string(), key.clone());
-            self.pool.call(Some(resource), move |guest, handle, store| {
-                Box::pin(async move {
-                    let registry = guest.hasp_lock_registry().registry();
-                    registry.call_unlock(store, handle, &name, &key).await
-                })
-            })
-        })
-        .await
-        .map(registry::holder);
+        let result = self
+            .call(resource, |r, h| (r.unlock, (h, resource, &key)))
+            .await
+            .map(registry::holder);
         if result.is_ok() {
             self.released.notify_waiters();
         }
@@ -201,20 +188,10 @@ impl Locks {
     ) -> Result<Holder, Error> {
         let key = registry::wit_key(&key);
         let ttl_ms = ttl.map(registry::duration_ms);
-        let result = retry_busy(|| {
-            let (name, key) = (resource.clone(), key.clone());
-            self.pool
-                .call(Some(&resource), move |guest, handle, store| {
-                    Box::pin(async move {
-                        let registry = guest.hasp_lock_registry().registry();
-                        registry
-                            .call_renew(store, handle, &name, &key, ttl_ms)
-                            .await
-                    })
-                })
-        })
-        .await
-        .map(registry::holder);
+        let result = self
+            .call(&resource, |r, h| (r.renew, (h, &*resource, &key, ttl_ms)))
+            .await
+            .map(registry::holder);
         let result = self.synced(result, "renewed").await;
         self.count(&resource, &result, Outcome::Renewed, "renewed");
         result
@@ -223,18 +200,10 @@ impl Locks {
     /// Breaks the lock on `resource`, whoever holds it; returns what was
     /// held.
     pub async fn force_unlock(&self, resource: String) -> Result<Holder, Error> {
-        let result = retry_busy(|| {
-            let name = resource.clone();
-            self.pool
-                .call(Some(&resource), move |guest, handle, store| {
-                    Box::pin(async move {
-                        let registry = guest.hasp_lock_registry().registry();
-                        registry.call_force_unlock(store, handle, &name).await
-                    })
-                })
-        })
-        .await
-        .map(registry::holder);
+        let result = self
+            .call(&resource, |r, h| (r.force_unlock, (h, &*resource)))
+            .await
+            .map(registry::holder);
         if result.is_ok() {
             self.released.notify_waiters();
         }
@@ -245,18 +214,10 @@ impl Locks {
 
     /// The lock on `resource`, if granted.
     pub async fn status(&self, resource: String) -> Result<Option<Holder>, Error> {
-        let result = retry_busy(|| {
-            let name = resource.clone();
-            self.pool
-                .call(Some(&resource), move |guest, handle, store| {
-                    Box::pin(async move {
-                        let registry = guest.hasp_lock_registry().registry();
-                        registry.call_status(store, handle, &name).await
-                    })
-                })
-        })
-        .await
-        .map(|held| held.map(registry::holder));
+        let result = self
+            .call(&resource, |r, h| (r.status, (h, &*resource)))
+            .await
+            .map(|held| held.map(registry::holder));
         match &result {
             Ok(Some(_)) => access::note(&resource, "held"),
             Ok(None) => access::note(&resource, "free"),
@@ -278,34 +239,26 @@ impl Locks {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Holder>, Option<String>), Error> {
-        let result = retry_busy(|| {
-            let prefix = prefix.clone();
-            self.pool.call(None, move |guest, handle, store| {
-                Box::pin(async move {
-                    let registry = guest.hasp_lock_registry().registry();
-                    registry.call_list(store, handle, &prefix).await
-                })
-            })
-        })
-        .await
-        .map(|all| {
-            let big = all.len() >= BIG_LIST;
-            let from = after.map_or(0, |after| {
-                all.partition_point(|h| h.resource.as_str() <= after)
+        let result = retry_busy(|| self.pool.call(None, |r, h| (r.list, (h, &*prefix))))
+            .await
+            .map(|all| {
+                let big = all.len() >= BIG_LIST;
+                let from = after.map_or(0, |after| {
+                    all.partition_point(|h| h.resource.as_str() <= after)
+                });
+                let more = all.len() - from > limit;
+                let page: Vec<Holder> = all
+                    .into_iter()
+                    .skip(from)
+                    .take(limit)
+                    .map(registry::holder)
+                    .collect();
+                let next = more.then(|| page.last().map(|h| h.resource.clone()));
+                if big {
+                    give_back_free_heap();
+                }
+                (page, next.flatten())
             });
-            let more = all.len() - from > limit;
-            let page: Vec<Holder> = all
-                .into_iter()
-                .skip(from)
-                .take(limit)
-                .map(registry::holder)
-                .collect();
-            let next = more.then(|| page.last().map(|h| h.resource.clone()));
-            if big {
-                give_back_free_heap();
-            }
-            (page, next.flatten())
-        });
         match &result {
             Ok(_) => access::note(&prefix, "listed"),
             Err(err) => {
@@ -314,6 +267,20 @@ impl Locks {
             }
         }
         result
+    }
+
+    /// Runs one call about `resource` on its instance in the pool, again
+    /// while the disk is in flux (`busy`), a few times.
+    async fn call<P, T>(
+        &self,
+        resource: &str,
+        call: impl Fn(&Exports, ResourceAny) -> Call<P, T>,
+    ) -> Result<T, Error>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        T: Lift + Send + Sync + 'static,
+    {
+        retry_busy(|| self.pool.call(Some(resource), &call)).await
     }
 
     /// Waits for the sync after a change (under `--fsync`); a sync that
@@ -420,9 +387,6 @@ async fn retry_busy<T, F: Future<Output = Result<T, Error>>>(
     }
 }
 
-/// How the guest words ENOSPC (guest/src/dir.rs, `reason`).
-const NO_SPACE: &str = "no space left on the device";
-
 /// The HTTP status and the error code (`/v1`'s `error.code`) of `err`.
 pub fn code(err: &Error) -> (u16, &'static str) {
     match err {
@@ -437,9 +401,10 @@ pub fn code(err: &Error) -> (u16, &'static str) {
         Error::WouldBlock { .. } => (409, "would-block"),
         // A full disk is the client's to know: the request may succeed
         // once room is made (RFC 4918's 507).
-        Error::Storage { message, .. } if message.contains(NO_SPACE) => {
-            (507, "insufficient-storage")
-        }
+        Error::Storage {
+            kind: StorageKind::Full,
+            ..
+        } => (507, "insufficient-storage"),
         Error::Storage { .. } | Error::Directory { .. } => (500, "storage"),
         Error::Trap(_) | Error::Runtime(_) | Error::Plugin { .. } | Error::Listen { .. } => {
             (500, "internal")

@@ -76,7 +76,7 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let io = |what: &str, e: std::io::Error| Error::Runtime(format!("{what}: {e}"));
+    let io = |what: &str, e: std::io::Error| Error::runtime(what, e);
     if let Some(ttl) = config.default_ttl {
         let ms = crate::registry::duration_ms(ttl);
         if !(1..=v1::MAX_TTL_MS).contains(&ms) {

@@ -1,16 +1,24 @@
-//! The WebAssembly side of the host: one engine, the guest component compiled
-//! once and cached on disk, and the limits every guest call runs under.
+//! The WebAssembly side of the host: one engine, the components compiled
+//! once and cached on disk (`cache`), the one linker, the store every
+//! instance lives in with the limits every guest call runs under, and the
+//! one way to call a guest (`instance`).
 
-use crate::bindings::process::ProcessPre;
-use crate::bindings::registry::GuestPre;
-use crate::bindings::registry_async::GuestPre as AsyncGuestPre;
+mod cache;
+pub(crate) mod instance;
+pub(crate) mod outcome;
+
+pub use cache::{cache_dir, component_file};
+
+use crate::bindings::{self, LockDirs};
 use crate::error::Error;
-use crate::file_lock::LockDirs;
+use instance::{Component as Which, Flavour};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -21,6 +29,10 @@ const GUEST_HASH: &str = env!("HASP_GUEST_HASH");
 /// `process` feature. It imports `hasp:lock/file-lock` from this host.
 pub const PROCESS_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hasp_process.wasm"));
 const PROCESS_HASH: &str = env!("HASP_PROCESS_HASH");
+
+/// The `hasp:lock` WIT package the components are built from, for plugins
+/// to put in their `wit/deps/`.
+pub const WIT: &str = include_str!("../../../wit/hasp-lock.wit");
 
 /// How often the epoch advances; the unit of [`Limits::call_timeout`].
 const TICK: Duration = Duration::from_millis(50);
@@ -52,19 +64,25 @@ pub struct Runtime {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     /// A thread-less Tokio runtime: wasmtime-wasi's synchronous bindings run
     /// their (immediately ready) futures on whatever runtime is entered, and
     /// otherwise start a multi-threaded one of their own.
     tokio: tokio::runtime::Runtime,
     engine: Engine,
-    /// The guest component, compiled for `engine`.
-    component: Component,
-    pre: GuestPre<State>,
-    /// Loaded on first use: registry commands never pay for it.
-    process: OnceLock<ProcessPre<State>>,
-    /// The guest for asynchronous calls (`hasp serve`), made on first use.
-    serving: OnceLock<Serving>,
+    /// The components, compiled for `engine` (or loaded from the cache) on
+    /// first use: registry commands never pay for the process lock.
+    components: [OnceLock<Component>; 2],
+    /// Each component linked for each [`Flavour`], on first use.
+    linked: [[OnceLock<InstancePre<State>>; 2]; 2],
     limits: Limits,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -75,26 +93,21 @@ impl Drop for Inner {
     }
 }
 
-/// The guest linked for asynchronous calls; see [`Runtime::serving`].
-pub(crate) struct Serving {
-    pub pre: AsyncGuestPre<State>,
-}
-
 /// Per-instance host state.
 pub(crate) struct State {
-    pub wasi: WasiCtx,
-    pub table: ResourceTable,
-    pub limits: MemoryBudget,
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: MemoryBudget,
     /// Time spent in host functions (WASI: filesystem, clocks, random), when
     /// measured; see `Registry::time_host_calls`.
-    pub host_time: HostTimer,
+    pub(crate) host_time: HostTimer,
     /// Directories the process-lock component may lock files in.
-    pub lock_dirs: LockDirs,
+    pub(crate) lock_dirs: LockDirs,
     /// Set by a host call that blocked on a lock: that wait does not count
     /// against the call's time limit.
-    pub waited: bool,
+    pub(crate) waited: bool,
     /// For a plugin: the runtime and lock directory its registries open.
-    pub served: Option<(Runtime, PathBuf)>,
+    pub(crate) registries: Option<(Runtime, PathBuf)>,
 }
 
 /// A store's limiter: wasmtime's own limits (each memory, instances, tables)
@@ -169,8 +182,8 @@ impl wasmtime::ResourceLimiter for MemoryBudget {
 /// Accumulates the time the guest spends waiting on host functions.
 #[derive(Default)]
 pub(crate) struct HostTimer {
-    pub total: std::time::Duration,
-    pub entered: Option<std::time::Instant>,
+    pub(crate) total: std::time::Duration,
+    pub(crate) entered: Option<std::time::Instant>,
 }
 
 impl WasiView for State {
@@ -182,7 +195,7 @@ impl WasiView for State {
     }
 }
 
-impl crate::bindings::registry::types::Host for State {}
+impl bindings::types::Host for State {}
 
 impl Runtime {
     /// The process-wide runtime with default limits, created on first use.
@@ -202,80 +215,84 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(runtime_error)?;
-        let component = load_component(&engine, GUEST_WASM, "guest", GUEST_HASH)?;
-        let mut linker = Linker::<State>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_error)?;
-        crate::bindings::registry::Guest::add_to_linker::<State, HasSelf<State>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(runtime_error)?;
-        let pre = linker.instantiate_pre(&component).map_err(runtime_error)?;
-        let pre = GuestPre::new(pre).map_err(runtime_error)?;
+        let engine = Engine::new(&config).map_err(Error::Runtime)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.weak(), ticker_stop.clone());
         let tokio = tokio::runtime::Builder::new_current_thread()
             .build()
-            .map_err(runtime_error)?;
-        Ok(Runtime {
+            .map_err(|e| Error::Runtime(e.into()))?;
+        let runtime = Runtime {
             inner: Arc::new(Inner {
                 tokio,
                 engine,
-                component,
-                pre,
-                process: OnceLock::new(),
-                serving: OnceLock::new(),
+                components: Default::default(),
+                linked: Default::default(),
                 limits,
                 ticker_stop,
             }),
-        })
+        };
+        // Every registry needs it: made now, so that a failure shows here.
+        runtime.pre(Which::Registry, Flavour::Sync)?;
+        Ok(runtime)
     }
 
-    pub(crate) fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
-        self.inner.tokio.enter()
+    /// Runs `call`, a guest call made the [`Flavour::Sync`] way (which never
+    /// waits), to its end on this thread, inside the runtime's Tokio
+    /// context.
+    pub(crate) fn now<F: Future>(&self, call: F) -> F::Output {
+        let _tokio = self.inner.tokio.enter();
+        let mut call = std::pin::pin!(call);
+        match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(output) => output,
+            Poll::Pending => unreachable!("a synchronous guest call never waits"),
+        }
     }
 
-    /// The process-lock component, compiled (or loaded from the cache) on
+    /// The component `which`, linked for calls the `flavour` way: made on
     /// first use.
-    pub(crate) fn process_pre(&self) -> Result<&ProcessPre<State>, Error> {
-        if let Some(pre) = self.inner.process.get() {
+    pub(crate) fn pre(&self, which: Which, flavour: Flavour) -> Result<&InstancePre<State>, Error> {
+        let cell = &self.inner.linked[which as usize][flavour as usize];
+        if let Some(pre) = cell.get() {
             return Ok(pre);
         }
-        let engine = &self.inner.engine;
-        let component = load_component(engine, PROCESS_WASM, "process", PROCESS_HASH)?;
-        let mut linker = Linker::<State>::new(engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_error)?;
-        crate::bindings::process::Process::add_to_linker::<State, HasSelf<State>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(runtime_error)?;
-        let pre = linker.instantiate_pre(&component).map_err(runtime_error)?;
-        let pre = ProcessPre::new(pre).map_err(runtime_error)?;
-        Ok(self.inner.process.get_or_init(|| pre))
+        let component = self.component(which)?;
+        let pre = self
+            .linker(flavour)?
+            .instantiate_pre(component)
+            .map_err(Error::Runtime)?;
+        Ok(cell.get_or_init(|| pre))
     }
 
-    /// The guest component linked for asynchronous calls, each on a fiber
-    /// of its own: `hasp serve` calls it from its network threads, with no
-    /// handoff to another thread. Linked on first use.
-    pub(crate) fn serving(&self) -> Result<&Serving, Error> {
-        if let Some(serving) = self.inner.serving.get() {
-            return Ok(serving);
+    /// The component `which`, compiled, or loaded from the cache.
+    fn component(&self, which: Which) -> Result<&Component, Error> {
+        let cell = &self.inner.components[which as usize];
+        if let Some(component) = cell.get() {
+            return Ok(component);
         }
-        let engine = &self.inner.engine;
-        let mut linker = Linker::<State>::new(engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(runtime_error)?;
-        crate::bindings::registry_async::Guest::add_to_linker::<State, HasSelf<State>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(runtime_error)?;
-        let pre = linker
-            .instantiate_pre(&self.inner.component)
-            .map_err(runtime_error)?;
-        let pre = AsyncGuestPre::new(pre).map_err(runtime_error)?;
-        Ok(self.inner.serving.get_or_init(|| Serving { pre }))
+        let (wasm, name, hash) = match which {
+            Which::Registry => (GUEST_WASM, "guest", GUEST_HASH),
+            Which::Process => (PROCESS_WASM, "process", PROCESS_HASH),
+        };
+        let component = cache::load_component(&self.inner.engine, wasm, name, hash)?;
+        Ok(cell.get_or_init(|| component))
+    }
+
+    /// The one linker: WASI, with wasmtime-wasi's bindings for `flavour`;
+    /// `hasp:lock/types`; and the host's own `hasp:lock/file-lock`, which
+    /// the process-lock component imports. (A plugin's adds the
+    /// `hasp:lock/registry` it imports.)
+    pub(crate) fn linker(&self, flavour: Flavour) -> Result<Linker<State>, Error> {
+        let mut linker = Linker::new(&self.inner.engine);
+        match flavour {
+            Flavour::Sync => wasmtime_wasi::p2::add_to_linker_sync(&mut linker),
+            Flavour::Fibers => wasmtime_wasi::p2::add_to_linker_async(&mut linker),
+        }
+        .map_err(Error::Runtime)?;
+        bindings::types::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .map_err(Error::Runtime)?;
+        bindings::process::file_lock::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .map_err(Error::Runtime)?;
+        Ok(linker)
     }
 
     /// A WASI context whose only capability is `dir`, preopened read-write
@@ -319,7 +336,7 @@ impl Runtime {
             host_time: HostTimer::default(),
             lock_dirs,
             waited: false,
-            served: None,
+            registries: None,
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -340,11 +357,6 @@ impl Runtime {
         &self.inner.limits
     }
 
-    /// The engine every component of this runtime is compiled for.
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.inner.engine
-    }
-
     /// The component made from `source` by `make` (the plugin composed
     /// with the guest, say), compiled, or loaded from the cache when this
     /// `source` was made and compiled before with this guest.
@@ -363,12 +375,7 @@ impl Runtime {
         env!("CARGO_PKG_VERSION").hash(&mut hasher);
         name.hash(&mut hasher);
         let hash = format!("{:016x}", hasher.finish());
-        load_or_make(&self.inner.engine, name, &hash, make)
-    }
-
-    /// Enters the runtime's Tokio context for the duration of the guard.
-    pub(crate) fn pre(&self) -> &GuestPre<State> {
-        &self.inner.pre
+        cache::load_or_make(&self.inner.engine, name, &hash, make)
     }
 
     /// Epoch ticks a call may run for.
@@ -390,108 +397,4 @@ fn spawn_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
             }
         })
         .ok();
-}
-
-/// Where precompiled components are cached: `$HASP_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/hasp`, else `$HOME/.cache/hasp`.
-pub fn cache_dir() -> Option<PathBuf> {
-    let env = |key| {
-        std::env::var_os(key)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    env("HASP_CACHE_DIR")
-        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("hasp")))
-        .or_else(|| env("HOME").map(|d| d.join(".cache").join("hasp")))
-}
-
-/// The `hasp:lock` WIT package the components are built from, for plugins
-/// to put in their `wit/deps/`.
-pub const WIT: &str = include_str!("../../wit/hasp-lock.wit");
-
-/// The guest component as a `.wasm` file, for other runtimes (`wasmtime run`)
-/// and for composition: written once into the cache directory, under a name
-/// that changes with its content.
-pub fn component_file() -> Result<PathBuf, Error> {
-    let dir = cache_dir().ok_or_else(|| {
-        Error::Runtime("no cache directory: set HASP_CACHE_DIR, XDG_CACHE_HOME or HOME".into())
-    })?;
-    let path = dir.join(format!(
-        "hasp-{}-{GUEST_HASH}.wasm",
-        env!("CARGO_PKG_VERSION")
-    ));
-    let written = std::fs::metadata(&path).is_ok_and(|m| m.len() == GUEST_WASM.len() as u64);
-    if !written {
-        store(&path, GUEST_WASM);
-        if !path.is_file() {
-            return Err(Error::Runtime(format!("cannot write {}", path.display())));
-        }
-    }
-    Ok(path)
-}
-
-/// Loads the compiled guest from the cache, or compiles and caches it.
-fn load_component(
-    engine: &Engine,
-    wasm: &[u8],
-    name: &str,
-    hash: &str,
-) -> Result<Component, Error> {
-    load_or_make(engine, name, hash, || Ok(wasm.to_vec()))
-}
-
-/// Loads the compiled component `name`-`hash` from the cache, or makes its
-/// bytes with `make`, compiles them and caches the result.
-fn load_or_make(
-    engine: &Engine,
-    name: &str,
-    hash: &str,
-    make: impl FnOnce() -> Result<Vec<u8>, Error>,
-) -> Result<Component, Error> {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut hasher);
-    let name = format!("{name}-{hash}-{:016x}.cwasm", hasher.finish());
-    let cached = cache_dir().map(|dir| dir.join(name));
-    if let Some(path) = &cached {
-        if path.is_file() {
-            // SAFETY: the file was written by `store` below from
-            // `Engine::precompile_component`, atomically, in the user's own
-            // cache directory; wasmtime checks that it matches this engine.
-            // Whoever can replace it can already run code as this user.
-            if let Ok(component) = unsafe { Component::deserialize_file(engine, path) } {
-                return Ok(component);
-            }
-        }
-    }
-    let compiled = engine
-        .precompile_component(&make()?)
-        .map_err(runtime_error)?;
-    if let Some(path) = &cached {
-        store(path, &compiled); // a cache that cannot be written only costs time
-    }
-    // SAFETY: `compiled` was produced by this very engine a moment ago.
-    unsafe { Component::deserialize(engine, &compiled) }.map_err(runtime_error)
-}
-
-fn store(path: &Path, bytes: &[u8]) {
-    let Some(dir) = path.parent() else { return };
-    if std::fs::create_dir_all(dir).is_err() {
-        return;
-    }
-    // Unique per process, thread and call: two writers never share a file.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".tmp-{}-{:?}-{}",
-        std::process::id(),
-        std::thread::current().id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-}
-
-pub(crate) fn runtime_error(err: impl std::fmt::Display) -> Error {
-    Error::Runtime(format!("{err:#}"))
 }

@@ -5,25 +5,24 @@
 //! is a guest instance of its own, in its own store, with the lock
 //! directory preopened. The plugin gets no preopen at all (and no
 //! environment or network), so it reaches the lock directory only through
-//! the guest's rules. It runs under the runtime's [`Limits`](crate::Limits)
-//! (time, memory per linear memory).
+//! the guest's rules. It runs under the runtime's [`Limits`](crate::Limits):
+//! a time limit on the run, and one memory cap on all the linear memories
+//! of its store together (the plugin's own, not its registries', which
+//! have stores of their own).
 //!
 //! [`compose`] instead plugs the guest into the plugin's imports (wac), one
 //! component that runs wherever components run (`wasmtime run --dir
 //! ./locks::/locks`). There plugin and guest share one set of WASI imports,
 //! so the plugin can reach the preopen too: it is trusted with it.
 
-use crate::bindings::plugin::registry::{Host, HostRegistry};
-use crate::bindings::plugin::Plugin;
-use crate::bindings::plugin_v0_1 as v0_1;
-use crate::bindings::registry::types as wit;
+mod registry;
+
 use crate::error::Error;
-use crate::registry::{Registry, GUEST_DIR};
-use crate::runtime::{runtime_error, Runtime, State, GUEST_WASM};
+use crate::runtime::instance::Flavour;
+use crate::runtime::{Runtime, GUEST_WASM};
 use std::path::Path;
 use wac_graph::types::{ItemKind, Package};
 use wac_graph::{plug, CompositionGraph, EncodeOptions};
-use wasmtime::component::{HasSelf, Linker, Resource};
 
 /// The `hasp:lock` version this host provides to plugins.
 const PROVIDED: &str = "0.2.0";
@@ -52,10 +51,10 @@ pub fn compose(plugin: &str, bytes: &[u8]) -> Result<Vec<u8>, Error> {
         return Ok(bytes.to_vec());
     }
     let guest = Package::from_bytes("hasp:guest", None, GUEST_WASM.to_vec(), graph.types_mut())
-        .map_err(|e| Error::Runtime(format!("the hasp guest: {e:#}")))?;
+        .map_err(|e| Error::runtime("the hasp guest", wasmtime::Error::from_boxed(e.into())))?;
     let guest = graph
         .register_package(guest)
-        .map_err(|e| Error::Runtime(format!("the hasp guest: {e:#}")))?;
+        .map_err(|e| Error::runtime("the hasp guest", wasmtime::Error::from_boxed(e.into())))?;
     plug(&mut graph, vec![guest], socket).map_err(|e| {
         plugin_error(
             plugin,
@@ -183,11 +182,8 @@ pub fn run(
         check(plugin, bytes, &mut CompositionGraph::new(), &SERVED)?;
         Ok(bytes.to_vec())
     })?;
-    let mut linker = Linker::new(runtime.engine());
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_error)?;
-    Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(runtime_error)?;
-    v0_1::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
-        .map_err(runtime_error)?;
+    let mut linker = runtime.linker(Flavour::Sync)?;
+    registry::add_to_linker(&mut linker).map_err(Error::Runtime)?;
     // No preopen: the lock directory is the registries' alone.
     let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
     wasi.allow_blocking_current_thread(true)
@@ -201,10 +197,10 @@ pub fn run(
         .worker_threads(1)
         .enable_all()
         .build()
-        .map_err(runtime_error)?;
+        .map_err(|e| Error::Runtime(e.into()))?;
     let _tokio = tokio.enter();
     let mut store = runtime.new_store(wasi.build(), Default::default());
-    store.data_mut().served = Some((runtime.clone(), dir.to_path_buf()));
+    store.data_mut().registries = Some((runtime.clone(), dir.to_path_buf()));
     let command =
         wasmtime_wasi::p2::bindings::sync::Command::instantiate(&mut store, &component, &linker)
             .map_err(|e| {
@@ -248,214 +244,5 @@ fn stopped(err: &wasmtime::Error, limits: &crate::Limits) -> String {
         )
     } else {
         format!("it stopped: {cause}")
-    }
-}
-
-/// A registry a plugin opened: a guest instance of its own on the lock
-/// directory, in its own store.
-pub struct Served {
-    registry: Registry,
-}
-
-impl Host for State {}
-
-impl HostRegistry for State {
-    fn open(&mut self, dir: String) -> wasmtime::Result<Result<Resource<Served>, wit::Error>> {
-        let refused = |message: String| {
-            Ok(Err(wit::Error {
-                code: wit::ErrorCode::Storage(dir.clone()),
-                message,
-            }))
-        };
-        let Some((runtime, locks)) = &self.served else {
-            return refused(format!("cannot open {dir}: this host serves no registry"));
-        };
-        if dir.trim_end_matches('/') != GUEST_DIR {
-            return refused(format!(
-                "cannot open {dir}: no such preopened directory (plugins get {GUEST_DIR})"
-            ));
-        }
-        match Registry::open_with(runtime, locks) {
-            Ok(registry) => Ok(Ok(self.table.push(Served { registry })?)),
-            Err(err) => refused(err.to_string()),
-        }
-    }
-
-    fn lock(
-        &mut self,
-        this: Resource<Served>,
-        resource: String,
-        options: wit::LockOptions,
-    ) -> wasmtime::Result<Result<wit::Grant, wit::Error>> {
-        self.table
-            .get_mut(&this)?
-            .registry
-            .lock_wit(&resource, &options)
-    }
-
-    fn unlock(
-        &mut self,
-        this: Resource<Served>,
-        resource: String,
-        key: wit::UnlockKey,
-    ) -> wasmtime::Result<Result<wit::Holder, wit::Error>> {
-        self.table
-            .get_mut(&this)?
-            .registry
-            .unlock_wit(&resource, &key)
-    }
-
-    fn renew(
-        &mut self,
-        this: Resource<Served>,
-        resource: String,
-        key: wit::UnlockKey,
-        ttl_ms: Option<u64>,
-    ) -> wasmtime::Result<Result<wit::Holder, wit::Error>> {
-        self.table
-            .get_mut(&this)?
-            .registry
-            .renew_wit(&resource, &key, ttl_ms)
-    }
-
-    fn force_unlock(
-        &mut self,
-        this: Resource<Served>,
-        resource: String,
-    ) -> wasmtime::Result<Result<wit::Holder, wit::Error>> {
-        self.table
-            .get_mut(&this)?
-            .registry
-            .force_unlock_wit(&resource)
-    }
-
-    fn status(
-        &mut self,
-        this: Resource<Served>,
-        resource: String,
-    ) -> wasmtime::Result<Result<Option<wit::Holder>, wit::Error>> {
-        self.table.get_mut(&this)?.registry.status_wit(&resource)
-    }
-
-    fn list(
-        &mut self,
-        this: Resource<Served>,
-        prefix: String,
-    ) -> wasmtime::Result<Result<Vec<wit::Holder>, wit::Error>> {
-        self.table.get_mut(&this)?.registry.list_wit(&prefix)
-    }
-
-    fn drop(&mut self, this: Resource<Served>) -> wasmtime::Result<()> {
-        self.table.delete(this)?;
-        Ok(())
-    }
-}
-
-/// `hasp:lock@0.1.0`, for plugins built before leases: the same registries,
-/// with the 0.1 types. A 0.1 plugin asks for no lease, so it meets one only
-/// on a lock somebody else took; `lease-expired`, which 0.1 lacks, reaches
-/// it as `not-locked` with the guest's message.
-mod old {
-    use super::{v0_1, wit, Resource, Served, State};
-    use v0_1::registry::{Host, HostRegistry};
-    use v0_1::types as old;
-
-    impl Host for State {}
-    impl old::Host for State {}
-
-    impl HostRegistry for State {
-        fn open(&mut self, dir: String) -> wasmtime::Result<Result<Resource<Served>, old::Error>> {
-            Ok(super::HostRegistry::open(self, dir)?.map_err(error))
-        }
-
-        fn lock(
-            &mut self,
-            this: Resource<Served>,
-            resource: String,
-            options: old::LockOptions,
-        ) -> wasmtime::Result<Result<old::Grant, old::Error>> {
-            let options = wit::LockOptions {
-                client: options.client,
-                lock_parents: options.lock_parents,
-                lock_children: options.lock_children,
-                ttl_ms: None,
-                request_id: None,
-            };
-            let answer = super::HostRegistry::lock(self, this, resource, options)?;
-            Ok(answer
-                .map(|g| old::Grant {
-                    holder: holder(g.holder),
-                    token: g.token,
-                })
-                .map_err(error))
-        }
-
-        fn unlock(
-            &mut self,
-            this: Resource<Served>,
-            resource: String,
-            key: old::UnlockKey,
-        ) -> wasmtime::Result<Result<old::Holder, old::Error>> {
-            let key = match key {
-                old::UnlockKey::Client(c) => wit::UnlockKey::Client(c),
-                old::UnlockKey::Token(t) => wit::UnlockKey::Token(t),
-            };
-            let answer = super::HostRegistry::unlock(self, this, resource, key)?;
-            Ok(answer.map(holder).map_err(error))
-        }
-
-        fn status(
-            &mut self,
-            this: Resource<Served>,
-            resource: String,
-        ) -> wasmtime::Result<Result<Option<old::Holder>, old::Error>> {
-            let answer = super::HostRegistry::status(self, this, resource)?;
-            Ok(answer.map(|h| h.map(holder)).map_err(error))
-        }
-
-        fn list(
-            &mut self,
-            this: Resource<Served>,
-            prefix: String,
-        ) -> wasmtime::Result<Result<Vec<old::Holder>, old::Error>> {
-            let answer = super::HostRegistry::list(self, this, prefix)?;
-            Ok(answer
-                .map(|all| all.into_iter().map(holder).collect())
-                .map_err(error))
-        }
-
-        fn drop(&mut self, this: Resource<Served>) -> wasmtime::Result<()> {
-            super::HostRegistry::drop(self, this)
-        }
-    }
-
-    fn holder(h: wit::Holder) -> old::Holder {
-        old::Holder {
-            resource: h.resource,
-            client: h.client,
-            fencing: h.fencing,
-            since_ms: h.since_ms,
-            lock_parents: h.lock_parents,
-            lock_children: h.lock_children,
-        }
-    }
-
-    fn error(e: wit::Error) -> old::Error {
-        use old::ErrorCode as Old;
-        use wit::ErrorCode as New;
-        let code = match e.code {
-            New::AlreadyLocked(h) => Old::AlreadyLocked(h),
-            New::NotOwner(h) => Old::NotOwner(h),
-            New::NotLocked | New::LeaseExpired => Old::NotLocked,
-            New::InvalidInput => Old::InvalidInput,
-            New::CorruptRecord(p) => Old::CorruptRecord(p),
-            New::Storage(p) => Old::Storage(p),
-            New::Busy => Old::Busy,
-            New::WouldBlock(h) => Old::WouldBlock(h),
-        };
-        old::Error {
-            code,
-            message: e.message,
-        }
     }
 }

@@ -1,16 +1,17 @@
-//! The Rust API for lock files: OS-level locks that die with their holder,
-//! with the holder recorded in the file (zc.lockfile, locket, flock(1)).
+//! `hasp:lock/process-lock`, the Rust API for lock files: OS-level locks
+//! that die with their holder, with the holder recorded in the file
+//! (zc.lockfile, locket, flock(1)). The rules run in the process-lock
+//! component; the OS lock is the host's `file-lock` (`file_lock.rs`).
 
-use crate::bindings::process::exports::hasp::lock::process_lock::{LockMode, Owner as WitOwner};
+use crate::bindings::process::process_lock::{LockMode as WitMode, Owner as WitOwner};
 use crate::bindings::process::Process;
 use crate::error::Error;
-use crate::file_lock::LockDirs;
-use crate::registry::GUEST_DIR;
-use crate::runtime::{runtime_error, Runtime, State};
+use crate::runtime::instance::{self, Call, Component, Export, Flavour, Instance, GUEST_DIR};
+use crate::runtime::{Runtime, State};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-use wasmtime::component::ResourceAny;
+use wasmtime::component::{ComponentNamedList, Lift, Lower, ResourceAny};
 use wasmtime::Store;
 
 /// How long to wait for a lock held by someone else.
@@ -22,6 +23,27 @@ pub enum Wait {
     For(Duration),
     /// Wait until the holder releases it (or dies).
     Forever,
+}
+
+/// How a lock file is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockMode {
+    /// With any number of other shared holders, and no exclusive one.
+    Shared,
+    /// By one holder only.
+    Exclusive,
+}
+
+/// `true` is [`LockMode::Shared`]: what [`FileLock::acquire`]'s `shared`
+/// flag used to say.
+impl From<bool> for LockMode {
+    fn from(shared: bool) -> LockMode {
+        if shared {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        }
+    }
 }
 
 /// Who holds a lock file, as recorded in it.
@@ -64,17 +86,65 @@ pub enum FileHolder {
 ///
 /// Two `FileLock`s on one path contend, in one process (two threads) or in
 /// two; a lock is not re-entrant. The OS releases it if the process dies.
+///
+/// # Signals
+///
+/// A wait with a time limit ([`Wait::For`]) blocks in flock(2) on a helper
+/// thread, which is interrupted with `SIGURG` at the deadline. The first
+/// such wait installs a process-wide `SIGURG` handler (without
+/// `SA_RESTART`); it does nothing on the helper threads and calls the
+/// handler installed before it for every other `SIGURG`, so an
+/// application that uses the signal itself keeps getting it (install
+/// yours before the first timed wait: one installed later replaces hasp's,
+/// and a timed wait may then last until the lock is free). The helper
+/// threads unblock `SIGURG` for themselves.
 pub struct FileLock {
-    runtime: Runtime,
     /// This process's id, this machine's name and this process's command
     /// line, read once.
     pid: u32,
     host: String,
     command: String,
-    dir: PathBuf,
-    store: Store<State>,
-    guest: Process,
-    handle: ResourceAny,
+    /// The lock file, relative to the directory.
+    path: String,
+    instance: Instance<Exports>,
+}
+
+/// The exports of the process-lock component's `lock-file` resource,
+/// typed.
+struct Exports {
+    open: Export<(&'static str, &'static str), ResourceAny>,
+    who: Export<(&'static str, &'static str), Option<Option<WitOwner>>>,
+    acquire: Export<(ResourceAny, WitMode, Option<u64>, &'static WitOwner), ()>,
+    holder: Export<(ResourceAny,), Option<Option<WitOwner>>>,
+    release: Export<(ResourceAny,), ()>,
+}
+
+impl instance::Exports for Exports {
+    const COMPONENT: Component = Component::Process;
+
+    fn of(
+        store: &mut Store<State>,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<Self> {
+        let guest = Process::new(&mut *store, instance)?;
+        let lock_file = guest.hasp_lock_process_lock().lock_file();
+        Ok(Exports {
+            open: lock_file.func_open().func().typed(&*store)?,
+            who: lock_file.func_who().func().typed(&*store)?,
+            acquire: lock_file.func_acquire().func().typed(&*store)?,
+            holder: lock_file.func_holder().func().typed(&*store)?,
+            release: lock_file.func_release().func().typed(&*store)?,
+        })
+    }
+}
+
+impl std::fmt::Debug for FileLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileLock")
+            .field("dir", &self.instance.dir())
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A held lock; released when dropped. It owns its [`FileLock`]:
@@ -158,24 +228,14 @@ impl FileLock {
         dir: impl AsRef<Path>,
         path: &str,
     ) -> Result<FileLock, Error> {
-        let dir = dir.as_ref().to_path_buf();
-        let (mut store, guest) = instantiate(runtime, &dir)?;
-        let _tokio = runtime.enter();
-        let opened = guest
-            .hasp_lock_process_lock()
-            .lock_file()
-            .call_open(&mut store, GUEST_DIR, path)
-            .map_err(trap)?;
-        let handle = opened.map_err(|err| Error::from_guest(err, &dir))?;
+        let mut instance = Instance::new(runtime, dir.as_ref(), Flavour::Sync);
+        runtime.now(instance.open(|e: &Exports| (e.open, (GUEST_DIR, path))))?;
         Ok(FileLock {
-            runtime: runtime.clone(),
             pid: std::process::id(),
             host: host_name(),
             command: std::env::args().collect::<Vec<_>>().join(" "),
-            dir,
-            store,
-            guest,
-            handle,
+            path: path.to_string(),
+            instance,
         })
     }
 
@@ -183,27 +243,20 @@ impl FileLock {
     /// it: a missing file is [`FileHolder::Free`].
     pub fn holder_of(dir: impl AsRef<Path>, path: &str) -> Result<FileHolder, Error> {
         let runtime = Runtime::shared()?;
-        let dir = dir.as_ref();
-        let (mut store, guest) = instantiate(&runtime, dir)?;
-        let _tokio = runtime.enter();
-        let held = guest
-            .hasp_lock_process_lock()
-            .lock_file()
-            .call_who(&mut store, GUEST_DIR, path)
-            .map_err(trap)?
-            .map_err(|err| Error::from_guest(err, dir))?;
+        let mut instance = Instance::new(&runtime, dir.as_ref(), Flavour::Sync);
+        let held = runtime.now(instance.call_unopened(|e: &Exports| (e.who, (GUEST_DIR, path))))?;
         Ok(file_holder(held))
     }
 
     /// Takes the lock exclusively, recording this process as its owner.
     pub fn lock(self, wait: Wait) -> Result<FileGuard, LockFailed> {
         let command = self.command.clone();
-        self.acquire(false, wait, command)
+        self.acquire(LockMode::Exclusive, wait, command)
     }
 
     /// Takes the lock shared with other shared holders.
     pub fn lock_shared(self, wait: Wait) -> Result<FileGuard, LockFailed> {
-        self.acquire(true, wait, String::new())
+        self.acquire(LockMode::Shared, wait, String::new())
     }
 
     /// Takes the lock exclusively if nobody holds it; otherwise fails at once
@@ -212,17 +265,17 @@ impl FileLock {
         self.lock(Wait::No)
     }
 
-    /// Takes the lock, recording `command` as what the owner runs.
+    /// Takes the lock in `mode` (a [`LockMode`]; `true` still means
+    /// shared), recording `command` as what the owner runs.
     pub fn acquire(
         mut self,
-        shared: bool,
+        mode: impl Into<LockMode>,
         wait: Wait,
         command: String,
     ) -> Result<FileGuard, LockFailed> {
-        let mode = if shared {
-            LockMode::Shared
-        } else {
-            LockMode::Exclusive
+        let mode = match mode.into() {
+            LockMode::Shared => WitMode::Shared,
+            LockMode::Exclusive => WitMode::Exclusive,
         };
         let timeout_ms = match wait {
             Wait::No => Some(0),
@@ -235,12 +288,7 @@ impl FileLock {
             since_ms: now_ms(),
             command,
         };
-        let acquired = self.call(|guest, handle, store| {
-            guest
-                .hasp_lock_process_lock()
-                .lock_file()
-                .call_acquire(store, handle, mode, timeout_ms, &owner)
-        });
+        let acquired = self.call(|e, h| (e.acquire, (h, mode, timeout_ms, &owner)));
         match acquired {
             Ok(()) => Ok(FileGuard { lock: Some(self) }),
             Err(error) => Err(LockFailed {
@@ -253,57 +301,28 @@ impl FileLock {
     /// Who holds the lock right now (call it on a `FileLock` that does not
     /// hold it itself).
     pub fn holder(&mut self) -> Result<FileHolder, Error> {
-        let held = self.call(|guest, handle, store| {
-            guest
-                .hasp_lock_process_lock()
-                .lock_file()
-                .call_holder(store, handle)
-        })?;
+        let held = self.call(|e, h| (e.holder, (h,)))?;
         Ok(file_holder(held))
     }
 
     fn release(&mut self) -> Result<(), Error> {
-        self.call(|guest, handle, store| {
-            guest
-                .hasp_lock_process_lock()
-                .lock_file()
-                .call_release(store, handle)
-        })
+        self.call(|e, h| (e.release, (h,)))
     }
 
-    fn call<T>(
+    /// Runs one call of the `lock-file` resource on the instance, opening
+    /// the file on a fresh one.
+    fn call<P, T>(
         &mut self,
-        f: impl FnOnce(
-            &Process,
-            ResourceAny,
-            &mut Store<State>,
-        ) -> wasmtime::Result<Result<T, crate::bindings::registry::types::Error>>,
-    ) -> Result<T, Error> {
-        let _tokio = self.runtime.enter();
-        self.store.set_epoch_deadline(self.runtime.deadline_ticks());
-        Error::from_call(f(&self.guest, self.handle, &mut self.store), &self.dir)
+        call: impl FnOnce(&Exports, ResourceAny) -> Call<P, T>,
+    ) -> Result<T, Error>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        T: Lift + Send + Sync + 'static,
+    {
+        let path = self.path.as_str();
+        let runtime = self.instance.runtime().clone();
+        runtime.now(self.instance.call(|e| (e.open, (GUEST_DIR, path)), call))
     }
-}
-
-/// A process-lock instance whose only capability is `dir`: preopened for
-/// WASI, and granted to the host's file-lock.
-fn instantiate(runtime: &Runtime, dir: &Path) -> Result<(Store<State>, Process), Error> {
-    let wasi = Runtime::wasi_for(dir, GUEST_DIR)?;
-    let granted = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()).map_err(
-        |source| Error::Directory {
-            dir: dir.to_path_buf(),
-            source,
-        },
-    )?;
-    let mut lock_dirs = LockDirs::default();
-    lock_dirs.grant(GUEST_DIR, granted);
-    let _tokio = runtime.enter();
-    let mut store = runtime.new_store(wasi, lock_dirs);
-    let guest = runtime
-        .process_pre()?
-        .instantiate(&mut store)
-        .map_err(runtime_error)?;
-    Ok((store, guest))
 }
 
 fn file_holder(held: Option<Option<WitOwner>>) -> FileHolder {
@@ -317,10 +336,6 @@ fn file_holder(held: Option<Option<WitOwner>>) -> FileHolder {
             command: o.command,
         }),
     }
-}
-
-fn trap(err: wasmtime::Error) -> Error {
-    Error::Trap(format!("{err:#}"))
 }
 
 /// The machine's host name (`?` if it cannot be read).
