@@ -27,6 +27,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![deny(missing_docs, unreachable_pub, missing_debug_implementations)]
+
 // The modules, bottom to top (docs/ARCHITECTURE.md, "Layers"): each
 // imports only from those above it in this list.
 mod bindings;

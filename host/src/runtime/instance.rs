@@ -1,9 +1,8 @@
 //! The one way the host calls a component: an [`Instance`] is a store of
 //! its own with the component instantiated in it, the resource its calls
 //! go to, the time limit every call runs under, and a fresh instance after
-//! a trap. [`Registry`](crate::Registry) and [`FileLock`](crate::FileLock)
-//! call theirs synchronously; `hasp serve`'s pool calls its instances on
-//! fibers.
+//! a trap. The API's registries and lock files call theirs synchronously;
+//! `hasp serve`'s pool calls its instances on fibers.
 
 use super::outcome::{self, Outcome};
 use super::{Runtime, State};

@@ -14,11 +14,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The log target of the access lines.
-pub const TARGET: &str = "hasp::access";
+pub(super) const TARGET: &str = "hasp::access";
 
 /// What the lock calls of one request said about it.
 #[derive(Default)]
-pub struct Note {
+pub(super) struct Note {
     /// Whether the access log is on: otherwise nothing is noted.
     on: bool,
     resource: String,
@@ -30,12 +30,12 @@ tokio::task_local! {
 }
 
 /// Whether access lines are logged at all (the subscriber's filter).
-pub fn enabled() -> bool {
+pub(super) fn enabled() -> bool {
     tracing::enabled!(target: TARGET, tracing::Level::INFO)
 }
 
 /// Runs `connection` (a connection's task) with a note for its requests.
-pub async fn scope<F: std::future::Future>(connection: F) -> F::Output {
+pub(super) async fn scope<F: std::future::Future>(connection: F) -> F::Output {
     let note = Note {
         on: enabled(),
         ..Note::default()
@@ -46,7 +46,7 @@ pub async fn scope<F: std::future::Future>(connection: F) -> F::Output {
 /// Records that the current request's lock call on `resource` came to
 /// `outcome` (`granted`, `already-locked`, ...); the last call wins. Does
 /// nothing outside [`scope`].
-pub fn note(resource: &str, outcome: &'static str) {
+pub(super) fn note(resource: &str, outcome: &'static str) {
     let _ = NOTE.try_with(|note| {
         let mut note = note.borrow_mut();
         if !note.on {
@@ -60,7 +60,14 @@ pub fn note(resource: &str, outcome: &'static str) {
 
 /// Logs the answer to one request (if the access log is on) and clears
 /// the note for the next.
-pub fn log(peer: SocketAddr, door: Door, method: &str, path: &str, status: u16, took: Duration) {
+pub(super) fn log(
+    peer: SocketAddr,
+    door: Door,
+    method: &str,
+    path: &str,
+    status: u16,
+    took: Duration,
+) {
     if !enabled() {
         return;
     }

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 /// Why a change could not be confirmed durable.
 #[derive(Clone, Debug)]
-pub enum SyncError {
+pub(super) enum SyncError {
     /// `syncfs(2)` failed: the change may be lost in a crash.
     Failed(Arc<std::io::Error>),
     /// The sync thread has stopped; nothing is synced any more.
@@ -39,7 +39,7 @@ type Waiter = oneshot::Sender<Result<(), SyncError>>;
 
 /// Group commit for one directory's filesystem. Dropping it stops the
 /// sync thread once the changes already waiting are synced.
-pub struct Syncer {
+pub(super) struct Syncer {
     shared: Arc<Shared>,
 }
 
@@ -58,7 +58,7 @@ struct Queue {
 
 impl Syncer {
     /// Starts the sync thread for the filesystem of `dir`.
-    pub fn start(dir: &Path) -> std::io::Result<Syncer> {
+    pub(super) fn start(dir: &Path) -> std::io::Result<Syncer> {
         let handle = File::open(dir)?;
         Syncer::with(Box::new(move || {
             // SAFETY: syncfs on a descriptor the closure owns.
@@ -91,7 +91,7 @@ impl Syncer {
     /// Returns once a sync that began after this call has finished, with
     /// its result: call it after a change is complete, before
     /// acknowledging it.
-    pub async fn durable(&self) -> Result<(), SyncError> {
+    pub(super) async fn durable(&self) -> Result<(), SyncError> {
         let (tell, told) = oneshot::channel();
         {
             let Ok(mut queue) = self.shared.queue.lock() else {

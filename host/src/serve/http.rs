@@ -46,7 +46,7 @@ impl Default for Limits {
 /// One parsed request. Its head is kept as it arrived, one copy; the
 /// method, target and headers are places in it.
 #[derive(Debug)]
-pub struct Request {
+pub(super) struct Request {
     head: Vec<u8>,
     method: Range<usize>,
     /// The path, still percent-encoded.
@@ -77,18 +77,18 @@ impl Request {
         std::str::from_utf8(&self.head[at.clone()]).unwrap_or_default()
     }
 
-    pub fn method(&self) -> &str {
+    pub(super) fn method(&self) -> &str {
         self.text(&self.method)
     }
 
     /// The path, still percent-encoded.
-    pub fn path(&self) -> &str {
+    pub(super) fn path(&self) -> &str {
         self.text(&self.path)
     }
 
     /// The first header named `name` (case-insensitive); bytes that are not
     /// UTF-8 read as U+FFFD.
-    pub fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+    pub(super) fn header(&self, name: &str) -> Option<Cow<'_, str>> {
         self.headers
             .iter()
             .find(|(n, _)| self.head[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
@@ -98,7 +98,7 @@ impl Request {
     /// Whether every percent escape in the path and the query is `%` and
     /// two hex digits, and they decode to UTF-8. Allocates only for a
     /// target that has escapes.
-    pub fn escapes_ok(&self) -> bool {
+    pub(super) fn escapes_ok(&self) -> bool {
         // Path and query lie together in the head: one look for a `%`.
         let target = &self.head[self.path.start..self.query.end.max(self.path.end)];
         !target.contains(&b'%')
@@ -107,14 +107,14 @@ impl Request {
     }
 
     /// The decoded value of query parameter `key` (`+` reads as a space).
-    pub fn param(&self, key: &str) -> Option<String> {
+    pub(super) fn param(&self, key: &str) -> Option<String> {
         let [value] = self.params([key]);
         value
     }
 
     /// The decoded values of the query parameters `keys`, in one pass over
     /// the query: for each key, the first value that decodes.
-    pub fn params<const N: usize>(&self, keys: [&str; N]) -> [Option<String>; N] {
+    pub(super) fn params<const N: usize>(&self, keys: [&str; N]) -> [Option<String>; N] {
         let mut found = [const { None }; N];
         let mut missing = N;
         for pair in self.text(&self.query).split('&') {
@@ -148,7 +148,7 @@ impl Request {
 
 /// A response, written whole.
 #[derive(Debug)]
-pub struct Response {
+pub(super) struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
@@ -162,14 +162,14 @@ pub struct Response {
 
 /// A grant on its way to the client, with what releases it.
 #[derive(Debug)]
-pub struct Handed {
+pub(super) struct Handed {
     pub resource: String,
     pub fencing: u64,
     pub token: String,
 }
 
 impl Response {
-    pub fn json(status: u16, value: &(impl serde::Serialize + ?Sized)) -> Response {
+    pub(super) fn json(status: u16, value: &(impl serde::Serialize + ?Sized)) -> Response {
         let mut body = Vec::with_capacity(128);
         let _ = serde_json::to_writer(&mut body, value);
         body.push(b'\n');
@@ -183,13 +183,13 @@ impl Response {
     }
 
     /// This response with the header lines `headers` (each ending in CRLF).
-    pub fn with_headers(mut self, headers: &'static str) -> Response {
+    pub(super) fn with_headers(mut self, headers: &'static str) -> Response {
         self.headers = headers;
         self
     }
 
     /// This response, handing over `grant` (moved out of it, no copy).
-    pub fn handing(mut self, grant: crate::Grant) -> Response {
+    pub(super) fn handing(mut self, grant: crate::Grant) -> Response {
         self.grant = Some(Handed {
             resource: grant.holder.resource,
             fencing: grant.holder.fencing,
@@ -199,14 +199,14 @@ impl Response {
     }
 
     /// `{"error": {"code": ..., "message": ...}}`.
-    pub fn error(status: u16, code: &str, message: &str) -> Response {
+    pub(super) fn error(status: u16, code: &str, message: &str) -> Response {
         Response::json(
             status,
             &json!({"error": {"code": code, "message": message}}),
         )
     }
 
-    pub fn text(status: u16, content_type: &'static str, body: String) -> Response {
+    pub(super) fn text(status: u16, content_type: &'static str, body: String) -> Response {
         Response {
             status,
             content_type,
@@ -218,7 +218,7 @@ impl Response {
 }
 
 /// Why no request came.
-pub enum ReadError {
+pub(super) enum ReadError {
     /// The client closed, went idle for too long, or the server is
     /// stopping between requests: close quietly.
     Closed,
@@ -228,7 +228,7 @@ pub enum ReadError {
 
 /// Percent-decodes `text` (and `+` as a space when `plus` is set); `None`
 /// for a bad escape or bytes that are not UTF-8.
-pub fn decode(text: &str, plus: bool) -> Option<String> {
+pub(super) fn decode(text: &str, plus: bool) -> Option<String> {
     let bytes = text.as_bytes();
     if !bytes.iter().any(|&b| b == b'%' || plus && b == b'+') {
         return Some(text.to_string());
@@ -279,7 +279,7 @@ impl Fill {
 /// a request (if it is waiting), and its socket, to shut when the server
 /// must make room for a new client.
 #[derive(Debug)]
-pub struct Tracker {
+pub(super) struct Tracker {
     /// What `idle_since` counts from (the same for every connection).
     epoch: Instant,
     /// Nanoseconds from `epoch` to when the wait for a request will time
@@ -293,14 +293,14 @@ pub struct Tracker {
 impl Tracker {
     /// When the connection began to wait for a request, as a figure that
     /// orders connections (smaller: earlier); `None` while it is busy.
-    pub fn idle_since(&self) -> Option<u64> {
+    pub(super) fn idle_since(&self) -> Option<u64> {
         Some(self.idle_since.load(Ordering::Relaxed)).filter(|&t| t != 0)
     }
 
     /// Ends the connection's wait for its next request: shuts the reading
     /// half of its socket, so the wait ends as if the client had closed.
     /// A request already read is still answered. False if it is closed.
-    pub fn shed(&self) -> bool {
+    pub(super) fn shed(&self) -> bool {
         let fd = self.fd.lock().unwrap_or_else(|e| e.into_inner());
         match *fd {
             // Busy (or shed already): left alone.
@@ -316,7 +316,7 @@ impl Tracker {
 
 /// Reads requests off one connection, keeping bytes that arrive early
 /// (pipelining) for the next request.
-pub struct Connection {
+pub(super) struct Connection {
     stream: TcpStream,
     tracker: Arc<Tracker>,
     buf: Vec<u8>,
@@ -337,7 +337,11 @@ pub struct Connection {
 impl Connection {
     /// A connection on `stream`, and what the accept loop sees of it;
     /// `epoch` is the same for every connection of a server.
-    pub fn new(stream: TcpStream, limits: Limits, epoch: Instant) -> (Connection, Arc<Tracker>) {
+    pub(super) fn new(
+        stream: TcpStream,
+        limits: Limits,
+        epoch: Instant,
+    ) -> (Connection, Arc<Tracker>) {
         // Idle from the start: a client that sends nothing is the first to
         // make room.
         let deadline = Instant::now() + limits.idle_timeout;
@@ -362,7 +366,7 @@ impl Connection {
 
     /// Whether the client was seen to hang up (by [`Connection::hang_up`]
     /// or [`Connection::has_hung_up`]): its answer has nobody to go to.
-    pub fn is_hung_up(&self) -> bool {
+    pub(super) fn is_hung_up(&self) -> bool {
         self.hung_up
     }
 
@@ -370,7 +374,7 @@ impl Connection {
     /// its request is being answered. Bytes that arrive meanwhile (the next
     /// request, pipelined) are kept for later, up to one request's worth;
     /// past that the connection is no longer watched. Cancel-safe.
-    pub async fn hang_up(&mut self) {
+    pub(super) async fn hang_up(&mut self) {
         let most = self.limits.head_bytes + self.limits.body_bytes;
         loop {
             if self.buf.len() >= most {
@@ -389,7 +393,7 @@ impl Connection {
 
     /// Whether the client has hung up already, asked of the socket itself
     /// (one `recv` with `MSG_PEEK`, which takes nothing): never waits.
-    pub fn has_hung_up(&mut self) -> bool {
+    pub(super) fn has_hung_up(&mut self) -> bool {
         if !self.hung_up {
             let mut byte = 0u8;
             // SAFETY: recv(2) into one byte this function owns, on a socket
@@ -414,7 +418,7 @@ impl Connection {
 
     /// The next request. Between requests it also gives up when `stopping`
     /// turns true; once a request has begun, it is read to the end.
-    pub async fn next(
+    pub(super) async fn next(
         &mut self,
         stopping: &mut watch::Receiver<bool>,
     ) -> Result<Request, ReadError> {
@@ -679,7 +683,7 @@ impl Connection {
 
     /// Writes `response`; `close` adds `Connection: close`. `head_only`
     /// (the answer to a `HEAD`) leaves the body out and keeps its length.
-    pub async fn send(
+    pub(super) async fn send(
         &mut self,
         response: &Response,
         close: bool,

@@ -46,7 +46,7 @@ struct Refused<'a> {
 
 /// Answers a Locker call; `verb` is `canhaz`, `nowant` or `dohaz`, `rest`
 /// the encoded resource path after it.
-pub async fn handle(locks: &Locks, verb: &str, rest: &str, request: &Request) -> Response {
+pub(super) async fn handle(locks: &Locks, verb: &str, rest: &str, request: &Request) -> Response {
     let Some(resource) = decode(rest, false) else {
         return invalid(
             400,
@@ -161,7 +161,7 @@ fn failed(err: &Error) -> Response {
 
 /// `{"ok": false, "error": {"code": ..., "message": ...}}`: an error in
 /// Locker's shape.
-pub fn invalid(status: u16, code: &str, message: &str) -> Response {
+pub(super) fn invalid(status: u16, code: &str, message: &str) -> Response {
     Response::json(
         status,
         &json!({"ok": false, "error": {"code": code, "message": message}}),
@@ -200,7 +200,7 @@ fn parse_seconds(text: &str) -> Option<Duration> {
 }
 
 /// Python's spellings of a boolean, as Locker users write them.
-pub fn parse_flag(text: &str) -> Option<bool> {
+pub(super) fn parse_flag(text: &str) -> Option<bool> {
     match text.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
         "false" | "0" | "no" | "off" => Some(false),

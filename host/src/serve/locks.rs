@@ -28,7 +28,7 @@ const BUSY_RETRIES: usize = 3;
 const POLL: Duration = Duration::from_millis(20);
 
 /// The served registry.
-pub struct Locks {
+pub(super) struct Locks {
     pool: Pool,
     syncer: Option<Syncer>,
     pub metrics: Metrics,
@@ -44,7 +44,7 @@ pub struct Locks {
 
 /// The other end of the connection a waiting call answers: the wait ends
 /// when it hangs up.
-pub trait Peer {
+pub(super) trait Peer {
     /// Resolves once the client has hung up; cancel-safe.
     fn hang_up(&mut self) -> impl Future<Output = ()> + Send;
     /// Whether the client has hung up already; never waits.
@@ -52,7 +52,7 @@ pub trait Peer {
 }
 
 impl Locks {
-    pub fn new(pool: Pool, syncer: Option<Syncer>, default_ttl: Option<Duration>) -> Locks {
+    pub(super) fn new(pool: Pool, syncer: Option<Syncer>, default_ttl: Option<Duration>) -> Locks {
         Locks {
             pool,
             syncer,
@@ -64,7 +64,11 @@ impl Locks {
     }
 
     /// Takes a lock at once or is refused.
-    pub async fn lock(&self, resource: String, options: LockOptions) -> Result<Grant, Error> {
+    pub(super) async fn lock(
+        &self,
+        resource: String,
+        options: LockOptions,
+    ) -> Result<Grant, Error> {
         let retryable = options.request_id.is_some();
         let options = registry::wit_options(&options);
         let result = self
@@ -120,7 +124,7 @@ impl Locks {
     /// progress is never cut short: the hang-up is heeded between attempts,
     /// and after a grant `peer` is asked once more (a grant to a client
     /// that has gone is the caller's to release; `peer` then says so).
-    pub async fn lock_waiting(
+    pub(super) async fn lock_waiting(
         &self,
         resource: String,
         options: LockOptions,
@@ -156,7 +160,7 @@ impl Locks {
     }
 
     /// Releases a lock held by `key`; returns what was held.
-    pub async fn unlock(&self, resource: String, key: UnlockKey) -> Result<Holder, Error> {
+    pub(super) async fn unlock(&self, resource: String, key: UnlockKey) -> Result<Holder, Error> {
         let result = self.release(&resource, &key).await;
         let result = self.synced(result, "released").await;
         self.count(&resource, &result, Outcome::Released, "released");
@@ -180,7 +184,7 @@ impl Locks {
 
     /// Extends the lease of the lock `key` owns on `resource` (see
     /// [`crate::Registry::renew`]). Not a release: nobody is woken.
-    pub async fn renew(
+    pub(super) async fn renew(
         &self,
         resource: String,
         key: UnlockKey,
@@ -199,7 +203,7 @@ impl Locks {
 
     /// Breaks the lock on `resource`, whoever holds it; returns what was
     /// held.
-    pub async fn force_unlock(&self, resource: String) -> Result<Holder, Error> {
+    pub(super) async fn force_unlock(&self, resource: String) -> Result<Holder, Error> {
         let result = self
             .call(&resource, |r, h| (r.force_unlock, (h, &*resource)))
             .await
@@ -213,7 +217,7 @@ impl Locks {
     }
 
     /// The lock on `resource`, if granted.
-    pub async fn status(&self, resource: String) -> Result<Option<Holder>, Error> {
+    pub(super) async fn status(&self, resource: String) -> Result<Option<Holder>, Error> {
         let result = self
             .call(&resource, |r, h| (r.status, (h, &*resource)))
             .await
@@ -233,7 +237,7 @@ impl Locks {
     /// order: at most `limit` of those whose resource sorts after `after`,
     /// and the resource to continue after if there are more. (The guest
     /// lists them all each time; only the page is kept.)
-    pub async fn list(
+    pub(super) async fn list(
         &self,
         prefix: String,
         after: Option<&str>,
@@ -388,7 +392,7 @@ async fn retry_busy<T, F: Future<Output = Result<T, Error>>>(
 }
 
 /// The HTTP status and the error code (`/v1`'s `error.code`) of `err`.
-pub fn code(err: &Error) -> (u16, &'static str) {
+pub(super) fn code(err: &Error) -> (u16, &'static str) {
     match err {
         Error::AlreadyLocked { .. } => (409, "already-locked"),
         Error::NotOwner { .. } => (403, "not-owner"),
@@ -414,7 +418,7 @@ pub fn code(err: &Error) -> (u16, &'static str) {
 
 /// The JSON error response for `err`: status, code, message, and the holder
 /// when there is one.
-pub fn error_response(err: &Error) -> Response {
+pub(super) fn error_response(err: &Error) -> Response {
     let (status, code) = code(err);
     let mut error = json!({"code": code, "message": err.to_string()});
     if let Error::AlreadyLocked { holder, .. }

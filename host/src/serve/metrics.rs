@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// Which front door a request came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Door {
+pub(super) enum Door {
     Locker,
     XmlRpc,
     V1,
@@ -17,7 +17,7 @@ pub enum Door {
 impl Door {
     const ALL: [Door; 4] = [Door::Locker, Door::XmlRpc, Door::V1, Door::Other];
 
-    pub fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Door::Locker => "locker",
             Door::XmlRpc => "xmlrpc",
@@ -29,7 +29,7 @@ impl Door {
 
 /// What a lock call came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(super) enum Outcome {
     Granted,
     Released,
     Renewed,
@@ -45,7 +45,7 @@ const BUCKETS: [f64; 14] = [
 ];
 
 #[derive(Default)]
-pub struct Metrics {
+pub(super) struct Metrics {
     requests: [AtomicU64; 4],
     grants: AtomicU64,
     releases: AtomicU64,
@@ -60,7 +60,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn request(&self, door: Door, took: Duration) {
+    pub(super) fn request(&self, door: Door, took: Duration) {
         let at = Door::ALL.iter().position(|d| *d == door).unwrap_or(3);
         self.requests[at].fetch_add(1, Ordering::Relaxed);
         let secs = took.as_secs_f64();
@@ -72,7 +72,7 @@ impl Metrics {
             .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    pub fn outcome(&self, outcome: Outcome) {
+    pub(super) fn outcome(&self, outcome: Outcome) {
         let counter = match outcome {
             Outcome::Granted => &self.grants,
             Outcome::Released => &self.releases,
@@ -85,12 +85,12 @@ impl Metrics {
     }
 
     /// A change whose sync failed (`--fsync`): answered with an error.
-    pub fn sync_failed(&self) {
+    pub(super) fn sync_failed(&self) {
         self.sync_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(super) fn render(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         out.push_str("# HELP hasp_requests_total HTTP requests served, by front door.\n");

@@ -8,7 +8,7 @@
 //!
 //! It logs through `tracing` and installs no subscriber: the `hasp` binary
 //! does. Targets: `hasp::serve` (start, stop, failures) and `hasp::access`
-//! (one INFO event per request: see [`access`]).
+//! (one INFO event per request: see `serve/access.rs`).
 
 mod access;
 mod durable;
@@ -46,6 +46,7 @@ pub struct ServeConfig {
     pub fsync: bool,
     /// Guest instances working in parallel.
     pub workers: usize,
+    /// Bounds on each request: sizes of head, target and body, and time.
     pub limits: Limits,
     /// The lease (1 ms to 30 days) given to grants made through doors whose
     /// clients cannot ask for one: gocept.lockd's XML-RPC, and Locker's

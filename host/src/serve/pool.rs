@@ -32,14 +32,14 @@ use wasmtime::component::{ComponentNamedList, Lift, Lower, ResourceAny};
 const KEEP_MEMORY: usize = 4 << 20;
 
 /// Guest instances of the served directory.
-pub struct Pool {
+pub(super) struct Pool {
     instances: Vec<Mutex<Instance<Exports>>>,
     turn: AtomicUsize,
 }
 
 impl Pool {
     /// Starts `size` instances, each with a registry open on `dir`.
-    pub async fn start(runtime: &Runtime, dir: &Path, size: usize) -> Result<Pool, Error> {
+    pub(super) async fn start(runtime: &Runtime, dir: &Path, size: usize) -> Result<Pool, Error> {
         let mut instances = Vec::new();
         for _ in 0..size.max(1) {
             let mut instance =
@@ -57,7 +57,7 @@ impl Pool {
     /// under the runtime's limits. A trap, or a panic, drops the instance,
     /// and so does a call that grew its memory past [`KEEP_MEMORY`]; the
     /// next call on it starts a fresh one.
-    pub async fn call<P, T>(
+    pub(super) async fn call<P, T>(
         &self,
         resource: Option<&str>,
         call: impl FnOnce(&Exports, ResourceAny) -> Call<P, T>,

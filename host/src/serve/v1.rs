@@ -18,7 +18,7 @@ const LIST_PAGE: usize = 1000;
 /// The most locks a page of `/v1/list` holds.
 const MAX_LIST_PAGE: usize = 10_000;
 /// The longest lease: thirty days, as the lock rules allow.
-pub const MAX_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+pub(super) const MAX_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,7 +82,7 @@ where
 /// Answers `/v1/<route>`. `operator`: the daemon asks for a token and the
 /// request carried it (what a forced unlock needs); `conn` is watched while
 /// a lock waits, and told when its client has gone.
-pub async fn handle(
+pub(super) async fn handle(
     locks: &Locks,
     route: &str,
     request: &Request,

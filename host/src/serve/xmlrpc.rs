@@ -21,7 +21,7 @@ const NO_SUCH_METHOD: i32 = -32601;
 const BAD_PARAMS: i32 = -32602;
 
 /// Answers one XML-RPC call.
-pub async fn handle(locks: &Locks, body: &[u8]) -> Response {
+pub(super) async fn handle(locks: &Locks, body: &[u8]) -> Response {
     let (method, params) = match parse_call(body) {
         Ok(call) => call,
         Err(why) => return fault(PARSE_ERROR, &format!("parse error: {why}")),
