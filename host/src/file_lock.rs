@@ -419,3 +419,40 @@ extern "C" fn wake(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mu
 fn io_error(err: std::io::Error) -> LockError {
     LockError::Io(err.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// How many `SIGURG`s reached the application's own handler.
+    static THEIRS: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn theirs(_: libc::c_int) {
+        THEIRS.fetch_add(1, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn a_timed_wait_passes_other_sigurgs_on_to_the_handler_installed_before() {
+        // SAFETY: installs a handler that only counts, as an application
+        // that uses SIGURG would, before hasp's first timed wait.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = theirs as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(WAKE, &action, std::ptr::null_mut());
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("held.lock");
+        let holder = File::create(&path).expect("create");
+        holder.lock().expect("lock");
+        let file = File::options().read(true).write(true).open(&path);
+        let file = Arc::new(file.expect("open"));
+        let waited = acquire_within(&file, LockMode::Exclusive, Duration::from_millis(50));
+        assert!(matches!(waited, Err(LockError::WouldBlock)), "{waited:?}");
+        assert_eq!(THEIRS.load(Ordering::SeqCst), 0, "the wake-up was hasp's");
+        // SAFETY: raise(3) runs the handler on this thread before returning.
+        unsafe { libc::raise(WAKE) };
+        assert_eq!(THEIRS.load(Ordering::SeqCst), 1, "passed on");
+    }
+}

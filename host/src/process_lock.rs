@@ -6,12 +6,14 @@
 use crate::bindings::process::process_lock::{LockMode as WitMode, Owner as WitOwner};
 use crate::bindings::process::Process;
 use crate::error::Error;
-use crate::runtime::instance::{self, Call, Component, Export, Flavour, Instance, GUEST_DIR};
+use crate::runtime::instance::{
+    self, Answer, Call, Component, Export, Flavour, Instance, Params, GUEST_DIR,
+};
 use crate::runtime::{Runtime, State};
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;
-use wasmtime::component::{ComponentNamedList, Lift, Lower, ResourceAny};
+use wasmtime::component::ResourceAny;
 use wasmtime::Store;
 
 /// How long to wait for a lock held by someone else.
@@ -311,14 +313,10 @@ impl FileLock {
 
     /// Runs one call of the `lock-file` resource on the instance, opening
     /// the file on a fresh one.
-    fn call<P, T>(
+    fn call<P: Params, T: Answer>(
         &mut self,
         call: impl FnOnce(&Exports, ResourceAny) -> Call<P, T>,
-    ) -> Result<T, Error>
-    where
-        P: ComponentNamedList + Lower + Send + Sync,
-        T: Lift + Send + Sync + 'static,
-    {
+    ) -> Result<T, Error> {
         let path = self.path.as_str();
         let runtime = self.instance.runtime().clone();
         runtime.now(self.instance.call(|e| (e.open, (GUEST_DIR, path)), call))

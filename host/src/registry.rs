@@ -4,13 +4,15 @@
 use crate::bindings::registry::Guest;
 use crate::bindings::types as wit;
 use crate::error::Error;
-use crate::runtime::instance::{self, Call, Component, Export, Flavour, Instance, GUEST_DIR};
+use crate::runtime::instance::{
+    self, Answer, Call, Component, Export, Flavour, Instance, Params, GUEST_DIR,
+};
 use crate::runtime::outcome::Outcome;
 use crate::runtime::{Runtime, State};
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;
-use wasmtime::component::{ComponentNamedList, Lift, Lower, ResourceAny};
+use wasmtime::component::ResourceAny;
 use wasmtime::Store;
 
 /// How to take a lock. The default is Locker's: anonymous, and conflicting
@@ -254,14 +256,10 @@ impl Registry {
 
     /// Runs one call on the registry under the runtime's limits. A trap
     /// drops the instance; the next call starts a fresh one.
-    fn call<P, T>(
+    fn call<P: Params, T: Answer>(
         &mut self,
         call: impl FnOnce(&Exports, ResourceAny) -> Call<P, T>,
-    ) -> Result<T, Error>
-    where
-        P: ComponentNamedList + Lower + Send + Sync,
-        T: Lift + Send + Sync + 'static,
-    {
+    ) -> Result<T, Error> {
         let runtime = self.instance.runtime().clone();
         runtime.now(self.instance.call(open, call))
     }
@@ -269,14 +267,10 @@ impl Registry {
     /// [`Registry::call`], with the guest's answer as it is: for plugins,
     /// which get it as the guest gave it. `Err` only for a trap (a failure
     /// to start an instance becomes one too).
-    pub(crate) fn answer<P, T>(
+    pub(crate) fn answer<P: Params, T: Answer>(
         &mut self,
         call: impl FnOnce(&Exports, ResourceAny) -> Call<P, T>,
-    ) -> Outcome<T>
-    where
-        P: ComponentNamedList + Lower + Send + Sync,
-        T: Lift + Send + Sync + 'static,
-    {
+    ) -> Outcome<T> {
         let runtime = self.instance.runtime().clone();
         runtime
             .now(self.instance.answer(open, call))

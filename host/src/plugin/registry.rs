@@ -4,13 +4,11 @@
 
 use crate::bindings::types as wit;
 use crate::registry::{Exports, Registry};
-use crate::runtime::instance::{Call, GUEST_DIR};
+use crate::runtime::instance::{Answer, Call, Params, GUEST_DIR};
 use crate::runtime::outcome::Outcome;
 use crate::runtime::State;
 use v0_2::hasp::lock::registry::{Host, HostRegistry};
-use wasmtime::component::{
-    ComponentNamedList, HasSelf, Lift, Linker, Lower, Resource, ResourceAny,
-};
+use wasmtime::component::{HasSelf, Linker, Resource, ResourceAny};
 
 /// World `plugin`: what a plugin imports.
 mod v0_2 {
@@ -60,15 +58,11 @@ impl Host for State {}
 
 impl State {
     /// Runs `call` on the registry `this`, with the guest's answer as it is.
-    fn answer<P, T>(
+    fn answer<P: Params, T: Answer>(
         &mut self,
         this: &Resource<PluginRegistry>,
         call: impl FnOnce(&Exports, ResourceAny) -> Call<P, T>,
-    ) -> Outcome<T>
-    where
-        P: ComponentNamedList + Lower + Send + Sync,
-        T: Lift + Send + Sync + 'static,
-    {
+    ) -> Outcome<T> {
         self.table.get_mut(this)?.registry.answer(call)
     }
 }

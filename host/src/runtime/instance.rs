@@ -53,6 +53,15 @@ pub(crate) trait Exports: Sized {
 /// borrows in `P`, it takes arguments that live as long as a call.
 pub(crate) type Export<P, T> = TypedFunc<P, (Result<T, wit::Error>,)>;
 
+/// What an export call takes: its arguments, lowered into the guest.
+pub(crate) trait Params: ComponentNamedList + Lower + Send + Sync {}
+impl<P: ComponentNamedList + Lower + Send + Sync> Params for P {}
+
+/// What an export call answers (besides its error), lifted out of the
+/// guest.
+pub(crate) trait Answer: Lift + Send + Sync + 'static {}
+impl<T: Lift + Send + Sync + 'static> Answer for T {}
+
 /// One call: an export and its arguments.
 pub(crate) type Call<P, T> = (Export<P, T>, P);
 
@@ -113,13 +122,10 @@ impl<G: Exports> Instance<G> {
 
     /// Starts the instance, if it has not started, and opens its resource
     /// with `open`: a failure shows now rather than at the first call.
-    pub(crate) async fn open<Q>(
+    pub(crate) async fn open<Q: Params>(
         &mut self,
         open: impl FnOnce(&G) -> Call<Q, ResourceAny>,
-    ) -> Result<(), Error>
-    where
-        Q: ComponentNamedList + Lower + Send + Sync,
-    {
+    ) -> Result<(), Error> {
         let mut live = self.take().await?;
         live.open(self.flavour, &self.runtime, &self.dir, open)
             .await?;
@@ -129,32 +135,22 @@ impl<G: Exports> Instance<G> {
 
     /// Runs `call` on the instance's resource, which `open` opens on a
     /// fresh instance, and maps the answer to [`Error`].
-    pub(crate) async fn call<Q, P, T>(
+    pub(crate) async fn call<Q: Params, P: Params, T: Answer>(
         &mut self,
         open: impl FnOnce(&G) -> Call<Q, ResourceAny>,
         call: impl FnOnce(&G, ResourceAny) -> Call<P, T>,
-    ) -> Result<T, Error>
-    where
-        Q: ComponentNamedList + Lower + Send + Sync,
-        P: ComponentNamedList + Lower + Send + Sync,
-        T: Lift + Send + Sync + 'static,
-    {
+    ) -> Result<T, Error> {
         let outcome = self.answer(open, call).await?;
         outcome::result(outcome, &self.dir)
     }
 
     /// [`Instance::call`], leaving the guest's answer as it is: `Err` only
     /// when no instance could be started and opened.
-    pub(crate) async fn answer<Q, P, T>(
+    pub(crate) async fn answer<Q: Params, P: Params, T: Answer>(
         &mut self,
         open: impl FnOnce(&G) -> Call<Q, ResourceAny>,
         call: impl FnOnce(&G, ResourceAny) -> Call<P, T>,
-    ) -> Result<Outcome<T>, Error>
-    where
-        Q: ComponentNamedList + Lower + Send + Sync,
-        P: ComponentNamedList + Lower + Send + Sync,
-        T: Lift + Send + Sync + 'static,
-    {
+    ) -> Result<Outcome<T>, Error> {
         let mut live = self.take().await?;
         let handle = live
             .open(self.flavour, &self.runtime, &self.dir, open)
@@ -167,14 +163,10 @@ impl<G: Exports> Instance<G> {
 
     /// Runs `call`, a function of the component that takes no resource,
     /// and maps the answer to [`Error`].
-    pub(crate) async fn call_unopened<P, T>(
+    pub(crate) async fn call_unopened<P: Params, T: Answer>(
         &mut self,
         call: impl FnOnce(&G) -> Call<P, T>,
-    ) -> Result<T, Error>
-    where
-        P: ComponentNamedList + Lower + Send + Sync,
-        T: Lift + Send + Sync + 'static,
-    {
+    ) -> Result<T, Error> {
         let mut live = self.take().await?;
         let call = call(&live.guest);
         let outcome = live.cross(self.flavour, &self.runtime, call).await;
@@ -244,16 +236,13 @@ impl<G: Exports> Instance<G> {
 
 impl<G> Live<G> {
     /// The resource calls go to, opened with `open` if it is not yet.
-    async fn open<Q>(
+    async fn open<Q: Params>(
         &mut self,
         flavour: Flavour,
         runtime: &Runtime,
         dir: &Path,
         open: impl FnOnce(&G) -> Call<Q, ResourceAny>,
-    ) -> Result<ResourceAny, Error>
-    where
-        Q: ComponentNamedList + Lower + Send + Sync,
-    {
+    ) -> Result<ResourceAny, Error> {
         if let Some(handle) = self.handle {
             return Ok(handle);
         }
@@ -264,16 +253,12 @@ impl<G> Live<G> {
     }
 
     /// Runs one call under the runtime's time limit.
-    async fn cross<P, T>(
+    async fn cross<P: Params, T: Answer>(
         &mut self,
         flavour: Flavour,
         runtime: &Runtime,
         call: Call<P, T>,
-    ) -> Outcome<T>
-    where
-        P: ComponentNamedList + Lower + Send + Sync,
-        T: Lift + Send + Sync + 'static,
-    {
+    ) -> Outcome<T> {
         let (export, params) = call;
         self.store.set_epoch_deadline(runtime.deadline_ticks());
         let (answer,) = match flavour {

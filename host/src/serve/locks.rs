@@ -8,14 +8,14 @@ use super::http::Response;
 use super::metrics::{Metrics, Outcome};
 use super::pool::Pool;
 use crate::registry::{self, Exports};
-use crate::runtime::instance::Call;
+use crate::runtime::instance::{Answer, Call, Params};
 use crate::{Error, Grant, Holder, LockOptions, StorageKind, UnlockKey};
 use serde_json::json;
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use wasmtime::component::{ComponentNamedList, Lift, Lower, ResourceAny};
+use wasmtime::component::ResourceAny;
 
 /// A list of at least this many locks gives the heap's free pages back to
 /// the system once it is answered (the instance that made it is given
@@ -275,15 +275,11 @@ impl Locks {
 
     /// Runs one call about `resource` on its instance in the pool, again
     /// while the disk is in flux (`busy`), a few times.
-    async fn call<P, T>(
+    async fn call<P: Params, T: Answer>(
         &self,
         resource: &str,
         call: impl Fn(&Exports, ResourceAny) -> Call<P, T>,
-    ) -> Result<T, Error>
-    where
-        P: ComponentNamedList + Lower + Send + Sync,
-        T: Lift + Send + Sync + 'static,
-    {
+    ) -> Result<T, Error> {
         retry_busy(|| self.pool.call(Some(resource), &call)).await
     }
 

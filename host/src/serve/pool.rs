@@ -14,14 +14,14 @@
 //! state it saw last are the ones it needs next; other calls take turns.
 
 use crate::registry::{self, Exports};
-use crate::runtime::instance::{Call, Flavour, Instance};
+use crate::runtime::instance::{Answer, Call, Flavour, Instance, Params};
 use crate::{Error, Runtime};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Mutex;
-use wasmtime::component::{ComponentNamedList, Lift, Lower, ResourceAny};
+use wasmtime::component::ResourceAny;
 
 /// An instance whose linear memory has grown past this is dropped after
 /// the call that grew it, and a fresh one started when next needed. A
@@ -57,15 +57,11 @@ impl Pool {
     /// under the runtime's limits. A trap, or a panic, drops the instance,
     /// and so does a call that grew its memory past [`KEEP_MEMORY`]; the
     /// next call on it starts a fresh one.
-    pub(super) async fn call<P, T>(
+    pub(super) async fn call<P: Params, T: Answer>(
         &self,
         resource: Option<&str>,
         call: impl FnOnce(&Exports, ResourceAny) -> Call<P, T>,
-    ) -> Result<T, Error>
-    where
-        P: ComponentNamedList + Lower + Send + Sync,
-        T: Lift + Send + Sync + 'static,
-    {
+    ) -> Result<T, Error> {
         let n = self.instances.len();
         let at = match resource {
             Some(name) => {
