@@ -126,7 +126,7 @@ pub fn ancestor_nodes(node_path: &str) -> impl Iterator<Item = &str> + '_ {
         .map(move |(at, _)| &node_path[..crate::disk::NODES.len() + 1 + at])
 }
 
-/// Inverse of [`push_encoded`]; `None` for anything it could not have made.
+/// Inverse of `push_encoded`; `None` for anything it could not have made.
 pub fn decode_segment(encoded: &str) -> Option<String> {
     if encoded.starts_with('.') {
         return None;
