@@ -165,16 +165,34 @@ fn listen_reason(err: &std::io::Error) -> String {
 impl Error {
     /// Whether this is a refusal by the lock rules (as opposed to bad input or
     /// a broken environment).
+    /// The guest decides which error codes are refusals (`hasp-text`,
+    /// shared with its own command line).
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            Error::AlreadyLocked { .. }
-                | Error::NotOwner { .. }
-                | Error::NotLocked { .. }
-                | Error::Busy { .. }
-                | Error::WouldBlock { .. }
-                | Error::LeaseExpired { .. }
-        )
+        hasp_text::is_refusal(self.code())
+    }
+
+    /// What kind of error this is, in words: for the lock rules' errors the
+    /// name of the WIT `error-code` case (`already-locked`, `not-owner`,
+    /// ...); for the host's own, `not-synced`, `directory`, `trap`,
+    /// `plugin`, `runtime` or `listen`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::AlreadyLocked { .. } => "already-locked",
+            Error::NotOwner { .. } => "not-owner",
+            Error::NotLocked { .. } => "not-locked",
+            Error::InvalidInput { .. } => "invalid-input",
+            Error::CorruptRecord { .. } => "corrupt-record",
+            Error::Storage { .. } => "storage",
+            Error::Busy { .. } => "busy",
+            Error::LeaseExpired { .. } => "lease-expired",
+            Error::WouldBlock { .. } => "would-block",
+            Error::NotSynced { .. } => "not-synced",
+            Error::Directory { .. } => "directory",
+            Error::Trap(_) => "trap",
+            Error::Plugin { .. } => "plugin",
+            Error::Runtime(_) => "runtime",
+            Error::Listen { .. } => "listen",
+        }
     }
 
     /// A runtime failure: `what` failed, because of `cause`.
