@@ -77,8 +77,9 @@ pub(crate) struct Instance<G> {
     keep_memory: usize,
     time_host_calls: bool,
     /// `None` until needed, and again after a trap (or a call that never
-    /// returned: it is out of here while it runs).
-    live: Option<Live<G>>,
+    /// returned: it is out of here while it runs). Boxed, so that taking it
+    /// out and putting it back moves a pointer, not the store and exports.
+    live: Option<Box<Live<G>>>,
 }
 
 /// A started instance.
@@ -192,7 +193,7 @@ impl<G: Exports> Instance<G> {
     }
 
     /// The instance, out of `self` while it runs: started if there is none.
-    async fn take(&mut self) -> Result<Live<G>, Error> {
+    async fn take(&mut self) -> Result<Box<Live<G>>, Error> {
         if let Some(live) = self.live.take() {
             return Ok(live);
         }
@@ -218,16 +219,16 @@ impl<G: Exports> Instance<G> {
         }
         .map_err(Error::Runtime)?;
         let guest = G::of(&mut store, &instance).map_err(Error::Runtime)?;
-        Ok(Live {
+        Ok(Box::new(Live {
             store,
             guest,
             handle: None,
-        })
+        }))
     }
 
     /// Puts `live` back for the next call, unless the call trapped (not
     /// `ok`) or left it too big.
-    fn keep(&mut self, live: Live<G>, ok: bool) {
+    fn keep(&mut self, live: Box<Live<G>>, ok: bool) {
         if ok && live.store.data().limits.used() <= self.keep_memory {
             self.live = Some(live);
         }
