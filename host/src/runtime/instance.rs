@@ -209,6 +209,7 @@ impl<G: Exports> Instance<G> {
             lock_dirs.grant(GUEST_DIR, granted);
         }
         let mut store = self.runtime.new_store(wasi, lock_dirs);
+        store.data_mut().yields = self.flavour == Flavour::Fibers;
         if self.time_host_calls {
             install_timer(&mut store);
         }
@@ -261,7 +262,13 @@ impl<G> Live<G> {
         call: Call<P, T>,
     ) -> Outcome<T> {
         let (export, params) = call;
-        self.store.set_epoch_deadline(runtime.deadline_ticks());
+        if self.store.data().yields {
+            // Back to the thread at the next tick, and at each after it.
+            self.store.data_mut().ticks = 0;
+            self.store.set_epoch_deadline(1);
+        } else {
+            self.store.set_epoch_deadline(runtime.deadline_ticks());
+        }
         let (answer,) = match flavour {
             Flavour::Sync => export.call(&mut self.store, params)?,
             Flavour::Fibers => export.call_async(&mut self.store, params).await?,

@@ -108,6 +108,11 @@ pub(crate) struct State {
     pub(crate) waited: bool,
     /// For a plugin: the runtime and lock directory its registries open.
     pub(crate) registries: Option<(Runtime, PathBuf)>,
+    /// A call on a fiber gives its thread back at every epoch tick (other
+    /// requests run meanwhile), counting the ticks against its limit.
+    pub(crate) yields: bool,
+    /// Epoch ticks the current call has run for, when it yields.
+    pub(crate) ticks: u64,
 }
 
 /// A store's limiter: wasmtime's own limits (each memory, instances, tables)
@@ -337,17 +342,30 @@ impl Runtime {
             lock_dirs,
             waited: false,
             registries: None,
+            yields: false,
+            ticks: 0,
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limits);
         let ticks = self.deadline_ticks();
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_callback(move |mut ctx| {
-            if std::mem::take(&mut ctx.data_mut().waited) {
-                Ok(UpdateDeadline::Continue(ticks))
-            } else {
-                Err(wasmtime::Error::msg("the call ran past its time limit"))
+            let data = ctx.data_mut();
+            if std::mem::take(&mut data.waited) {
+                data.ticks = 0;
+                return Ok(if data.yields {
+                    UpdateDeadline::Yield(1)
+                } else {
+                    UpdateDeadline::Continue(ticks)
+                });
             }
+            if data.yields {
+                data.ticks += 1;
+                if data.ticks < ticks {
+                    return Ok(UpdateDeadline::Yield(1));
+                }
+            }
+            Err(wasmtime::Error::msg("the call ran past its time limit"))
         });
         store
     }
