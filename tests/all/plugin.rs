@@ -404,3 +404,34 @@ fn bad_plugins_get_an_error_naming_them_and_leave_the_locks_alone() {
         .assert_refused(1, "Resource already locked by 'keeper'");
     locks.ok(&["unlock", "logs/held.log", "--client", "keeper"]);
 }
+
+#[test]
+fn a_plugin_that_is_not_a_regular_file_is_refused_at_once() {
+    let locks = Locks::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("plugin.fifo");
+    let path = std::ffi::CString::new(fifo.to_str().expect("UTF-8")).expect("no NUL");
+    // SAFETY: mkfifo(3) on a NUL-terminated path this test owns.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let fifo = fifo.to_str().expect("UTF-8");
+    let dir_path = dir.path().to_str().expect("UTF-8");
+    for (plugin, sub) in [
+        (fifo, "run"),
+        ("/dev/zero", "run"),
+        (dir_path, "run"),
+        ("/dev/zero", "compose"),
+    ] {
+        let args: Vec<&str> = if sub == "run" {
+            vec!["plugin", "run", plugin]
+        } else {
+            vec!["plugin", "compose", plugin, "-o", "out.wasm"]
+        };
+        let run = locks.run(&args);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert_eq!(
+            run.stderr,
+            format!("plugin {plugin}: not a regular file\n"),
+            "{args:?}"
+        );
+    }
+}

@@ -375,9 +375,27 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// The largest plugin read: far beyond any component hasp composes with.
+const MAX_PLUGIN: u64 = 64 << 20;
+
+/// A plugin's bytes: a regular file of at most [`MAX_PLUGIN`] bytes (a FIFO
+/// would block for ever, a device never end).
 fn read_plugin(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| anyhow::anyhow!("plugin {}: cannot read it: {e}", path.display()))
+    use std::io::Read;
+    let fail = |why: &dyn std::fmt::Display| anyhow::anyhow!("plugin {}: {why}", path.display());
+    let meta = std::fs::metadata(path).map_err(|e| fail(&format_args!("cannot read it: {e}")))?;
+    if !meta.is_file() {
+        return Err(fail(&"not a regular file"));
+    }
+    let file = std::fs::File::open(path).map_err(|e| fail(&format_args!("cannot read it: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PLUGIN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(&format_args!("cannot read it: {e}")))?;
+    if bytes.len() as u64 > MAX_PLUGIN {
+        return Err(fail(&format_args!("larger than {} MiB", MAX_PLUGIN >> 20)));
+    }
+    Ok(bytes)
 }
 
 /// `hasp run`: hold the lock file while the command runs; its exit code.
