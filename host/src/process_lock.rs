@@ -231,7 +231,7 @@ impl FileLock {
         path: &str,
     ) -> Result<FileLock, Error> {
         let mut instance = Instance::new(runtime, dir.as_ref(), Flavour::Sync);
-        runtime.now(instance.open(|e: &Exports| (e.open, (GUEST_DIR, path))))?;
+        runtime.now(|| instance.open(|e: &Exports| (e.open, (GUEST_DIR, path))))?;
         Ok(FileLock {
             pid: std::process::id(),
             host: host_name(),
@@ -246,7 +246,8 @@ impl FileLock {
     pub fn holder_of(dir: impl AsRef<Path>, path: &str) -> Result<FileHolder, Error> {
         let runtime = Runtime::shared()?;
         let mut instance = Instance::new(&runtime, dir.as_ref(), Flavour::Sync);
-        let held = runtime.now(instance.call_unopened(|e: &Exports| (e.who, (GUEST_DIR, path))))?;
+        let held =
+            runtime.now(|| instance.call_unopened(|e: &Exports| (e.who, (GUEST_DIR, path))))?;
         Ok(file_holder(held))
     }
 
@@ -319,7 +320,7 @@ impl FileLock {
     ) -> Result<T, Error> {
         let path = self.path.as_str();
         let runtime = self.instance.runtime().clone();
-        runtime.now(self.instance.call(|e| (e.open, (GUEST_DIR, path)), call))
+        runtime.now(|| self.instance.call(|e| (e.open, (GUEST_DIR, path)), call))
     }
 }
 

@@ -184,7 +184,7 @@ impl Registry {
     /// Opens the registry in `dir` with a given runtime.
     pub fn open_with(runtime: &Runtime, dir: impl AsRef<Path>) -> Result<Registry, Error> {
         let mut instance = Instance::new(runtime, dir.as_ref(), Flavour::Sync);
-        runtime.now(instance.open(open))?;
+        runtime.now(|| instance.open(open))?;
         Ok(Registry { instance })
     }
 
@@ -261,7 +261,7 @@ impl Registry {
         call: impl FnOnce(&Exports, ResourceAny) -> Call<P, T>,
     ) -> Result<T, Error> {
         let runtime = self.instance.runtime().clone();
-        runtime.now(self.instance.call(open, call))
+        runtime.now(|| self.instance.call(open, call))
     }
 
     /// [`Registry::call`], with the guest's answer as it is: for plugins,
@@ -273,7 +273,7 @@ impl Registry {
     ) -> Outcome<T> {
         let runtime = self.instance.runtime().clone();
         runtime
-            .now(self.instance.answer(open, call))
+            .now(|| self.instance.answer(open, call))
             .map_err(|e| wasmtime::Error::msg(e.to_string()))?
     }
 }

@@ -244,9 +244,10 @@ impl Runtime {
     /// Runs `call`, a guest call made the [`Flavour::Sync`] way (which never
     /// waits), to its end on this thread, inside the runtime's Tokio
     /// context.
-    pub(crate) fn now<F: Future>(&self, call: F) -> F::Output {
+    pub(crate) fn now<F: Future>(&self, call: impl FnOnce() -> F) -> F::Output {
         let _tokio = self.inner.tokio.enter();
-        let mut call = std::pin::pin!(call);
+        // Made here, not moved here: the future is large.
+        let mut call = std::pin::pin!(call());
         match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(output) => output,
             Poll::Pending => unreachable!("a synchronous guest call never waits"),
