@@ -42,6 +42,16 @@ pub(super) struct Locks {
     failing: std::sync::atomic::AtomicBool,
 }
 
+/// How a waiting lock ended.
+pub(super) enum Waited {
+    /// Granted, refused, or failed.
+    Done(Result<Grant, Error>),
+    /// The client hung up: nothing was granted.
+    HungUp,
+    /// The server is stopping: nothing was granted.
+    Stopping,
+}
+
 /// The other end of the connection a waiting call answers: the wait ends
 /// when it hangs up.
 pub(super) trait Peer {
@@ -119,19 +129,22 @@ impl Locks {
         Error::NotSynced { message }
     }
 
-    /// Takes a lock, waiting up to `wait` for it to be free; `None` when
-    /// `peer` hung up meanwhile (then nothing is granted). A call in
-    /// progress is never cut short: the hang-up is heeded between attempts,
-    /// and after a grant `peer` is asked once more (a grant to a client
-    /// that has gone is the caller's to release; `peer` then says so).
+    /// Takes a lock, waiting up to `wait` for it to be free. The wait ends
+    /// early, with nothing granted, when `peer` hangs up or `stop` resolves
+    /// (the server is stopping). A call in progress is never cut short:
+    /// both are heeded between attempts, and after a grant `peer` is asked
+    /// once more (a grant to a client that has gone is the caller's to
+    /// release; `peer` then says so).
     pub(super) async fn lock_waiting(
         &self,
         resource: String,
         options: LockOptions,
         wait: Duration,
         peer: &mut impl Peer,
-    ) -> Option<Result<Grant, Error>> {
+        stop: impl Future<Output = ()>,
+    ) -> Waited {
         let deadline = Instant::now() + wait;
+        tokio::pin!(stop);
         loop {
             // Listen before trying, so a release right after the try wakes us.
             let released = self.released.notified();
@@ -143,9 +156,9 @@ impl Locks {
                     // Asked now, as waiting gave it time to leave; `peer`
                     // keeps the answer for the caller.
                     let _ = peer.has_hung_up();
-                    return Some(Ok(grant));
+                    return Waited::Done(Ok(grant));
                 }
-                other => return Some(other),
+                other => return Waited::Done(other),
             }
             // Jittered: two related attempts woken together may both have
             // withdrawn (docs/FORMAT.md, "Hierarchy"); they must not retry
@@ -154,7 +167,8 @@ impl Locks {
             tokio::select! {
                 _ = released => {}
                 _ = tokio::time::sleep_until(next) => {}
-                () = peer.hang_up() => return None,
+                () = peer.hang_up() => return Waited::HungUp,
+                () = &mut stop => return Waited::Stopping,
             }
         }
     }

@@ -264,7 +264,7 @@ async fn connection(
             }
         };
         let started = Instant::now();
-        let (door, response) = app.respond(&request, &mut conn).await;
+        let (door, response) = app.respond(&request, &mut conn, &stopping).await;
         let took = started.elapsed();
         app.locks.metrics.request(door, took);
         let close = !request.keep_alive || *stopping.borrow();
@@ -344,8 +344,13 @@ impl App {
     }
 
     /// Routes one request to its door; `conn` is the connection it came
-    /// on, watched while a lock waits.
-    async fn respond(&self, request: &Request, conn: &mut Connection) -> (Door, Response) {
+    /// on, watched while a lock waits, and `stopping` ends such a wait.
+    async fn respond(
+        &self,
+        request: &Request,
+        conn: &mut Connection,
+        stopping: &watch::Receiver<bool>,
+    ) -> (Door, Response) {
         let path = request.path();
         if path == "/healthz" {
             return (
@@ -366,7 +371,8 @@ impl App {
                 return (Door::V1, bad_escapes());
             }
             let operator = self.token.is_some();
-            let mut response = v1::handle(&self.locks, route, request, conn, operator).await;
+            let mut response =
+                v1::handle(&self.locks, route, request, conn, stopping, operator).await;
             if response.status == 405 {
                 response.headers = match route {
                     "status" | "list" => "Allow: GET\r\n",

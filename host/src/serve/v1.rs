@@ -5,11 +5,12 @@
 //! Every grant carries its fencing token.
 
 use super::http::{Connection, Request, Response};
-use super::locks::{error_response, Locks};
+use super::locks::{error_response, Locks, Waited};
 use crate::{LockOptions, UnlockKey};
 use serde::Deserialize;
 use serde_json::json;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// The longest `wait_ms` accepted: ten minutes.
 const MAX_WAIT_MS: u64 = 600_000;
@@ -81,17 +82,19 @@ where
 
 /// Answers `/v1/<route>`. `operator`: the daemon asks for a token and the
 /// request carried it (what a forced unlock needs); `conn` is watched while
-/// a lock waits, and told when its client has gone.
+/// a lock waits, and told when its client has gone; a waiting lock ends
+/// when `stopping` turns true.
 pub(super) async fn handle(
     locks: &Locks,
     route: &str,
     request: &Request,
     conn: &mut Connection,
+    stopping: &watch::Receiver<bool>,
     operator: bool,
 ) -> Response {
     match (request.method(), route) {
         ("POST", "lock") => match body::<LockBody>(request) {
-            Ok(b) => lock(locks, b, conn).await,
+            Ok(b) => lock(locks, b, conn, stopping).await,
             Err(bad) => bad,
         },
         ("POST", "unlock") => match body::<UnlockBody>(request) {
@@ -121,7 +124,12 @@ pub(super) async fn handle(
     }
 }
 
-async fn lock(locks: &Locks, b: LockBody, conn: &mut Connection) -> Response {
+async fn lock(
+    locks: &Locks,
+    b: LockBody,
+    conn: &mut Connection,
+    stopping: &watch::Receiver<bool>,
+) -> Response {
     if b.wait_ms > MAX_WAIT_MS {
         return Response::error(
             400,
@@ -149,9 +157,24 @@ async fn lock(locks: &Locks, b: LockBody, conn: &mut Connection) -> Response {
         locks.lock(b.resource, options).await
     } else {
         let wait = Duration::from_millis(b.wait_ms);
-        match locks.lock_waiting(b.resource, options, wait, conn).await {
-            Some(result) => result,
-            None => return Response::error(499, "client-closed", "the client hung up"),
+        let mut stopping = stopping.clone();
+        let stop = async move {
+            // A dropped sender means the server is gone: stop too.
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        };
+        match locks
+            .lock_waiting(b.resource, options, wait, conn, stop)
+            .await
+        {
+            Waited::Done(result) => result,
+            Waited::HungUp => return Response::error(499, "client-closed", "the client hung up"),
+            Waited::Stopping => {
+                return Response::error(
+                    503,
+                    "shutting-down",
+                    "the server is stopping: the wait ended and nothing was granted",
+                )
+            }
         }
     };
     match result {

@@ -2,12 +2,13 @@
 //! and `/metrics`, logs, a port in use, and stopping on SIGTERM and SIGINT.
 
 use super::{
-    assert_error_response, finish, healthy, held, request, sample, token, token_file, xmlrpc,
-    Server, GUARD,
+    assert_error_response, finish, healthy, held, read_response, request, sample, token,
+    token_file, xmlrpc, Server, GUARD,
 };
 use crate::support::Locks;
 use serde_json::{json, Value};
-use std::time::Instant;
+use std::io::{BufReader, Write};
+use std::time::{Duration, Instant};
 
 // --------------------------------------------------------------------- auth
 
@@ -368,4 +369,61 @@ fn sigterm_and_sigint_stop_gracefully_and_keep_the_locks() {
         assert_eq!(locks.json(&["status", &resource, "--json"])["client"], "a");
     }
     assert_eq!(held(&locks), ["kept-INT", "kept-TERM"]);
+}
+
+#[test]
+fn sigterm_ends_a_waiting_lock_at_once_with_shutting_down() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let holder = json!({"resource": "queue", "client": "holder"});
+    assert_eq!(server.post_json("/v1/lock", &holder).0, 200);
+    // Waits of up to ten minutes: the daemon may not sit them out.
+    let waiters: Vec<_> = (0..3)
+        .map(|n| {
+            let body = json!({"resource": "queue", "client": format!("w{n}"), "wait_ms": 600_000})
+                .to_string();
+            let mut waiter = server.connect();
+            waiter
+                .write_all(&request("POST", "/v1/lock", &[], Some(&body)))
+                .expect("send the waiting request");
+            waiter
+        })
+        .collect();
+    // Each waiter is refused once before it waits: all are waiting once
+    // three refusals are counted.
+    let guard = Instant::now() + GUARD;
+    loop {
+        let (_, text) = server.get("/metrics");
+        if sample(&text, "hasp_refusals_total").is_some_and(|n| n >= 3.0) {
+            break;
+        }
+        assert!(Instant::now() < guard, "the waiters never waited: {text}");
+        std::thread::yield_now();
+    }
+    while !catches(server.pid, libc::SIGTERM) {
+        assert!(Instant::now() < guard, "SIGTERM never caught");
+        std::thread::yield_now();
+    }
+    let asked = Instant::now();
+    let (status, stderr) = server.stop(libc::SIGTERM);
+    let took = asked.elapsed();
+    assert_eq!(status.code(), Some(0), "{status}; stderr:\n{stderr}");
+    // Far below the waits' ten minutes and the 60 s guard.
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
+    for waiter in waiters {
+        let got = read_response(&mut BufReader::new(waiter)).expect("the waiter's answer");
+        assert_error_response(&got, 503, "shutting-down");
+    }
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .is_some_and(|l| l.ends_with(" INFO hasp::serve: stopped")),
+        "{stderr}"
+    );
+    // Nothing was granted behind the holder's back.
+    assert_eq!(
+        locks.json(&["status", "queue", "--json"])["client"],
+        "holder"
+    );
 }
