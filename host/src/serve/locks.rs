@@ -36,10 +36,9 @@ pub(super) struct Locks {
     /// The lease given to grants made through doors whose clients cannot
     /// ask for one (gocept.lockd's XML-RPC, Locker without `ttl=`).
     pub default_ttl: Option<Duration>,
-    /// Set while calls fail: the first failure of a run is logged (target
-    /// `hasp::serve`, WARN), later ones only counted, and the success that
-    /// ends the run logged again.
-    failing: std::sync::atomic::AtomicBool,
+    /// Failing calls, logged (target `hasp::serve`, WARN) at most once per
+    /// kind every ten seconds, and the success after a logged one.
+    failing: super::flaps::Flaps,
 }
 
 /// How a waiting lock ended.
@@ -69,7 +68,7 @@ impl Locks {
             metrics: Metrics::default(),
             released: Notify::new(),
             default_ttl,
-            failing: std::sync::atomic::AtomicBool::new(false),
+            failing: super::flaps::Flaps::default(),
         }
     }
 
@@ -336,24 +335,27 @@ impl Locks {
         success: Outcome,
         done: &'static str,
     ) {
-        use std::sync::atomic::Ordering::Relaxed;
         let outcome = match result {
             Ok(_) => success,
             Err(e) if e.is_refusal() => Outcome::Refused,
             // Bad input is the client's; a failed sync logs itself.
             Err(Error::InvalidInput { .. } | Error::NotSynced { .. }) => Outcome::Failed,
             Err(e) => {
-                if !self.failing.swap(true, Relaxed) {
+                let kind = code(e).1;
+                if let Some(n) = self.failing.failed(kind, std::time::Instant::now()) {
                     tracing::warn!(
                         target: "hasp::serve",
-                        "a call failed: {e} (failures are counted in /metrics; the next \
-                         success is logged)"
+                        "a call failed: {e} ({n} {kind} failure{} since the last such line; \
+                         all are counted in /metrics, one line per kind at most every {} s; \
+                         the next success is logged)",
+                        if n == 1 { "" } else { "s" },
+                        super::flaps::QUIET.as_secs()
                     );
                 }
                 Outcome::Failed
             }
         };
-        if result.is_ok() && self.failing.swap(false, Relaxed) {
+        if result.is_ok() && self.failing.succeeded() {
             tracing::warn!(target: "hasp::serve", "calls succeed again");
         }
         self.metrics.outcome(outcome);

@@ -12,6 +12,7 @@
 
 mod access;
 mod durable;
+mod flaps;
 mod http;
 mod locker;
 mod locks;
@@ -153,21 +154,19 @@ async fn accept_until_stopped(
     // Each live connection, by the id of its task.
     let mut live = std::collections::HashMap::new();
     let epoch = tokio::time::Instant::now();
-    // Accept errors in a row (out of descriptors, say), and the pause
-    // before the next try: logged once per burst, not at every try.
-    let mut failures = 0u64;
+    // Accept errors (out of descriptors, say): logged at most once per
+    // kind every ten seconds, with their count, and the first accept after
+    // a logged one; the pause before the next try grows while they last.
+    let flaps = flaps::Flaps::default();
     let mut pause = Duration::from_millis(10);
     let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    if failures > 0 {
-                        tracing::warn!(
-                            target: "hasp::serve",
-                            "accepting again after {failures} failed accepts"
-                        );
-                        (failures, pause) = (0, Duration::from_millis(10));
+                    pause = Duration::from_millis(10);
+                    if flaps.succeeded() {
+                        tracing::warn!(target: "hasp::serve", "accepting again");
                     }
                     if live.len() >= max_connections && !make_room(&live) {
                         // Nobody is idle: a clear refusal, then close.
@@ -181,11 +180,15 @@ async fn accept_until_stopped(
                     live.insert(task.id(), tracker);
                 }
                 Err(err) => {
-                    failures += 1;
-                    if failures == 1 {
+                    let kind = err.raw_os_error().map_or_else(|| err.kind().to_string(), |n| n.to_string());
+                    if let Some(n) = flaps.failed(&kind, Instant::now()) {
                         tracing::warn!(
                             target: "hasp::serve",
-                            "accept failed: {err} (retrying, quietly, until it works)"
+                            "accept failed: {err} ({n} such failure{} since the last such line; \
+                             retrying, one line at most every {} s, and the first accept after \
+                             is logged)",
+                            if n == 1 { "" } else { "s" },
+                            flaps::QUIET.as_secs()
                         );
                     }
                     // Give the others a moment to close theirs.

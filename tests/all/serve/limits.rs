@@ -276,52 +276,103 @@ fn max_connections_refuses_with_503_when_no_connection_is_idle() {
     }
 }
 
+/// `hasp serve --addr 127.0.0.1:0 EXTRA...` under `ulimit -n FILES` (soft
+/// and hard) for the daemon alone, once it listens; killed when dropped.
+struct Limited {
+    child: Option<Child>,
+    pid: u32,
+    addr: SocketAddr,
+    /// Everything it says on stderr, once it has ended.
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Limited {
+    #[track_caller]
+    fn start(locks: &Locks, extra: &[&str], files: u64) -> Limited {
+        use std::os::unix::process::CommandExt;
+        let mut args = vec!["serve", "--addr", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut cmd = locks.command(&args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: only setrlimit(2), which is async-signal-safe, between fork
+        // and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: files,
+                    rlim_max: files,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn hasp serve");
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        const MARK: &str = "listening on http://";
+        let mut said = String::new();
+        let addr: SocketAddr = loop {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).expect("stderr") == 0 {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("never listened: {said}");
+            }
+            said.push_str(&line);
+            if let Some(at) = line.find(MARK) {
+                let shown = line[at + MARK.len()..].split_whitespace().next();
+                break shown.expect("an address").parse().expect("an address");
+            }
+        };
+        // The rest of stderr is read, so that the daemon never blocks on it.
+        let stderr = std::thread::spawn(move || {
+            let _ = stderr.read_to_string(&mut said);
+            said
+        });
+        Limited {
+            pid: child.id(),
+            child: Some(child),
+            addr,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// How many descriptors the daemon has open.
+    fn open_files(&self) -> usize {
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid));
+        fds.expect("/proc/PID/fd").count()
+    }
+
+    /// Stops it with SIGTERM: what it said on stderr.
+    #[track_caller]
+    fn stop(mut self) -> String {
+        // SAFETY: kill(2) on a child process this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(self.pid as i32, libc::SIGTERM) }, 0);
+        let status = super::wait_guarded(self.child.take().expect("running"));
+        let stderr = self.stderr.take().expect("stderr").join().expect("stderr");
+        assert_eq!(status.code(), Some(0), "{status}: {stderr}");
+        stderr
+    }
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 #[test]
 fn under_a_low_open_file_limit_the_default_cap_keeps_room_for_a_new_client() {
-    use std::os::unix::process::CommandExt;
     let locks = Locks::new();
-    let mut cmd = locks.command(&["serve", "--addr", "127.0.0.1:0", "--workers", "1"]);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
     // `ulimit -n 128` for the daemon alone.
-    // SAFETY: only setrlimit(2), which is async-signal-safe, between fork
-    // and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 128,
-                rlim_max: 128,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    struct Killed(Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Killed(cmd.spawn().expect("spawn hasp serve"));
-    let mut stderr = BufReader::new(child.0.stderr.take().expect("piped stderr"));
-    const MARK: &str = "listening on http://";
-    let addr: SocketAddr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).expect("stderr") > 0,
-            "never listened"
-        );
-        if let Some(at) = line.find(MARK) {
-            let shown = line[at + MARK.len()..].split_whitespace().next();
-            break shown.expect("an address").parse().expect("an address");
-        }
-    };
-    // The rest of stderr is read, so that the daemon never blocks on it.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let server = Limited::start(&locks, &["--workers", "1"], 128);
+    let addr = server.addr;
     // More clients that say nothing than the daemon has descriptors.
     let idle: Vec<TcpStream> = (0..150)
         .map(|_| TcpStream::connect(addr).expect("connect"))
@@ -334,6 +385,60 @@ fn under_a_low_open_file_limit_the_default_cap_keeps_room_for_a_new_client() {
     let got = read_response(&mut BufReader::new(stream)).expect("served, not stuck in the backlog");
     assert_eq!((got.status, got.json()), (200, json!({"ok": true})));
     drop(idle);
+}
+
+/// A kept-alive `GET /healthz` on a new connection to `addr`.
+fn keep_alive_healthz(addr: SocketAddr) -> TcpStream {
+    let mut stream = crate::http_client::connect(addr).expect("connect");
+    let raw = crate::http_client::request("GET", "/healthz", &[("Host", "h")], None);
+    stream.write_all(&raw).expect("send");
+    stream
+}
+
+#[test]
+fn accept_failures_that_come_and_go_are_logged_once() {
+    let locks = Locks::new();
+    const FILES: usize = 64;
+    let server = Limited::start(
+        &locks,
+        &["--workers", "1", "--max-connections", "1000"],
+        FILES as u64,
+    );
+    // Clients served and kept until the daemon has no descriptor left.
+    let mut served = std::collections::VecDeque::new();
+    while server.open_files() < FILES {
+        let stream = keep_alive_healthz(server.addr);
+        let mut reader = BufReader::new(stream);
+        assert_eq!(read_response(&mut reader).expect("served").status, 200);
+        served.push_back(reader);
+    }
+    // More in the backlog: every accept fails until a served one leaves.
+    let mut waiting: std::collections::VecDeque<_> =
+        (0..12).map(|_| keep_alive_healthz(server.addr)).collect();
+    // Each leaving client lets one waiting client in, which takes its
+    // place: failure, success, failure... ten times over.
+    for _ in 0..10 {
+        drop(served.pop_front());
+        let stream = waiting.pop_front().expect("a waiting client");
+        let mut reader = BufReader::new(stream);
+        assert_eq!(read_response(&mut reader).expect("served").status, 200);
+        served.push_back(reader);
+    }
+    drop((served, waiting));
+    let stderr = server.stop();
+    let failed: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(" WARN hasp::serve: accept failed: "))
+        .collect();
+    assert_eq!(failed.len(), 1, "{stderr}");
+    assert!(
+        failed[0].contains("(1 such failure since the last such line"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.matches(" WARN hasp::serve: accepting again").count() <= 1,
+        "{stderr}"
+    );
 }
 
 // ----------------------------------------------------- clients that hang up

@@ -427,3 +427,66 @@ fn sigterm_ends_a_waiting_lock_at_once_with_shutting_down() {
         "holder"
     );
 }
+
+#[test]
+fn failures_that_come_and_go_are_logged_once_per_kind_with_their_count() {
+    let locks = Locks::new();
+    // A corrupt state under `broken`: locking it fails (500), locking
+    // anything else works.
+    locks.ok(&["lock", "broken", "--client", "c1"]);
+    let states = locks.state_files("broken");
+    let lock = locks.path().join("nodes/broken/.lock");
+    std::fs::rename(lock.join(&states[0]), lock.join("garbage")).expect("corrupt it");
+    let server = Server::start(&locks, &[]);
+    let take = |resource: &str| {
+        server
+            .post_json("/v1/lock", &json!({"resource": resource, "client": "c"}))
+            .0
+    };
+    for n in 0..20 {
+        assert_eq!(take("broken"), 500);
+        assert_eq!(take(&format!("fine/{n}")), 200);
+    }
+    // Another kind of failure within the run is logged at once.
+    let fifo = std::ffi::CString::new(
+        locks
+            .path()
+            .join("nodes/fifo")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .expect("a path");
+    // SAFETY: mkfifo(3) on a NUL-terminated path this test owns.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    for n in 0..5 {
+        assert_eq!(take("fifo/x"), 500);
+        assert_eq!(take(&format!("again/{n}")), 200);
+    }
+    // Every failure is counted all the same.
+    let (_, text) = server.get("/metrics");
+    assert_eq!(sample(&text, "hasp_errors_total"), Some(25.0), "{text}");
+    let (status, stderr) = server.stop(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let warned: Vec<&str> = stderr.lines().filter(|l| l.contains(" WARN ")).collect();
+    // The test runs well within the ten seconds between two lines of a kind.
+    assert_eq!(warned.len(), 4, "{stderr}");
+    assert!(
+        warned[0].contains(" WARN hasp::serve: a call failed: corrupt lock state ")
+            && warned[0].contains("(1 corrupt-record failure since the last such line"),
+        "{stderr}"
+    );
+    assert!(
+        warned[1].ends_with(" WARN hasp::serve: calls succeed again"),
+        "{stderr}"
+    );
+    assert!(
+        warned[2]
+            .contains(" WARN hasp::serve: a call failed: cannot use nodes/fifo: not a directory")
+            && warned[2].contains("(1 storage failure since"),
+        "{stderr}"
+    );
+    assert!(
+        warned[3].ends_with(" WARN hasp::serve: calls succeed again"),
+        "{stderr}"
+    );
+}
