@@ -45,7 +45,8 @@ pub struct ServeConfig {
     pub token: Option<String>,
     /// Sync the filesystem (group commit) before acknowledging a change.
     pub fsync: bool,
-    /// Guest instances working in parallel.
+    /// Guest instances working in parallel (fewer, at least one, if the
+    /// limit on open files leaves no room for them: logged).
     pub workers: usize,
     /// Bounds on each request: sizes of head, target and body, and time.
     pub limits: Limits,
@@ -55,7 +56,9 @@ pub struct ServeConfig {
     /// `/v1` clients choose with `ttl_ms`.
     pub default_ttl: Option<Duration>,
     /// Connections open at once; `None`: 1024, or fewer when the limit on
-    /// open files (`RLIMIT_NOFILE`) leaves less room. When all are taken,
+    /// open files (`RLIMIT_NOFILE`) leaves less room beside the workers
+    /// (each may hold 264 descriptors; when even 64 connections would not
+    /// fit, fewer workers run). When all are taken,
     /// a new client takes the place of the connection that has waited
     /// longest for a request, or gets 503 if none is waiting.
     pub max_connections: Option<usize>,
@@ -95,7 +98,9 @@ pub async fn serve(
     } else {
         None
     };
-    let pool = pool::Pool::start(&runtime, &config.dir, config.workers).await?;
+    let files = open_file_limit();
+    let workers = fit_workers(config.workers, files);
+    let pool = pool::Pool::start(&runtime, &config.dir, workers).await?;
     let locks = Locks::new(pool, syncer, config.default_ttl);
     let app = Arc::new(App {
         locks,
@@ -111,28 +116,59 @@ pub async fn serve(
     );
     let max = config
         .max_connections
-        .unwrap_or_else(|| default_max_connections(config.workers))
+        .unwrap_or_else(|| default_max_connections(workers, files))
         .max(1);
     accept_until_stopped(listener, app.clone(), config.limits.clone(), max, shutdown).await;
     tracing::info!(target: "hasp::serve", "stopped");
     Ok(())
 }
 
-/// 1024 connections, or fewer if the limit on open files would be reached
-/// first: it keeps room for the lock directory, the guest instances and
-/// the runtime's own descriptors.
-fn default_max_connections(workers: usize) -> usize {
+/// Descriptors one worker may hold: its guest keeps up to 128 nodes open
+/// (two descriptors each: guest/src/disk.rs, `OPEN_NODES`), and a few more.
+const FILES_PER_WORKER: usize = 2 * 128 + 8;
+/// Descriptors kept for the runtime, the listener, the lock directory, logs.
+const FILES_RESERVED: usize = 64;
+/// Connections the workers always leave room for.
+const FILES_FOR_CONNECTIONS: usize = 64;
+
+/// The limit on open files (`RLIMIT_NOFILE`, soft), if it can be read.
+fn open_file_limit() -> Option<usize> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit(2) fills the struct this function owns.
-    let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-    } else {
-        1024
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0)
+        .then(|| usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX))
+}
+
+/// `workers`, or fewer (at least one) when their descriptors and room for
+/// connections would not fit within `files`: then says so, once.
+fn fit_workers(workers: usize, files: Option<usize>) -> usize {
+    let Some(files) = files else {
+        return workers;
     };
-    let reserve = 64 + 2 * workers;
+    let room = files.saturating_sub(FILES_RESERVED + FILES_FOR_CONNECTIONS) / FILES_PER_WORKER;
+    if workers <= room.max(1) {
+        return workers;
+    }
+    let fitted = room.max(1);
+    tracing::warn!(
+        target: "hasp::serve",
+        "running {fitted} worker{} instead of {workers}: the limit on open files is {files} \
+         (ulimit -n), and each worker may hold {FILES_PER_WORKER} descriptors, with {} kept \
+         for the daemon and its connections (raise the limit, or give --workers {fitted})",
+        if fitted == 1 { "" } else { "s" },
+        FILES_RESERVED + FILES_FOR_CONNECTIONS
+    );
+    fitted
+}
+
+/// The connections that fit beside `workers` within `files` open files
+/// (none known: 1024), from 16 to 1024.
+fn default_max_connections(workers: usize, files: Option<usize>) -> usize {
+    let files = files.unwrap_or(1024);
+    let reserve = FILES_RESERVED + workers.saturating_mul(FILES_PER_WORKER);
     files.saturating_sub(reserve).clamp(16, 1024)
 }
 

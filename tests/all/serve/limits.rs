@@ -387,6 +387,57 @@ fn under_a_low_open_file_limit_the_default_cap_keeps_room_for_a_new_client() {
     drop(idle);
 }
 
+#[test]
+fn under_ulimit_n_1024_many_resources_in_parallel_get_no_server_error() {
+    let locks = Locks::new();
+    // Sixteen workers could hold 16 x 264 descriptors: more than there are.
+    let server = Limited::start(&locks, &["--workers", "16"], 1024);
+    let addr = server.addr;
+    let clients: Vec<_> = (0..8)
+        .map(|n| {
+            std::thread::spawn(move || {
+                let mut stream = crate::http_client::connect(addr).expect("connect");
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut failed = Vec::new();
+                for i in 0..150 {
+                    let body = json!({"resource": format!("fd/{n}/{i}"), "client": "c"});
+                    let raw = crate::http_client::request(
+                        "POST",
+                        "/v1/lock",
+                        &[("Host", "h")],
+                        Some(body.to_string().as_bytes()),
+                    );
+                    stream.write_all(&raw).expect("send");
+                    let got = read_response(&mut reader).expect("an answer");
+                    if got.status != 200 {
+                        failed.push(format!("fd/{n}/{i}: {} {}", got.status, got.body));
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let failed: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let stderr = server.stop();
+    let warned: Vec<&str> = stderr.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(warned.len(), 1, "{stderr}");
+    assert!(
+        warned[0].contains(
+            " WARN hasp::serve: running 3 workers instead of 16: the limit on open files is 1024"
+        ),
+        "{stderr}"
+    );
+}
+
 /// A kept-alive `GET /healthz` on a new connection to `addr`.
 fn keep_alive_healthz(addr: SocketAddr) -> TcpStream {
     let mut stream = crate::http_client::connect(addr).expect("connect");
