@@ -442,6 +442,21 @@ fn a_full_disk_refuses_cleanly_and_recovers() {
             "{message}"
         );
         assert!(!held.is_empty());
+        // The status line has its reason phrase.
+        let mut stream = server.connect();
+        let body = json!({"resource": "one-more", "client": "filler"}).to_string();
+        let raw = crate::http_client::request(
+            "POST",
+            "/v1/lock",
+            &[("Host", "h"), ("Connection", "close")],
+            Some(body.as_bytes()),
+        );
+        std::io::Write::write_all(&mut stream, &raw).expect("send");
+        let head = crate::http_client::read_head(&mut std::io::BufReader::new(stream));
+        assert_eq!(
+            head.expect("a head").line,
+            "HTTP/1.1 507 Insufficient Storage"
+        );
         // The failure is logged, once for the run of them.
         assert!(server.stderr_says(|t| t.contains(" WARN hasp::serve: a call failed: ")));
         let logged = server.stderr();

@@ -928,9 +928,16 @@ fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         414 => "URI Too Long",
         431 => "Request Header Fields Too Large",
+        499 => "Client Closed Request",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
-        _ => "",
+        507 => "Insufficient Storage",
+        // Never sent: a phrase for the class all the same.
+        100..=199 => "Informational",
+        200..=299 => "Success",
+        300..=399 => "Redirection",
+        400..=499 => "Client Error",
+        _ => "Server Error",
     }
 }
 
@@ -945,6 +952,35 @@ mod tests {
         assert_eq!(decode("caf%C3%a9", false).as_deref(), Some("café"));
         for bad in ["%", "%4", "%4g", "%+5", "%-5", "% 5", "%FF", "%C3", "x%"] {
             assert_eq!(decode(bad, true), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_status_sent_has_its_reason_phrase() {
+        for (status, phrase) in [
+            (200, "OK"),
+            (400, "Bad Request"),
+            (401, "Unauthorized"),
+            (403, "Forbidden"),
+            (404, "Not Found"),
+            (405, "Method Not Allowed"),
+            (408, "Request Timeout"),
+            (409, "Conflict"),
+            (410, "Gone"),
+            (411, "Length Required"),
+            (413, "Content Too Large"),
+            (414, "URI Too Long"),
+            (431, "Request Header Fields Too Large"),
+            (499, "Client Closed Request"),
+            (500, "Internal Server Error"),
+            (501, "Not Implemented"),
+            (503, "Service Unavailable"),
+            (507, "Insufficient Storage"),
+        ] {
+            assert_eq!(reason(status), phrase, "{status}");
+        }
+        for status in [102, 299, 308, 418, 599, 600] {
+            assert!(!reason(status).is_empty(), "{status}");
         }
     }
 

@@ -159,6 +159,34 @@ fn failed(err: &Error) -> Response {
     }
 }
 
+/// Whether `path` is one of Locker's: `/canhaz`, `/nowant`, `/dohaz`, bare
+/// or with a resource after a `/`.
+pub fn is_locker_path(path: &str) -> bool {
+    ["/canhaz", "/nowant", "/dohaz"].iter().any(|verb| {
+        path.strip_prefix(verb)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+/// `response` in Locker's shape: a JSON error object gets `"ok": false`
+/// beside its `error`, unless it says `ok` already.
+pub fn shaped(mut response: Response) -> Response {
+    let Ok(serde_json::Value::Object(mut answer)) =
+        serde_json::from_slice::<serde_json::Value>(&response.body)
+    else {
+        return response;
+    };
+    if answer.contains_key("ok") {
+        return response;
+    }
+    answer.insert("ok".into(), serde_json::Value::Bool(false));
+    let mut body = Vec::with_capacity(response.body.len() + 13);
+    let _ = serde_json::to_writer(&mut body, &answer);
+    body.push(b'\n');
+    response.body = body;
+    response
+}
+
 /// `{"ok": false, "error": {"code": ..., "message": ...}}`: an error in
 /// Locker's shape.
 pub(super) fn invalid(status: u16, code: &str, message: &str) -> Response {

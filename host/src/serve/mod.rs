@@ -384,7 +384,22 @@ impl App {
 
     /// Routes one request to its door; `conn` is the connection it came
     /// on, watched while a lock waits, and `stopping` ends such a wait.
+    /// Every refusal on a Locker path, whoever makes it (the token check,
+    /// the method check, the routes), is in Locker's shape.
     async fn respond(
+        &self,
+        request: &Request,
+        conn: &mut Connection,
+        stopping: &watch::Receiver<bool>,
+    ) -> (Door, Response) {
+        let (door, response) = self.route(request, conn, stopping).await;
+        if response.status >= 400 && locker::is_locker_path(request.path()) {
+            return (Door::Locker, locker::shaped(response));
+        }
+        (door, response)
+    }
+
+    async fn route(
         &self,
         request: &Request,
         conn: &mut Connection,

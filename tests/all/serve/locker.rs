@@ -207,3 +207,34 @@ fn locker_nowant_with_a_malformed_token_or_id_answers_ok_false() {
     let target = format!("/nowant/my/resource?token={}", token(&grant));
     assert_eq!(server.get_json(&target), (200, json!({"ok": true})));
 }
+
+#[test]
+fn every_refusal_on_a_locker_path_is_in_lockers_shape() {
+    let locks = Locks::new();
+    let (_secrets, file) = super::token_file("s3cret");
+    let server = Server::start(&locks, &["--token-file", &file]);
+    let bearer = [("Authorization", "Bearer s3cret")];
+    let cases: [(&str, &str, &[(&str, &str)], u16, &str); 8] = [
+        ("GET", "/canhaz/x", &[], 401, "unauthorized"),
+        ("GET", "/dohaz/x", &[], 401, "unauthorized"),
+        ("POST", "/canhaz/x", &bearer, 405, "method-not-allowed"),
+        ("DELETE", "/nowant/x", &bearer, 405, "method-not-allowed"),
+        ("GET", "/canhaz", &bearer, 404, "not-found"),
+        ("GET", "/nowant", &bearer, 404, "not-found"),
+        ("GET", "/dohaz", &bearer, 404, "not-found"),
+        ("GET", "/canhaz/x?id=%FF", &bearer, 400, "bad-request"),
+    ];
+    for (method, target, headers, status, code) in cases {
+        let got = server.send(&super::request(method, target, headers, None));
+        let body = got.json();
+        assert_eq!(
+            (got.status, &body["ok"], &body["error"]["code"]),
+            (status, &json!(false), &json!(code)),
+            "{method} {target}: {got:?}"
+        );
+    }
+    // Other paths keep the JSON API's shape.
+    let got = server.send(&super::request("GET", "/canhazzz", &bearer, None));
+    assert_eq!((got.status, got.json().get("ok")), (404, None), "{got:?}");
+    assert_eq!(held(&locks), Vec::<String>::new());
+}
