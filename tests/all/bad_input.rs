@@ -1130,3 +1130,104 @@ fn a_state_file_named_with_a_newline_is_reported_on_one_line() {
     assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
     assert!(run.stderr.contains("1+x\\nFAKE LINE"), "{run:?}");
 }
+
+// ---- Flags and arguments (issue 14 review) ----
+
+#[test]
+fn every_misuse_of_flags_and_arguments_is_one_line_and_exit_2() {
+    let locks = Locks::new();
+    let serve = |more: &[&'static str]| {
+        let mut args = vec!["serve", "--addr", "127.0.0.1:0"];
+        args.extend_from_slice(more);
+        args
+    };
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        // Would time out every request not in the first packet.
+        (
+            serve(&["--request-timeout", "0"]),
+            "less than a millisecond",
+        ),
+        (
+            serve(&["--request-timeout", "1e-30"]),
+            "less than a millisecond",
+        ),
+        (
+            serve(&["--request-timeout", "0.0009"]),
+            "less than a millisecond",
+        ),
+        (serve(&["--workers", "0"]), "from 1 to 1024"),
+        (serve(&["--workers", "2592000"]), "from 1 to 1024"),
+        (serve(&["--max-connections", "0"]), "1 or more"),
+        (serve(&["--ttl", "-1"]), "unexpected argument '--ttl'"),
+        (
+            serve(&["--port"]),
+            "a value is required for '--port <PORT>'",
+        ),
+        (
+            vec!["lock"],
+            "required arguments were not provided: <RESOURCE>",
+        ),
+        (vec!["lock", "a", "b"], "unexpected argument 'b'"),
+        (vec!["frobnicate"], "unrecognized subcommand 'frobnicate'"),
+    ];
+    for (args, part) in &cases {
+        let run = run_bounded(locks.path(), args);
+        one_line_refusal(&run, args, &[part]);
+    }
+    // A clap error past the value checks says where to read more.
+    let run = run_bounded(locks.path(), &["frobnicate"]);
+    assert!(run.stderr.ends_with(" (see hasp --help)\n"), "{run:?}");
+    // An argument that is not UTF-8.
+    let out = std::process::Command::new(crate::support::hasp_bin())
+        .arg("--dir")
+        .arg(locks.path())
+        .arg("lock")
+        .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff"))
+        .output()
+        .expect("run hasp");
+    one_line_refusal(&Run::from(out), &["lock", "\\xff"], &["invalid UTF-8"]);
+    // Help and the version are still whole, on stdout.
+    let help = locks.run(&["serve", "--help"]);
+    assert_eq!(help.code, 0, "{help:?}");
+    assert!(help.stdout.lines().count() > 10, "{help:?}");
+    assert!(help.stdout.contains("0.001 at least"), "{help:?}");
+    assert_eq!(locks.run(&["--version"]).code, 0);
+}
+
+#[test]
+fn a_token_file_must_be_a_small_regular_file_holding_one_word() {
+    let locks = Locks::new();
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let at = |name: &str| {
+        secrets
+            .path()
+            .join(name)
+            .to_str()
+            .expect("UTF-8")
+            .to_string()
+    };
+    let fifo = std::ffi::CString::new(at("fifo")).expect("a path");
+    // SAFETY: mkfifo(3) on a NUL-terminated path this test owns.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    fs::write(at("big"), "a".repeat(5000)).expect("write");
+    fs::write(at("spaced"), "two words\n").expect("write");
+    fs::write(at("newline"), "line1\nline2\n").expect("write");
+    fs::write(at("control"), "tok\x07en").expect("write");
+    fs::write(at("good"), "  s3cret\n").expect("write");
+    for (file, part) in [
+        (at("fifo"), "is not a regular file"),
+        ("/dev/zero".to_string(), "is not a regular file"),
+        (
+            secrets.path().to_str().expect("UTF-8").to_string(),
+            "is not a regular file",
+        ),
+        (at("big"), "larger than 4 KiB"),
+        (at("spaced"), "whitespace or control characters inside"),
+        (at("newline"), "whitespace or control characters inside"),
+        (at("control"), "whitespace or control characters inside"),
+    ] {
+        let args = ["serve", "--addr", "127.0.0.1:0", "--token-file", &file];
+        let run = run_bounded(locks.path(), &args);
+        one_line_refusal(&run, &args, &[&format!("--token-file {file} "), part]);
+    }
+}

@@ -197,7 +197,7 @@ pub(super) fn invalid(status: u16, code: &str, message: &str) -> Response {
 }
 
 /// A lease given in decimal seconds (`30`, `0.25`, `.5`), rounded up to
-/// whole milliseconds; `None` unless it is from 1 ms to 30 days.
+/// whole milliseconds; `None` unless it is from 0.001 s to 30 days.
 fn parse_seconds(text: &str) -> Option<Duration> {
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
@@ -219,9 +219,13 @@ fn parse_seconds(text: &str) -> Option<Duration> {
                 .map_or(0, |b| u64::from(b - b'0'));
     }
     let rest = fraction.get(3..).unwrap_or("");
-    let ms = whole
-        .checked_mul(1000)?
-        .checked_add(ms + u64::from(rest.bytes().any(|b| b != b'0')))?;
+    let ms = whole.checked_mul(1000)?.checked_add(ms)?;
+    // Less than a millisecond is refused (the least lease is 0.001), not
+    // rounded up to one.
+    if ms == 0 {
+        return None;
+    }
+    let ms = ms.checked_add(u64::from(rest.bytes().any(|b| b != b'0')))?;
     (1..=MAX_TTL_MS)
         .contains(&ms)
         .then(|| Duration::from_millis(ms))
@@ -247,7 +251,8 @@ mod tests {
         assert_eq!(ms("0.3"), Some(300));
         assert_eq!(ms(".5"), Some(500));
         assert_eq!(ms("1."), Some(1000));
-        assert_eq!(ms("0.0001"), Some(1));
+        assert_eq!(ms("0.0015"), Some(2));
+        assert_eq!(ms("0.001"), Some(1));
         assert_eq!(ms("0.2500"), Some(250));
         assert_eq!(ms("2592000"), Some(MAX_TTL_MS));
         for bad in [
@@ -255,6 +260,8 @@ mod tests {
             ".",
             "0",
             "0.000",
+            "0.0001",
+            "0.0009999",
             "-1",
             "1e3",
             "1s",

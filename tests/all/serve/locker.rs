@@ -238,3 +238,20 @@ fn every_refusal_on_a_locker_path_is_in_lockers_shape() {
     assert_eq!((got.status, got.json().get("ok")), (404, None), "{got:?}");
     assert_eq!(held(&locks), Vec::<String>::new());
 }
+
+#[test]
+fn locker_ttl_below_a_millisecond_is_refused_as_the_message_says() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    for ttl in ["0.0001", "0.0009", "0.000999"] {
+        let got = server.get_json(&format!("/canhaz/short?id=a&ttl={ttl}"));
+        assert_error(&got, 400, "invalid-input");
+        assert_eq!(got.1["ok"], json!(false), "{got:?}");
+        let message = got.1["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("from 0.001 to"), "{message}");
+    }
+    assert_eq!(held(&locks), Vec::<String>::new());
+    // The least lease it names is taken.
+    let (status, grant) = server.get_json("/canhaz/short?id=a&ttl=0.001");
+    assert_eq!((status, &grant["ok"]), (200, &json!(true)), "{grant}");
+}

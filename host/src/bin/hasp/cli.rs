@@ -237,11 +237,11 @@ struct ServeArgs {
     /// Make every change survive power loss before it is acknowledged
     #[arg(long)]
     fsync: bool,
-    /// Guest instances serving requests in parallel [default: 8 per CPU]
-    #[arg(long, value_name = "N")]
+    /// Guest instances serving requests in parallel, 1 to 1024 [default: 8 per CPU]
+    #[arg(long, value_name = "N", value_parser = parse_workers)]
     workers: Option<usize>,
-    /// A request must arrive whole within SECONDS of its first byte
-    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_timeout)]
+    /// A request must arrive whole within SECONDS (0.001 at least) of its first byte
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_request_timeout)]
     request_timeout: Duration,
     /// What to log: error, warn, info (start, stop, failures), debug (and
     /// one line per request), or filters as RUST_LOG takes them
@@ -257,7 +257,7 @@ struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     default_ttl: Option<Duration>,
     /// Connections open at once; past it, the longest-idle one is closed [default: 1024, fewer under a low `ulimit -n`]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_max_connections)]
     max_connections: Option<usize>,
 }
 
@@ -276,15 +276,39 @@ struct LockArgs {
 
 /// Runs the command line and returns the exit code.
 pub fn run() -> i32 {
+    use clap::error::ErrorKind;
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        // Help and the version are what was asked for.
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            err.exit()
+        }
         // A bad value (a duration, a timeout): one line, as every error.
-        Err(err) if err.kind() == clap::error::ErrorKind::ValueValidation => {
+        Err(err) if err.kind() == ErrorKind::ValueValidation => {
             let text = err.to_string();
             eprintln!("{}", text.lines().next().unwrap_or_default());
             return 2;
         }
-        Err(err) => err.exit(),
+        // Any other misuse: clap's first paragraph (the error, and what
+        // it names on the lines after) as one line, and where to read more.
+        Err(err) => {
+            let text = err.to_string();
+            let first: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .skip_while(|l| l.is_empty())
+                .take_while(|l| !l.is_empty())
+                .collect();
+            eprintln!("{} (see hasp --help)", first.join(" "));
+            return 2;
+        }
     };
     match execute(cli) {
         Ok(code) => code,
@@ -444,15 +468,7 @@ fn serve(dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("{host} resolves to no address"))?;
     let token = match &args.token_file {
-        Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| anyhow::anyhow!("cannot read --token-file {}: {e}", file.display()))?;
-            let token = text.trim().to_string();
-            if token.is_empty() {
-                anyhow::bail!("--token-file {} is empty", file.display());
-            }
-            Some(token)
-        }
+        Some(file) => Some(read_token(file)?),
         None => None,
     };
     if !addr.ip().is_loopback() && token.is_none() && !args.insecure {
@@ -663,6 +679,83 @@ fn inside(dir: &Path, path: &str) -> String {
         }
     }
     path.to_string()
+}
+
+/// The most bytes a `--token-file` may hold.
+const TOKEN_FILE_MAX: usize = 4096;
+
+/// The token in `file`: a regular file of at most 4 KiB, whose content
+/// (without the whitespace around it) is one word of visible characters.
+fn read_token(file: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = file.display();
+    // Non-blocking, so that opening a FIFO does not wait for a writer.
+    let mut opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(file)
+        .map_err(|e| anyhow::anyhow!("cannot read --token-file {shown}: {e}"))?;
+    let meta = opened
+        .metadata()
+        .map_err(|e| anyhow::anyhow!("cannot read --token-file {shown}: {e}"))?;
+    if !meta.file_type().is_file() {
+        anyhow::bail!("--token-file {shown} is not a regular file");
+    }
+    let mut bytes = Vec::with_capacity(256);
+    (&mut opened)
+        .take(TOKEN_FILE_MAX as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("cannot read --token-file {shown}: {e}"))?;
+    if bytes.len() > TOKEN_FILE_MAX {
+        anyhow::bail!("--token-file {shown} is larger than 4 KiB: it should hold only the token");
+    }
+    let Ok(text) = String::from_utf8(bytes) else {
+        anyhow::bail!("--token-file {shown} is not UTF-8 text");
+    };
+    let token = text.trim();
+    if token.is_empty() {
+        anyhow::bail!("--token-file {shown} is empty");
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!(
+            "the token in --token-file {shown} has whitespace or control characters inside: \
+             it must be one word, as clients send it in `Authorization: Bearer TOKEN`"
+        );
+    }
+    Ok(token.to_string())
+}
+
+/// `--workers`: 1 to 1024.
+fn parse_workers(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{text}' is not a number of workers from 1 to 1024"
+        )),
+    }
+}
+
+/// `--max-connections`: 1 or more.
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "'{text}' is not a number of connections (1 or more)"
+        )),
+    }
+}
+
+/// `--request-timeout`: seconds, at least a millisecond (less would time
+/// out every request that does not arrive in one packet).
+fn parse_request_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_timeout(text)?;
+    if timeout < Duration::from_millis(1) {
+        return Err(format!(
+            "'{text}' is less than a millisecond (0.001 at least)"
+        ));
+    }
+    Ok(timeout)
 }
 
 /// Seconds as a number, 0 or more (fractions allowed).
