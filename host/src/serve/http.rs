@@ -332,7 +332,14 @@ pub(super) struct Connection {
     /// The last request was HTTP/1.0 asking to be kept alive: the answer
     /// must say it is (RFC 9112 §9.3), or the client waits for the close.
     say_keep_alive: bool,
+    /// Whether a request that waits for `100 Continue` may send its body;
+    /// if not, it is answered (say, 401) without it, and the connection
+    /// closed.
+    gate: Option<Gate>,
 }
+
+/// See [`Connection::gate`].
+pub type Gate = Arc<dyn Fn(&Request) -> bool + Send + Sync>;
 
 impl Connection {
     /// A connection on `stream`, and what the accept loop sees of it;
@@ -360,8 +367,15 @@ impl Connection {
             limits,
             hung_up: false,
             say_keep_alive: false,
+            gate: None,
         };
         (connection, tracker)
+    }
+
+    /// This connection, asking `gate` before it sends `100 Continue`.
+    pub fn with_gate(mut self, gate: Gate) -> Connection {
+        self.gate = Some(gate);
+        self
     }
 
     /// Whether the client was seen to hang up (by [`Connection::hang_up`]
@@ -523,6 +537,14 @@ impl Connection {
         }
         let (mut request, framing, expect_continue) = self.parse_head(head_len)?;
         self.say_keep_alive = request.http10 && request.keep_alive;
+        let has_body = !matches!(framing, Framing::Length(0));
+        if expect_continue && has_body && self.gate.as_ref().is_some_and(|gate| !gate(&request)) {
+            // Refused before its body was asked for: answered without it,
+            // then closed (the body may follow, unasked).
+            request.keep_alive = false;
+            self.buf.clear();
+            return Ok(request);
+        }
         let mut continued = !expect_continue;
         let end = match framing {
             Framing::Length(length) => {
@@ -611,9 +633,12 @@ impl Connection {
         let mut length = None;
         let mut chunked = None;
         let (mut close, mut keep, mut expect_continue) = (false, false, false);
+        let mut hosts = 0;
         for h in parsed.headers.iter() {
             let name = h.name.as_bytes();
-            if name.eq_ignore_ascii_case(b"content-length") {
+            if name.eq_ignore_ascii_case(b"host") {
+                hosts += 1;
+            } else if name.eq_ignore_ascii_case(b"content-length") {
                 let n = parse_length(h.value)
                     .ok_or_else(|| reject(400, "bad-request", "Content-Length is not a number"))?;
                 if length.is_some_and(|before| before != n) {
@@ -641,6 +666,21 @@ impl Connection {
                 expect_continue = trim(h.value).eq_ignore_ascii_case(b"100-continue");
             }
         }
+        // RFC 9112 §3.2: an HTTP/1.1 request has one Host; none has two.
+        if hosts > 1 || hosts == 0 && version != 0 {
+            return Err(reject(
+                400,
+                "bad-request",
+                "an HTTP/1.1 request needs exactly one Host header",
+            ));
+        }
+        if target.contains('#') {
+            return Err(reject(
+                400,
+                "bad-request",
+                "the request target has a fragment (#), which is never sent",
+            ));
+        }
         let framing = match (length, chunked) {
             (Some(_), Some(())) => {
                 return Err(reject(
@@ -664,6 +704,8 @@ impl Connection {
             .iter()
             .map(|h| (place(h.name.as_bytes()), place(h.value)))
             .collect();
+        // The absolute form (RFC 9112 §3.2.2) is taken as its path.
+        let target = absolute_path(target);
         let (path, query) = match target.split_once('?') {
             Some((path, query)) => (place(path.as_bytes()), place(query.as_bytes())),
             None => (place(target.as_bytes()), 0..0),
@@ -711,6 +753,39 @@ impl Connection {
         }
         self.stream.write_all(out).await
     }
+}
+
+/// The origin form of `target`: an absolute-form target
+/// (`http://host:port/path?query`) without its scheme and authority (an
+/// empty path, when it has none); any other as it is.
+fn absolute_path(target: &str) -> &str {
+    let scheme = target.find("://").filter(|&at| {
+        let scheme = &target[..at];
+        scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
+    });
+    let Some(at) = scheme else {
+        return target;
+    };
+    let rest = &target[at + 3..];
+    match rest.find(['/', '?']) {
+        Some(start) => &rest[start..],
+        None => &rest[rest.len()..],
+    }
+}
+
+/// Whether `line` is a field line as RFC 9112 §5 has it: a token, a
+/// colon, and a value without control characters other than tab (so no
+/// obs-fold, which starts with a space or tab).
+fn field_line_ok(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    colon > 0
+        && line[..colon].iter().all(tchar)
+        && line[colon + 1..]
+            .iter()
+            .all(|&b| b == b'\t' || !(b < 0x20 || b == 0x7f))
 }
 
 /// `deadline` as a `Tracker::idle_since`: never 0.
@@ -891,6 +966,9 @@ impl Chunks {
                     if line.is_empty() {
                         return Ok(true);
                     }
+                    if !field_line_ok(line) {
+                        return Err(bad("a trailer line is not a header field"));
+                    }
                     if self.trailers > limits.head_bytes {
                         return Err(reject(
                             431,
@@ -982,6 +1060,40 @@ mod tests {
         for status in [102, 299, 308, 418, 599, 600] {
             assert!(!reason(status).is_empty(), "{status}");
         }
+    }
+
+    #[test]
+    fn absolute_form_targets_read_as_their_path() {
+        assert_eq!(
+            absolute_path("http://127.0.0.1:1/canhaz/x?id=a"),
+            "/canhaz/x?id=a"
+        );
+        assert_eq!(absolute_path("HTTPS://h/v1/list"), "/v1/list");
+        assert_eq!(absolute_path("http://h?q"), "?q");
+        assert_eq!(absolute_path("http://h"), "");
+        assert_eq!(absolute_path("/canhaz/http://x"), "/canhaz/http://x");
+        assert_eq!(absolute_path("ftp://h/x"), "ftp://h/x");
+    }
+
+    #[test]
+    fn trailer_lines_are_field_lines() {
+        assert!(field_line_ok(b"T: v"));
+        assert!(field_line_ok(b"T:\tv w"));
+        for bad in [
+            &b" T: v"[..],
+            b"\tT: v",
+            b"T v",
+            b": v",
+            b"T: v\0",
+            b"T\0: v",
+            b"T : v",
+            b"T: \x01",
+        ] {
+            assert!(!field_line_ok(bad), "{bad:?}");
+        }
+        assert_eq!(chunked(b"0\r\n folded\r\n\r\n"), Err(400));
+        assert_eq!(chunked(b"0\r\nno colon\r\n\r\n"), Err(400));
+        assert_eq!(chunked(b"0\r\nT: a\0b\r\n\r\n"), Err(400));
     }
 
     #[test]

@@ -196,6 +196,12 @@ async fn accept_until_stopped(
     let flaps = flaps::Flaps::default();
     let mut pause = Duration::from_millis(10);
     let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING));
+    // A body is asked for (`100 Continue`) only when the request will not
+    // be refused for want of the token.
+    let gate: http::Gate = {
+        let app = app.clone();
+        Arc::new(move |request: &Request| request.path() == "/healthz" || app.authorized(request))
+    };
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -211,6 +217,7 @@ async fn accept_until_stopped(
                     }
                     let _ = stream.set_nodelay(true);
                     let (conn, tracker) = Connection::new(stream, limits.clone(), epoch);
+                    let conn = conn.with_gate(gate.clone());
                     let (app, stopping) = (app.clone(), stopping.clone());
                     let task = connections.spawn(access::scope(connection(conn, peer, app, stopping)));
                     live.insert(task.id(), tracker);
@@ -429,7 +436,7 @@ impl App {
                 v1::handle(&self.locks, route, request, conn, stopping, operator).await;
             if response.status == 405 {
                 response.headers = match route {
-                    "status" | "list" => "Allow: GET\r\n",
+                    "status" | "list" => "Allow: GET, HEAD\r\n",
                     _ => "Allow: POST\r\n",
                 };
             }
@@ -447,7 +454,10 @@ impl App {
         for verb in ["canhaz", "nowant", "dohaz"] {
             if let Some(rest) = path.strip_prefix('/').and_then(|p| p.strip_prefix(verb)) {
                 if let Some(rest) = rest.strip_prefix('/') {
-                    if let Some(refused) = only(request, GET, "Locker") {
+                    // Only Locker's status may be asked with HEAD: the
+                    // others change locks.
+                    let methods = if verb == "dohaz" { READ } else { GET };
+                    if let Some(refused) = only(request, methods, "Locker") {
                         return (Door::Locker, refused);
                     }
                     if !request.escapes_ok() {

@@ -105,7 +105,7 @@ pub(super) async fn handle(
             Ok(b) => renew(locks, b).await,
             Err(bad) => bad,
         },
-        ("GET", "status") => {
+        ("GET" | "HEAD", "status") => {
             let Some(resource) = request.param("resource") else {
                 return Response::error(400, "bad-request", "give the resource: ?resource=NAME");
             };
@@ -114,11 +114,11 @@ pub(super) async fn handle(
                 Err(err) => error_response(&err),
             }
         }
-        ("GET", "list") => list(locks, request).await,
+        ("GET" | "HEAD", "list") => list(locks, request).await,
         (_, "lock" | "unlock" | "renew" | "status" | "list") => Response::error(
             405,
             "method-not-allowed",
-            "lock, unlock and renew take POST; status and list take GET",
+            "lock, unlock and renew take POST; status and list take GET (or HEAD)",
         ),
         _ => Response::error(404, "not-found", "no such route under /v1/"),
     }

@@ -183,8 +183,8 @@ fn every_405_says_allow() {
         ("POST", "/metrics", "GET, HEAD"),
         ("GET", "/v1/lock", "POST"),
         ("HEAD", "/v1/unlock", "POST"),
-        ("POST", "/v1/list", "GET"),
-        ("DELETE", "/v1/status", "GET"),
+        ("POST", "/v1/list", "GET, HEAD"),
+        ("DELETE", "/v1/status", "GET, HEAD"),
     ] {
         let mut stream = server.connect();
         let raw = request(method, target, &[], (method != "HEAD").then_some(""));
@@ -241,7 +241,7 @@ fn bare_lf_requests_are_served_at_once() {
     let server = Server::start(&locks, &["--request-timeout", "30"]);
     let mut stream = server.connect();
     stream
-        .write_all(b"GET /healthz HTTP/1.1\nHost: h\n\nGET /canhaz/lf?id=x HTTP/1.1\r\nHost: h\n\r\nGET / HTTP/1.1\n\n")
+        .write_all(b"GET /healthz HTTP/1.1\nHost: h\n\nGET /canhaz/lf?id=x HTTP/1.1\r\nHost: h\n\r\nGET / HTTP/1.1\nHost: h\n\n")
         .expect("send");
     let mut reader = BufReader::new(stream);
     for expected in [200, 200, 405] {
@@ -480,4 +480,144 @@ req.end('"client": "node"}');
         expected.push("from-node");
     }
     assert_eq!(held(&locks), expected);
+}
+
+#[test]
+fn host_is_required_once_and_a_fragment_is_refused() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    for raw in [
+        "GET /canhaz/nohost?id=a HTTP/1.1\r\n\r\n",
+        "GET /canhaz/twohosts?id=a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET /canhaz/twohosts10?id=a HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET /canhaz/frag#x?id=a HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET /canhaz/frag2?id=a#x HTTP/1.1\r\nHost: h\r\n\r\n",
+    ] {
+        let (got, closed) = send_and_close(&server, raw.as_bytes());
+        assert_error_response(&got, 400, "bad-request");
+        assert!(closed, "{raw:?}");
+    }
+    // HTTP/1.0 needs no Host.
+    let (got, _) = send_and_close(&server, b"GET /healthz HTTP/1.0\r\n\r\n");
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(held(&locks), Vec::<String>::new());
+}
+
+#[test]
+fn an_absolute_form_target_is_taken_as_its_path() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let raw = format!(
+        "GET http://{}/canhaz/absolute?id=a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        server.addr
+    );
+    let got = server.send(raw.as_bytes());
+    assert_eq!(
+        (got.status, &got.json()["ok"]),
+        (200, &json!(true)),
+        "{got:?}"
+    );
+    assert_eq!(held(&locks), ["absolute"]);
+    assert_eq!(locks.json(&["status", "absolute", "--json"])["client"], "a");
+}
+
+#[test]
+fn trailer_lines_are_checked_like_header_lines() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    let body = json!({"resource": "trailed", "client": "c"}).to_string();
+    for trailer in [" folded: x", "no colon here", "T: a\0b", "\tT: v"] {
+        let raw = format!(
+            "POST /v1/lock HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {:x}\r\n{body}\r\n0\r\n{trailer}\r\n\r\n",
+            body.len()
+        );
+        let (got, closed) = send_and_close(&server, raw.as_bytes());
+        assert_error_response(&got, 400, "bad-request");
+        assert!(closed, "{trailer:?}");
+    }
+    assert_eq!(held(&locks), Vec::<String>::new());
+    // A well-formed trailer is fine.
+    let raw = format!(
+        "POST /v1/lock HTTP/1.1\r\nHost: h\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{body}\r\n0\r\nT: v\r\n\r\n",
+        body.len()
+    );
+    assert_eq!(server.send(raw.as_bytes()).status, 200);
+    assert_eq!(held(&locks), ["trailed"]);
+}
+
+#[test]
+fn head_is_answered_on_the_read_only_routes() {
+    let locks = Locks::new();
+    let server = Server::start(&locks, &[]);
+    assert_eq!(server.get("/canhaz/seen?id=a").0, 200);
+    for target in ["/v1/status?resource=seen", "/v1/list", "/dohaz/seen"] {
+        let get = server.send(&request("GET", target, &[], None));
+        assert_eq!(get.status, 200, "{target}: {get:?}");
+        let mut stream = server.connect();
+        // Kept alive: a body sent after the head would be read as the next
+        // response.
+        let raw = format!("HEAD {target} HTTP/1.1\r\nHost: h\r\n\r\nGET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+        stream.write_all(raw.as_bytes()).expect("send");
+        let mut reader = BufReader::new(stream);
+        let (status, headers) = read_head(&mut reader);
+        assert_eq!(status, "HTTP/1.1 200 OK", "{target}: {headers:?}");
+        let length = get.body.len().to_string();
+        assert!(
+            headers.contains(&("content-length".into(), length)),
+            "{target}: {headers:?}"
+        );
+        let next = read_response(&mut reader).expect("the GET after the HEAD");
+        assert_eq!(
+            (next.status, next.json()),
+            (200, json!({"ok": true})),
+            "{target}"
+        );
+    }
+    // Nothing that changes locks takes HEAD.
+    for target in ["/canhaz/other?id=b", "/nowant/seen?id=a"] {
+        let mut stream = server.connect();
+        stream
+            .write_all(&request("HEAD", target, &[], None))
+            .expect("send");
+        let (status, headers) = read_head(&mut BufReader::new(stream));
+        assert_eq!(
+            status, "HTTP/1.1 405 Method Not Allowed",
+            "{target}: {headers:?}"
+        );
+    }
+    assert_eq!(held(&locks), ["seen"]);
+}
+
+#[test]
+fn expect_100_continue_on_a_request_without_the_token_gets_401_without_100() {
+    let locks = Locks::new();
+    let (_secrets, file) = super::token_file("s3cret");
+    let server = Server::start(&locks, &["--token-file", &file]);
+    let body = json!({"resource": "gated", "client": "c"}).to_string();
+    for auth in ["", "Authorization: Bearer wrong\r\n"] {
+        let mut stream = server.connect();
+        let head = format!(
+            "POST /v1/lock HTTP/1.1\r\nHost: h\r\n{auth}Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).expect("send the head");
+        let mut reader = BufReader::new(stream);
+        let got = read_response(&mut reader).expect("an answer, not 100 Continue");
+        assert_error_response(&got, 401, "unauthorized");
+        assert_eq!(got.header("Connection"), Some("close"), "{got:?}");
+    }
+    // With the token, the body is asked for.
+    let mut stream = server.connect();
+    let head = format!(
+        "POST /v1/lock HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer s3cret\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("send the head");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    assert_eq!(read_head(&mut reader).0, "HTTP/1.1 100 Continue");
+    stream.write_all(body.as_bytes()).expect("send the body");
+    assert_eq!(read_response(&mut reader).expect("the answer").status, 200);
+    assert_eq!(held(&locks), ["gated"]);
 }
