@@ -8,11 +8,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The least time between two lines for one kind of failure.
-pub const QUIET: Duration = Duration::from_secs(10);
+pub(super) const QUIET: Duration = Duration::from_secs(10);
 
 /// Failures by kind, and whether one was logged since the last recovery.
 #[derive(Default)]
-pub struct Flaps {
+pub(super) struct Flaps {
     /// A failure was logged and no recovery since: the next success says so.
     logged: AtomicBool,
     /// Each kind seen: when its last line was written, and the failures
@@ -24,7 +24,7 @@ impl Flaps {
     /// A failure of kind `kind` at `now`: `Some(n)` when it is to be
     /// logged, `n` the failures of that kind since its last line (this one
     /// included); `None` to keep quiet.
-    pub fn failed(&self, kind: &str, now: Instant) -> Option<u64> {
+    pub(super) fn failed(&self, kind: &str, now: Instant) -> Option<u64> {
         let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
         let told = match kinds.iter_mut().find(|(k, ..)| k == kind) {
             Some((_, last, unsaid)) => {
@@ -46,7 +46,7 @@ impl Flaps {
 
     /// A success: true when it ends a run of failures that was logged (then
     /// once only). Costs one atomic load otherwise.
-    pub fn succeeded(&self) -> bool {
+    pub(super) fn succeeded(&self) -> bool {
         self.logged.load(Ordering::Relaxed) && self.logged.swap(false, Ordering::Relaxed)
     }
 }

@@ -339,7 +339,7 @@ pub(super) struct Connection {
 }
 
 /// See [`Connection::gate`].
-pub type Gate = Arc<dyn Fn(&Request) -> bool + Send + Sync>;
+pub(super) type Gate = Arc<dyn Fn(&Request) -> bool + Send + Sync>;
 
 impl Connection {
     /// A connection on `stream`, and what the accept loop sees of it;
@@ -373,7 +373,7 @@ impl Connection {
     }
 
     /// This connection, asking `gate` before it sends `100 Continue`.
-    pub fn with_gate(mut self, gate: Gate) -> Connection {
+    pub(super) fn with_gate(mut self, gate: Gate) -> Connection {
         self.gate = Some(gate);
         self
     }
@@ -1011,11 +1011,13 @@ fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         507 => "Insufficient Storage",
         // Never sent: a phrase for the class all the same.
-        100..=199 => "Informational",
-        200..=299 => "Success",
-        300..=399 => "Redirection",
-        400..=499 => "Client Error",
-        _ => "Server Error",
+        _ => match status / 100 {
+            1 => "Informational",
+            2 => "Success",
+            3 => "Redirection",
+            4 => "Client Error",
+            _ => "Server Error",
+        },
     }
 }
 

@@ -161,7 +161,7 @@ fn failed(err: &Error) -> Response {
 
 /// Whether `path` is one of Locker's: `/canhaz`, `/nowant`, `/dohaz`, bare
 /// or with a resource after a `/`.
-pub fn is_locker_path(path: &str) -> bool {
+pub(super) fn is_locker_path(path: &str) -> bool {
     ["/canhaz", "/nowant", "/dohaz"].iter().any(|verb| {
         path.strip_prefix(verb)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
@@ -170,7 +170,7 @@ pub fn is_locker_path(path: &str) -> bool {
 
 /// `response` in Locker's shape: a JSON error object gets `"ok": false`
 /// beside its `error`, unless it says `ok` already.
-pub fn shaped(mut response: Response) -> Response {
+pub(super) fn shaped(mut response: Response) -> Response {
     let Ok(serde_json::Value::Object(mut answer)) =
         serde_json::from_slice::<serde_json::Value>(&response.body)
     else {

@@ -214,7 +214,9 @@ fn every_refusal_on_a_locker_path_is_in_lockers_shape() {
     let (_secrets, file) = super::token_file("s3cret");
     let server = Server::start(&locks, &["--token-file", &file]);
     let bearer = [("Authorization", "Bearer s3cret")];
-    let cases: [(&str, &str, &[(&str, &str)], u16, &str); 8] = [
+    /// Method, target, headers, status, error code.
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: [Case; 8] = [
         ("GET", "/canhaz/x", &[], 401, "unauthorized"),
         ("GET", "/dohaz/x", &[], 401, "unauthorized"),
         ("POST", "/canhaz/x", &bearer, 405, "method-not-allowed"),
