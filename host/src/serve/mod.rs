@@ -70,9 +70,10 @@ struct App {
 }
 
 /// Serves on `listener` until `shutdown` resolves, then stops accepting,
-/// answers the requests already read and returns. Runs on the caller's
-/// Tokio runtime, which must be multi-threaded with its I/O and time
-/// drivers enabled: guest calls run on its threads, each on a fiber.
+/// answers the requests already read and returns: [`Server::start`], then
+/// [`Server::run`]. Runs on the caller's Tokio runtime, which must be
+/// multi-threaded with its I/O and time drivers enabled: guest calls run
+/// on its threads, each on a fiber.
 ///
 /// Logs through `tracing` (see the module's documentation); installs no
 /// signal handler: the caller decides what stops it.
@@ -81,46 +82,100 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let io = |what: &str, e: std::io::Error| Error::runtime(what, e);
-    if let Some(ttl) = config.default_ttl {
-        let ms = crate::registry::duration_ms(ttl);
-        if !(1..=v1::MAX_TTL_MS).contains(&ms) {
-            return Err(Error::InvalidInput {
-                message: format!(
-                    "the default TTL is from 1 ms to 30 days, not {ms} ms (--default-ttl)"
-                ),
-            });
-        }
-    }
-    let runtime = Runtime::shared()?;
-    let syncer = if config.fsync {
-        Some(durable::Syncer::start(&config.dir).map_err(|e| io("cannot start syncing", e))?)
-    } else {
-        None
-    };
-    let files = open_file_limit();
-    let workers = fit_workers(config.workers, files);
-    let pool = pool::Pool::start(&runtime, &config.dir, workers).await?;
-    let locks = Locks::new(pool, syncer, config.default_ttl);
-    let app = Arc::new(App {
-        locks,
-        token: config.token.clone(),
-    });
-    let local = listener
-        .local_addr()
-        .map_err(|e| io("cannot read the bound address", e))?;
-    tracing::info!(
-        target: "hasp::serve",
-        "listening on http://{local} (lock directory {})",
-        config.dir.display()
-    );
-    let max = config
-        .max_connections
-        .unwrap_or_else(|| default_max_connections(workers, files))
-        .max(1);
-    accept_until_stopped(listener, app.clone(), config.limits.clone(), max, shutdown).await;
-    tracing::info!(target: "hasp::serve", "stopped");
+    Server::start(listener, config).await?.run(shutdown).await;
     Ok(())
+}
+
+/// A daemon ready to serve: its guest instances started, its listener
+/// bound. Between [`Server::start`] and [`Server::run`] a supervisor can be
+/// told it is ready (systemd's `READY=1`); connections that arrive meanwhile
+/// wait in the listener's backlog.
+pub struct Server {
+    listener: TcpListener,
+    app: Arc<App>,
+    limits: Limits,
+    max_connections: usize,
+    local: SocketAddr,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local", &self.local)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Checks `config`, starts the guest instances on its lock directory
+    /// and logs the address it listens on.
+    pub async fn start(listener: TcpListener, config: ServeConfig) -> Result<Server, Error> {
+        let io = |what: &str, e: std::io::Error| Error::runtime(what, e);
+        if let Some(ttl) = config.default_ttl {
+            let ms = crate::registry::duration_ms(ttl);
+            if !(1..=v1::MAX_TTL_MS).contains(&ms) {
+                return Err(Error::InvalidInput {
+                    message: format!(
+                        "the default TTL is from 1 ms to 30 days, not {ms} ms (--default-ttl)"
+                    ),
+                });
+            }
+        }
+        let runtime = Runtime::shared()?;
+        let syncer = if config.fsync {
+            Some(durable::Syncer::start(&config.dir).map_err(|e| io("cannot start syncing", e))?)
+        } else {
+            None
+        };
+        let files = open_file_limit();
+        let workers = fit_workers(config.workers, files);
+        let pool = pool::Pool::start(&runtime, &config.dir, workers).await?;
+        let locks = Locks::new(pool, syncer, config.default_ttl);
+        let app = Arc::new(App {
+            locks,
+            token: config.token.clone(),
+        });
+        let local = listener
+            .local_addr()
+            .map_err(|e| io("cannot read the bound address", e))?;
+        tracing::info!(
+            target: "hasp::serve",
+            "listening on http://{local} (lock directory {})",
+            config.dir.display()
+        );
+        let max_connections = config
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(workers, files))
+            .max(1);
+        Ok(Server {
+            listener,
+            app,
+            limits: config.limits,
+            max_connections,
+            local,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, answers the
+    /// requests already read (a waiting lock gets 503 `shutting-down`) and
+    /// returns.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let Server {
+            listener,
+            app,
+            limits,
+            max_connections,
+            ..
+        } = self;
+        accept_until_stopped(listener, app, limits, max_connections, shutdown).await;
+        tracing::info!(target: "hasp::serve", "stopped");
+    }
 }
 
 /// Descriptors one worker may hold: its guest keeps up to 128 nodes open

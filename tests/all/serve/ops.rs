@@ -490,3 +490,136 @@ fn failures_that_come_and_go_are_logged_once_per_kind_with_their_count() {
         "{stderr}"
     );
 }
+
+// ------------------------------------------------------------------ systemd
+
+/// `hasp --dir DIR serve` started as systemd starts a socket-activated
+/// `Type=notify` service: `listener` as fd 3, `LISTEN_PID` (its own pid,
+/// set by `sh` before it execs hasp) and `LISTEN_FDS=1`, and
+/// `NOTIFY_SOCKET`.
+fn start_activated(
+    locks: &Locks,
+    listener: &std::net::TcpListener,
+    notify: &std::path::Path,
+) -> std::process::Child {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#])
+        .arg(crate::support::hasp_bin())
+        .arg("--dir")
+        .arg(locks.path())
+        .arg("serve")
+        .env("NOTIFY_SOCKET", notify)
+        .env_remove("RUST_LOG")
+        .env_remove("HASP_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let fd = listener.as_raw_fd();
+    // SAFETY: only dup2(2), which is async-signal-safe, between fork and
+    // exec; it also clears close-on-exec on the copy.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn sh and hasp serve")
+}
+
+#[test]
+fn systemd_socket_activation_and_readiness_notification() {
+    use std::os::unix::net::UnixDatagram;
+    let locks = Locks::new();
+    let sockets = tempfile::tempdir().expect("temp dir");
+    let notify_path = sockets.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
+    notify.set_read_timeout(Some(GUARD)).expect("timeout");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let mut child = start_activated(&locks, &listener, &notify_path);
+    drop(listener);
+
+    let mut message = [0u8; 64];
+    let n = notify.recv(&mut message).expect("READY=1 within the guard");
+    assert_eq!(&message[..n], b"READY=1");
+    // Served on the socket systemd passed (hasp chose no address).
+    let body = json!({"resource": "unit", "client": "a"}).to_string();
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(GUARD)).expect("timeout");
+    stream
+        .write_all(&request("POST", "/v1/lock", &[], Some(&body)))
+        .expect("send");
+    let got = read_response(&mut BufReader::new(stream)).expect("an answer");
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(locks.json(&["status", "unit", "--json"])["client"], "a");
+
+    // SAFETY: kill(2) on the child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let n = notify
+        .recv(&mut message)
+        .expect("STOPPING=1 within the guard");
+    assert_eq!(&message[..n], b"STOPPING=1");
+    let status = child.wait().expect("wait for hasp serve");
+    assert_eq!(status.code(), Some(0));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(
+        stderr.contains(&format!("listening on http://{addr} ")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_passed_socket_that_is_not_listening_tcp_is_one_line() {
+    let locks = Locks::new();
+    let sockets = tempfile::tempdir().expect("temp dir");
+    let notify_path = sockets.path().join("notify");
+    let _notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind");
+    // A UDP socket where a listening TCP one belongs.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: a second owner of the UDP socket's descriptor, only to hand
+    // it to start_activated, and forgotten right after.
+    let as_listener = unsafe { std::net::TcpListener::from_raw_fd(udp.as_raw_fd()) };
+    let child = start_activated(&locks, &as_listener, &notify_path);
+    std::mem::forget(as_listener);
+    let out = child.wait_with_output().expect("hasp serve ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("is not a listening TCP socket"), "{stderr}");
+}
+
+#[test]
+fn the_systemd_units_verify() {
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: systemd-analyze is not installed here");
+        return;
+    }
+    let units = tempfile::tempdir().expect("temp dir");
+    let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/systemd");
+    for unit in ["hasp.socket", "hasp.service"] {
+        let text = std::fs::read_to_string(dist.join(unit)).expect("read the unit");
+        // The binary under test where the unit expects an installed one.
+        let text = text.replace("/usr/local/bin/hasp", crate::support::hasp_bin());
+        std::fs::write(units.path().join(unit), text).expect("write the unit");
+    }
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(units.path().join("hasp.socket"))
+        .arg(units.path().join("hasp.service"))
+        .output()
+        .expect("run systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr, "", "systemd-analyze has remarks");
+}

@@ -471,6 +471,12 @@ fn serve(dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
         Some(file) => Some(read_token(file)?),
         None => None,
     };
+    // A socket systemd passed (socket activation) takes the place of --addr.
+    let passed = crate::systemd::passed_listener()?;
+    let addr = match &passed {
+        Some(listener) => listener.local_addr()?,
+        None => addr,
+    };
     if !addr.ip().is_loopback() && token.is_none() && !args.insecure {
         anyhow::bail!(
             "refusing to serve {addr} without a token: anyone who can reach it could take and \
@@ -505,10 +511,22 @@ fn serve(dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
         // Handlers first: a signal that follows the startup line must stop
         // the server cleanly, not kill it.
         let stop = stop_signal()?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Listen { addr, source })?;
-        hasp::serve::serve(listener, config, stop).await?;
+        let listener = match passed {
+            Some(listener) => tokio::net::TcpListener::from_std(listener)?,
+            None => tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Listen { addr, source })?,
+        };
+        let server = hasp::serve::Server::start(listener, config).await?;
+        // systemd (Type=notify): ready once the guests run; stopping at
+        // the signal, before the requests in flight are answered.
+        crate::systemd::notify("READY=1");
+        server
+            .run(async {
+                stop.await;
+                crate::systemd::notify("STOPPING=1");
+            })
+            .await;
         Ok(())
     })
 }

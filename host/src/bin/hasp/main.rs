@@ -10,6 +10,7 @@ mod child;
 mod cli;
 mod hold;
 mod logs;
+mod systemd;
 
 fn main() {
     raise_open_file_limit();
