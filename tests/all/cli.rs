@@ -74,3 +74,40 @@ fn hasp_dir_environment_variable_picks_the_lock_dir() {
         .run(&["lock", "deploy", "--client", "b"])
         .assert_refused(1, "Resource already locked by 'a'");
 }
+
+#[test]
+fn bash_completes_a_subcommand_and_man_prints_roff() {
+    let locks = Locks::new();
+    let script = locks.ok(&["completions", "bash"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("hasp.bash");
+    std::fs::write(&file, script).expect("write the completion script");
+    // A real interactive bash loads the script and completes `hasp lo`.
+    let probe = format!(
+        "source {}; COMP_WORDS=(hasp lo); COMP_CWORD=1; COMP_LINE='hasp lo'; COMP_POINT=7; \
+         _hasp hasp lo hasp; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        file.display()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["--norc", "--noprofile", "-i", "-c", &probe])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run bash");
+    let words = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(words.trim(), "lock", "{out:?}");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        assert!(
+            locks.ok(&["completions", shell]).contains("hasp"),
+            "{shell}"
+        );
+    }
+    let bad = locks.run(&["completions", "tcsh"]);
+    assert_eq!((bad.code, bad.stderr.lines().count()), (2, 1), "{bad:?}");
+    let man = locks.ok(&["man"]);
+    assert!(
+        man.starts_with(".ie \\n(.g .ds Aq"),
+        "{}",
+        &man[..man.len().min(200)]
+    );
+    assert!(man.contains(".TH hasp 1"), "{}", &man[..man.len().min(400)]);
+}

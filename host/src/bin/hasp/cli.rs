@@ -163,6 +163,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a completion script for SHELL: `source <(hasp completions bash)`
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print hasp's manual page (roff): `hasp man | man -l -`
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -330,6 +337,19 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
         std::fs::write(output, composed)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
         return Ok(0);
+    }
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "hasp", &mut std::io::stdout());
+            return Ok(0);
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+            return Ok(0);
+        }
+        _ => {}
     }
     if let Command::Component(what) = &cli.command {
         match what {
@@ -558,7 +578,9 @@ fn registry_command(dir: &Path, command: Command) -> anyhow::Result<()> {
         | Command::Who { .. }
         | Command::Serve(_)
         | Command::Component(_)
-        | Command::Plugin(_) => {
+        | Command::Plugin(_)
+        | Command::Completions { .. }
+        | Command::Man => {
             unreachable!("not registry commands")
         }
         Command::Lock {
