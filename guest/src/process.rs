@@ -254,18 +254,8 @@ fn write_owner_line(owner: &Owner, out: &mut Vec<u8>) {
 }
 
 /// Appends `n` in decimal.
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(hasp_text::decimal(n, &mut [0; 20]).as_bytes());
 }
 
 /// A failed OS-lock call on `path`.

@@ -163,18 +163,8 @@ pub fn free_name(number: u64) -> String {
 }
 
 /// Appends `n` in decimal.
-fn push_number(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+fn push_number(out: &mut String, n: u64) {
+    out.push_str(hasp_text::decimal(n, &mut [0; 20]));
 }
 
 /// Parses a state file name; the error says what is wrong with it.

@@ -35,6 +35,23 @@ pub struct Lock<'a> {
 /// The holder shown for a lock taken without a client id.
 pub const ANONYMOUS: &str = "?";
 
+/// `n` in decimal, written into `digits` without an allocation (state
+/// names and owner records are built on every lock call).
+pub fn decimal(n: u64, digits: &mut [u8; 20]) -> &str {
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&digits[at..]).unwrap_or_default()
+}
+
 /// What `status RESOURCE` prints for a resource nobody holds.
 pub const NOT_LOCKED: &str = "not locked";
 
@@ -46,4 +63,17 @@ pub fn is_refusal(code: &str) -> bool {
         code,
         "already-locked" | "not-owner" | "not-locked" | "busy" | "would-block" | "lease-expired"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn decimal_is_what_display_writes(n in any::<u64>()) {
+            let mut digits = [0; 20];
+            prop_assert_eq!(super::decimal(n, &mut digits), n.to_string());
+        }
+    }
 }
