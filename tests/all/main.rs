@@ -1,6 +1,8 @@
 //! Black-box tests of hasp: the real `hasp` binary, real directories, real
 //! processes. One test binary, one module per area.
 
+#[path = "../etcd.rs"]
+mod etcd;
 #[path = "../http_client.rs"]
 mod http_client;
 mod support;
@@ -9,6 +11,7 @@ mod api;
 mod bad_input;
 mod cli;
 mod embed;
+mod etcd_harness;
 mod file_lock;
 mod hierarchy;
 mod lease;
