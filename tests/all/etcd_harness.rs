@@ -1,7 +1,7 @@
 //! The etcd harness itself (tests/etcd.rs), on real etcd servers: one
-//! member, a three-member cluster losing and regaining its leader, clusters
-//! started side by side, a start on a port that is taken, and one that
-//! fails.
+//! member, stopped and started again; a three-member cluster losing and
+//! regaining its leader; clusters started side by side; a start on a port
+//! that is taken, and one that fails.
 
 use std::net::TcpListener;
 use std::process::Output;
@@ -51,6 +51,20 @@ fn single_member_stores_and_answers() {
     drop(etcd);
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     assert!(!dir.exists());
+}
+
+#[test]
+fn a_stopped_member_restarts_with_its_data() {
+    let mut etcd = Etcd::single();
+    assert_eq!(ctl(etcd.etcdctl(), &["put", "k", "kept"]).trim(), "OK");
+    let pid = etcd.pid(0).expect("running");
+    etcd.stop();
+    assert!(etcd.running().is_empty());
+    assert_eq!(etcd.pid(0), None);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    etcd.restart_all();
+    assert_eq!(etcd.running(), [0]);
+    assert_eq!(value(etcd.etcdctl(), "k"), "kept");
 }
 
 #[test]
