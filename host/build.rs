@@ -36,10 +36,12 @@ fn main() {
     let target_dir = guest_target_dir(&out_dir);
     ensure_wasm_target();
 
-    // Two components from one crate: the registry, and (feature `process`)
-    // the lock-file rules that import the host's file-lock.
+    // Three components from one crate: the registry, the same registry on
+    // the host's store (feature `store`), and (feature `process`) the
+    // lock-file rules that import the host's file-lock.
     for (features, artifact, hash_var) in [
         (None, "hasp_guest.wasm", "HASP_GUEST_HASH"),
+        (Some("store"), "hasp_store.wasm", "HASP_STORE_HASH"),
         (Some("process"), "hasp_process.wasm", "HASP_PROCESS_HASH"),
     ] {
         let bytes = build_component(&guest, "hasp_guest", &target_dir, features);

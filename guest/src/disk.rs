@@ -11,14 +11,13 @@ use crate::dir::{Dir, Head};
 use crate::errors;
 use crate::hasp::lock::types::Error;
 use crate::name;
-use crate::record::{self, State};
+use crate::record::{self, Lost, Seen, State};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use wasip2::filesystem::types::{DescriptorType, ErrorCode};
 
-/// Directory holding one node directory per resource, nested like the names.
-pub const NODES: &str = "nodes";
+use crate::name::NODES;
 /// Staging area for the first state of a new node.
 pub const TMP: &str = "tmp";
 /// File naming the layout version of the lock directory.
@@ -61,15 +60,6 @@ struct Node {
     /// The state file name this registry saw or wrote last, which may be
     /// stale: it is looked up, or renamed from, before it counts.
     hint: RefCell<Option<String>>,
-}
-
-/// A state read from disk: the file name and what it says.
-#[derive(Clone, Debug)]
-pub struct Seen {
-    /// The state file's name in `.lock`.
-    pub name: String,
-    /// What it says.
-    pub state: State,
 }
 
 impl Disk {
@@ -259,7 +249,7 @@ impl Disk {
 
     /// The state of `node` read without holding anything open, for walks
     /// over many nodes; `None` for a node that was never locked.
-    pub fn peek(&self, node: &str) -> Result<Option<Seen>, Error> {
+    fn peek(&self, node: &str) -> Result<Option<Seen>, Error> {
         let path = format!("{node}/{LOCK}");
         let Some(mut names) = self.dir.names(&path).map_err(fail("read", &path))? else {
             return Ok(None);
@@ -293,6 +283,54 @@ impl Disk {
             )),
         }
     }
+
+    /// Step 2 of a lock: [`Disk::change`]. On disk the related locks are
+    /// read afterwards, each when the check gets to it (`parents` and
+    /// `children` say which will be: a store reads them in the same step).
+    /// `None` when the state is no longer `from`.
+    pub fn commit(
+        &self,
+        node: &str,
+        from: &str,
+        to: &str,
+        _parents: bool,
+        _children: bool,
+    ) -> Result<Option<Snapshot>, Error> {
+        Ok(self.change(node, from, to)?.then_some(Snapshot))
+    }
+
+    /// The state of the related node `node` for the check after `commit`:
+    /// read now.
+    pub fn related(&self, _snapshot: &Snapshot, node: &str) -> Result<Option<State>, Error> {
+        self.state(node)
+    }
+
+    /// Hands every node below `node` (not `node` itself) and its state to
+    /// `visit`, a parent before its children, until `visit` breaks.
+    pub fn below<F>(&self, node: &str, _snapshot: &Snapshot, visit: &mut F) -> Result<Flow, Error>
+    where
+        F: FnMut(&str, Option<Seen>) -> Result<Flow, Error>,
+    {
+        self.walk(node, visit)
+    }
+
+    /// [`Disk::below`]: lists each level, reads each node's state.
+    fn walk<F>(&self, node: &str, visit: &mut F) -> Result<Flow, Error>
+    where
+        F: FnMut(&str, Option<Seen>) -> Result<Flow, Error>,
+    {
+        for (child, _) in self.children(node)? {
+            if visit(&child, self.peek(&child)?)?.is_break() || self.walk(&child, visit)?.is_break()
+            {
+                return Ok(Flow::Break(()));
+            }
+        }
+        Ok(Flow::Continue(()))
+    }
+
+    /// What a store's host is told of a lease that refused a lock (see
+    /// `Kv::changes_at`): on disk, nothing; waiters look again on their own.
+    pub fn changes_at(&self, _at_ms: u64) {}
 
     /// Makes the node at `path` and each missing level above it (refusing
     /// symlinks), and gives each level that has none its first state, `0`:
@@ -389,7 +427,7 @@ impl Disk {
         if lost.len() > LOST_KEPT {
             lost.sort_by_key(|l| std::cmp::Reverse(l.fencing));
             for old in &lost[LOST_KEPT..] {
-                let _ = self.dir.unlink(&format!("{node}/{}", old.file));
+                let _ = self.dir.unlink(&format!("{node}/{}", old.name));
             }
         }
     }
@@ -400,22 +438,12 @@ impl Disk {
         Ok(names
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|file| {
-                let (fencing, token, same, client) = record::decode_lost(&file)?;
-                let token = token.to_string();
-                Some(Lost {
-                    fencing,
-                    token,
-                    client,
-                    same,
-                    file,
-                })
-            })
+            .filter_map(Lost::decode)
             .collect())
     }
 
     /// The child nodes of `node`: their node paths and resource segments.
-    pub fn children(&self, node: &str) -> Result<Vec<(String, String)>, Error> {
+    fn children(&self, node: &str) -> Result<Vec<(String, String)>, Error> {
         let entries = self.dir.entries(node).map_err(fail("read", node))?;
         let mut out = Vec::new();
         for (entry, kind) in entries.unwrap_or_default() {
@@ -430,6 +458,20 @@ impl Disk {
         Ok(out)
     }
 }
+
+/// What a commit read with it: on disk, nothing (related nodes are read
+/// when checked).
+pub struct Snapshot;
+
+impl Snapshot {
+    /// Nothing read: every node is read when asked for.
+    pub fn none() -> Snapshot {
+        Snapshot
+    }
+}
+
+/// Whether a walk goes on.
+pub type Flow = std::ops::ControlFlow<()>;
 
 /// FNV-1a: the node map's keys are paths this process made from names it
 /// validated, looked up several times a call; SipHash's defence against
@@ -457,21 +499,6 @@ impl std::hash::Hasher for FnvHasher {
     fn finish(&self) -> u64 {
         self.0
     }
-}
-
-/// A lease that ran out and whose lock was taken over, as its node records
-/// it.
-pub struct Lost {
-    /// The lost lock's fencing number.
-    pub fencing: u64,
-    /// Its token.
-    pub token: String,
-    /// Its client id.
-    pub client: Option<String>,
-    /// Whether the same client id took it over.
-    pub same: bool,
-    /// The record's file name in the node.
-    file: String,
 }
 
 /// Upgrades a format 2 directory to format 3 in place: format 3 only adds

@@ -114,6 +114,20 @@ pub fn io_failure(action: &str, path: &str, reason: &str) -> Error {
     }
 }
 
+/// The store could not be reached, or could not commit, for `action` on
+/// `key`; `why` is the host's reason. Nothing was changed.
+#[cfg(feature = "store")]
+pub fn store_unavailable(action: &str, key: &str, why: &str) -> Error {
+    let shown = on_one_line(key);
+    Error {
+        message: format!(
+            "cannot {action} {shown}: {} ({why})",
+            hasp_text::UNAVAILABLE
+        ),
+        code: ErrorCode::Storage(key.to_string()),
+    }
+}
+
 /// A lock directory laid out by another, incompatible hasp.
 pub fn wrong_format(path: &str, found: &str) -> Error {
     let advice = if found == "hasp-lock-dir 1" {

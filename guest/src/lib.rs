@@ -2,22 +2,28 @@
 //!
 //! The host hands a component a preopened directory and carries requests in;
 //! everything that decides whether a lock is granted lives here. One crate,
-//! two components:
+//! three components:
 //!
 //! - the registry (world `guest`, the default build): named, hierarchical
 //!   locks kept as file names — [`name`] (what a resource name or client id may
 //!   be), [`record`] (the on-disk state), [`disk`] (the atomic filesystem
 //!   steps), [`registry`] (ownership, tokens, hierarchy, fencing);
+//! - the same registry on a shared store (world `on-store`, feature
+//!   `store`): [`registry`]'s rules unchanged, with `kv` (the same steps on
+//!   the host's `hasp:lock/store`, etcd) in place of [`disk`];
 //! - process locks (world `process`, feature `process`): lock files held with
 //!   the host's OS locks — [`process`] (which file, what it records, messages).
 //!
-//! Both reach the disk only through [`dir`] (the preopen as a capability) and
-//! say everything a user reads through [`errors`]. The registry component is
+//! The directory ones reach the disk only through [`dir`] (the preopen as a
+//! capability); all say everything a user reads through [`errors`]. The registry component is
 //! also a command for the stock `wasmtime run` ([`command`]), printing
 //! through the `hasp-text` crate (`guest/text/`), which the `hasp` CLI
 //! shares.
 
-#[cfg(not(feature = "process"))]
+#[cfg(all(feature = "process", feature = "store"))]
+compile_error!("the features `process` and `store` build different components: pick one");
+
+#[cfg(not(any(feature = "process", feature = "store")))]
 wit_bindgen::generate!({
     world: "guest",
     path: "../wit",
@@ -29,36 +35,45 @@ wit_bindgen::generate!({
     path: "../wit",
 });
 
-// The process world uses only part of the filesystem layer and messages.
-#[cfg_attr(feature = "process", allow(dead_code))]
+#[cfg(feature = "store")]
+wit_bindgen::generate!({
+    world: "on-store",
+    path: "../wit",
+});
+
+// The process world uses only part of the filesystem layer and messages;
+// the store world, only the messages.
+#[cfg_attr(any(feature = "process", feature = "store"), allow(dead_code))]
 mod dir;
-#[cfg_attr(feature = "process", allow(dead_code))]
+#[cfg_attr(any(feature = "process", feature = "store"), allow(dead_code))]
 mod errors;
 
-#[cfg(not(feature = "process"))]
-mod token;
-
-#[cfg(not(feature = "process"))]
-mod disk;
 #[cfg(not(feature = "process"))]
 mod name;
 #[cfg(not(feature = "process"))]
 mod record;
 #[cfg(not(feature = "process"))]
 mod registry;
+#[cfg(not(feature = "process"))]
+mod token;
+
+#[cfg(not(any(feature = "process", feature = "store")))]
+mod disk;
+#[cfg(feature = "store")]
+mod kv;
 
 #[cfg(feature = "process")]
 mod process;
 
 // The registry component is also a command (`wasi:cli/run`), for the stock
 // `wasmtime run`.
-#[cfg(not(feature = "process"))]
+#[cfg(not(any(feature = "process", feature = "store")))]
 mod command;
-#[cfg(not(feature = "process"))]
+#[cfg(not(any(feature = "process", feature = "store")))]
 use command::Command;
-#[cfg(not(feature = "process"))]
+#[cfg(not(any(feature = "process", feature = "store")))]
 use hasp_text::{duration, show};
-#[cfg(not(feature = "process"))]
+#[cfg(not(any(feature = "process", feature = "store")))]
 wasip2::cli::command::export!(Command);
 
 #[cfg(not(feature = "process"))]

@@ -13,6 +13,10 @@ use crate::record::{self, MAX_CLIENT_ON_DISK};
 
 /// Longest accepted resource name, in bytes (after trimming the slashes).
 pub const MAX_NAME: usize = 1024;
+
+/// Where the nodes live: the directory (on disk) or the key prefix (in a
+/// store) holding one node per resource, nested like the names.
+pub const NODES: &str = "nodes";
 /// Longest on-disk form of one segment, in bytes (filesystems allow 255).
 pub const MAX_SEGMENT: usize = 200;
 
@@ -61,8 +65,8 @@ impl Name {
 
     /// The node directory of this resource, relative to the lock directory.
     pub fn node_path(&self) -> String {
-        let mut path = String::with_capacity(crate::disk::NODES.len() + 8 + self.canonical.len());
-        path.push_str(crate::disk::NODES);
+        let mut path = String::with_capacity(NODES.len() + 8 + self.canonical.len());
+        path.push_str(NODES);
         for segment in self.canonical.split('/') {
             path.push('/');
             push_encoded(&mut path, segment);
@@ -118,12 +122,23 @@ fn encoded_len(segment: &str) -> usize {
 /// [`Name::node_path`]), outermost first: for `nodes/a/b/c`, `nodes/a` and
 /// `nodes/a/b`. Encoded segments hold no `/`, so they are its prefixes.
 pub fn ancestor_nodes(node_path: &str) -> impl Iterator<Item = &str> + '_ {
-    let segments = node_path
-        .get(crate::disk::NODES.len() + 1..)
-        .unwrap_or_default();
+    let segments = node_path.get(NODES.len() + 1..).unwrap_or_default();
     segments
         .match_indices('/')
-        .map(move |(at, _)| &node_path[..crate::disk::NODES.len() + 1 + at])
+        .map(move |(at, _)| &node_path[..NODES.len() + 1 + at])
+}
+
+/// The resource whose node is at `node_path` (as made by
+/// [`Name::node_path`]); `None` for a path it could not have made.
+pub fn resource_of(node_path: &str) -> Option<String> {
+    let mut out = String::with_capacity(node_path.len());
+    for segment in node_path.strip_prefix(NODES)?.strip_prefix('/')?.split('/') {
+        if !out.is_empty() {
+            out.push('/');
+        }
+        out.push_str(&decode_segment(segment)?);
+    }
+    Some(out)
 }
 
 /// Inverse of `push_encoded`; `None` for anything it could not have made.

@@ -42,6 +42,46 @@ pub enum State {
     Held(Held),
 }
 
+/// A state as read: its name (the state file's name on disk, the key's
+/// value in a store) and what it says.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// The state's name.
+    pub name: String,
+    /// What it says.
+    pub state: State,
+}
+
+/// A lease that ran out and whose lock was taken over, as its node records
+/// it.
+pub struct Lost {
+    /// The lost lock's fencing number.
+    pub fencing: u64,
+    /// Its token.
+    pub token: String,
+    /// Its client id.
+    pub client: Option<String>,
+    /// Whether the same client id took it over.
+    pub same: bool,
+    /// The record's name in the node.
+    pub name: String,
+}
+
+impl Lost {
+    /// The record named `name`; `None` for any other name.
+    pub fn decode(name: String) -> Option<Lost> {
+        let (fencing, token, same, client) = decode_lost(&name)?;
+        let token = token.to_string();
+        Some(Lost {
+            fencing,
+            token,
+            client,
+            same,
+            name,
+        })
+    }
+}
+
 /// A held lock, as its state file name records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Held {
@@ -71,12 +111,6 @@ pub struct Lease {
 }
 
 impl Held {
-    /// Whether the lock still counts at `now_ms`: it has no lease, or its
-    /// lease has not run out.
-    pub fn is_live(&self, now_ms: u64) -> bool {
-        self.lease.is_none_or(|lease| now_ms < lease.expires_ms)
-    }
-
     /// Who holds it, as the API reports it, for the resource `resource`.
     pub fn holder(&self, resource: &str) -> Holder {
         Holder {

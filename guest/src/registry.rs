@@ -12,11 +12,14 @@
 //! two racing related attempts at least one sees the other: at most one is
 //! granted. docs/FORMAT.md has the full argument.
 
-use crate::disk::{Disk, Seen};
+#[cfg(not(feature = "store"))]
+use crate::disk::{Disk as Store, Flow, Snapshot};
 use crate::errors;
 use crate::hasp::lock::types::{Error, Grant, Holder, LockOptions, UnlockKey};
+#[cfg(feature = "store")]
+use crate::kv::{Flow, Kv as Store, Snapshot};
 use crate::name::{self, Name};
-use crate::record::{self, Held, Lease, State};
+use crate::record::{self, Held, Lease, Seen, State};
 use crate::token;
 use wasip2::clocks::monotonic_clock;
 
@@ -29,19 +32,27 @@ const RETRIES: usize = 64;
 /// attempt is withdrawn (and `busy` answered) long before the host would
 /// stop the call half way and leave it held.
 const WALK_BUDGET_NS: u64 = 10_000_000_000;
+/// How long past its end a lease still counts as live. On disk, none:
+/// every process on one lock directory reads one clock. On a shared store,
+/// hosts judge leases by their own clocks, so a lease ends for everybody
+/// only once every clock that is at most this far behind says it has
+/// (docs/FORMAT.md, "Leases on a store"): hosts must agree to within it.
+const SKEW_MS: u64 = if cfg!(feature = "store") { 500 } else { 0 };
 /// The walk looks at the clock once per this many nodes.
 const WALK_CLOCK_EVERY: usize = 64;
 
-/// A registry open on one lock directory.
+/// A registry open on one lock directory, or (feature `store`) on a
+/// shared store: the same rules on either.
 pub struct Registry {
-    disk: Disk,
+    disk: Store,
 }
 
 impl Registry {
-    /// Opens the registry in the preopened directory `dir`.
+    /// Opens the registry in the preopened directory `dir` (with feature
+    /// `store`: under the key prefix `dir` in the host's store).
     pub fn open(dir: &str) -> Result<Registry, Error> {
         Ok(Registry {
-            disk: Disk::open(dir)?,
+            disk: Store::open(dir)?,
         })
     }
 
@@ -94,7 +105,7 @@ impl Registry {
             // request's own grant, asked for again. A lease that ran out
             // counts as free, and is taken over from its held state.
             let (last, lost) = match seen.state {
-                State::Held(held) if held.is_live(now) => {
+                State::Held(held) if clock.live(&held) => {
                     return match &options.request_id {
                         Some(id)
                             if held.token
@@ -110,7 +121,7 @@ impl Registry {
                                 token: held.token,
                             })
                         }
-                        _ => Err(already_locked(&held)),
+                        _ => Err(self.refuse(&held)),
                     };
                 }
                 State::Held(expired) => (expired.fencing, Some(expired)),
@@ -139,23 +150,40 @@ impl Registry {
             };
             // (2) Commit: only one rename from this state can succeed.
             let held = record::held_name(&grant);
-            if !self.disk.change(&node, &seen.name, &held)? {
+            let Some(snapshot) = self.disk.commit(
+                &node,
+                &seen.name,
+                &held,
+                options.lock_parents,
+                options.lock_children,
+            )?
+            else {
                 continue;
-            }
+            };
             if let Some(expired) = &lost {
                 self.disk
                     .record_lost(&node, expired, options.client.as_deref());
             }
             // (3) Check the related locks now that this one is visible.
-            let refusal = match self.conflict(&node, options, &clock) {
+            let refusal = match self.conflict(&node, options, &clock, &snapshot) {
                 Ok(None) => return Ok(grant),
-                Ok(Some(other)) => already_locked(&other),
+                Ok(Some(other)) => self.refuse(&other),
                 Err(err) => err,
             };
             self.withdraw(&node, &held, fencing)?;
             return Err(refusal);
         }
         Err(errors::busy(name.as_str()))
+    }
+
+    /// The refusal of a lock because of `held`. When it has a lease, the
+    /// store's host learns when it ends, for a waiting lock.
+    fn refuse(&self, held: &Held) -> Error {
+        if let Some(lease) = held.lease {
+            self.disk
+                .changes_at(lease.expires_ms.saturating_add(SKEW_MS));
+        }
+        already_locked(held)
     }
 
     /// Frees `node` again from our attempt `held`, spending its number
@@ -183,53 +211,46 @@ impl Registry {
     }
 
     /// A held lock that conflicts with a lock on the node `node` taken with
-    /// `options`.
+    /// `options`, as found after the commit that made `snapshot`.
     fn conflict(
         &self,
         node: &str,
         options: &LockOptions,
         now: &Now,
+        snapshot: &Snapshot,
     ) -> Result<Option<Held>, Error> {
         if options.lock_parents {
             for ancestor in name::ancestor_nodes(node) {
-                if let Some(State::Held(held)) = self.disk.state(ancestor)? {
+                if let Some(State::Held(held)) = self.disk.related(snapshot, ancestor)? {
                     if held.lock_children && now.live(&held) {
                         return Ok(Some(held));
                     }
                 }
             }
         }
-        if options.lock_children && !self.disk.is_leaf(node)? {
-            let mut walk = Walk {
-                started: monotonic_clock::now(),
-                visited: 0,
-                node,
-                now,
-            };
-            return self.held_below(node, &mut walk);
+        if !options.lock_children || self.disk.is_leaf(node)? {
+            return Ok(None);
         }
-        Ok(None)
-    }
-
-    /// A lock taken with lock-parents on any node below `node`.
-    fn held_below(&self, node: &str, walk: &mut Walk) -> Result<Option<Held>, Error> {
-        for (child, _) in self.disk.children(node)? {
-            walk.visited += 1;
-            if walk.visited.is_multiple_of(WALK_CLOCK_EVERY)
-                && monotonic_clock::now().saturating_sub(walk.started) > WALK_BUDGET_NS
+        // A lock taken with lock-parents on any node below.
+        let started = monotonic_clock::now();
+        let mut visited = 0usize;
+        let mut found = None;
+        let _ = self.disk.below(node, snapshot, &mut |_, seen| {
+            visited += 1;
+            if visited.is_multiple_of(WALK_CLOCK_EVERY)
+                && monotonic_clock::now().saturating_sub(started) > WALK_BUDGET_NS
             {
-                return Err(errors::walk_too_long(walk.node));
+                return Err(errors::walk_too_long(node));
             }
-            if let Some(held) = held(self.disk.peek(&child)?, walk.now) {
-                if held.lock_parents {
-                    return Ok(Some(held));
+            match held(seen, now) {
+                Some(held) if held.lock_parents => {
+                    found = Some(held);
+                    Ok(Flow::Break(()))
                 }
+                _ => Ok(Flow::Continue(())),
             }
-            if let Some(held) = self.held_below(&child, walk)? {
-                return Ok(Some(held));
-            }
-        }
-        Ok(None)
+        })?;
+        Ok(found)
     }
 
     /// Releases a lock; see the WIT docs of `registry.unlock`.
@@ -273,7 +294,7 @@ impl Registry {
             // have found it expired (parents and children do not rename
             // this node). Past the old end, undo it: the lease was lost.
             if let Some(old) = held.lease {
-                if now_ms() >= old.expires_ms {
+                if now_ms() >= old.expires_ms.saturating_add(SKEW_MS) {
                     let _ = self.disk.change(&node, &renewed, from);
                     return Err(errors::lease_expired(
                         name.as_str(),
@@ -418,43 +439,27 @@ impl Registry {
     pub fn list(&self, prefix: &str) -> Result<Vec<Holder>, Error> {
         let mut holders = Vec::new();
         let now = Now::default();
-        if prefix.trim_matches('/').is_empty() {
-            for (child, segment) in self.disk.children(crate::disk::NODES)? {
-                self.collect(&child, &segment, &now, &mut holders)?;
-            }
+        let top = if prefix.trim_matches('/').is_empty() {
+            name::NODES.to_string()
         } else {
             let name = Name::parse(prefix)?;
-            self.collect(&name.node_path(), name.as_str(), &now, &mut holders)?;
-        }
+            let node = name.node_path();
+            if let Some(held) = held(self.disk.read(&node)?, &now) {
+                holders.push(held.holder(name.as_str()));
+            }
+            node
+        };
+        let _ = self
+            .disk
+            .below(&top, &Snapshot::none(), &mut |node, seen| {
+                if let (Some(held), Some(resource)) = (held(seen, &now), name::resource_of(node)) {
+                    holders.push(held.holder(&resource));
+                }
+                Ok(Flow::Continue(()))
+            })?;
         holders.sort_by(|a, b| a.resource.cmp(&b.resource));
         Ok(holders)
     }
-
-    /// The locks on `node` (resource `resource`) and below it.
-    fn collect(
-        &self,
-        node: &str,
-        resource: &str,
-        now: &Now,
-        out: &mut Vec<Holder>,
-    ) -> Result<(), Error> {
-        if let Some(held) = held(self.disk.peek(node)?, now) {
-            out.push(held.holder(resource));
-        }
-        for (child, segment) in self.disk.children(node)? {
-            self.collect(&child, &format!("{resource}/{segment}"), now, out)?;
-        }
-        Ok(())
-    }
-}
-
-/// The walk below a lock-children attempt on `node`.
-struct Walk<'a> {
-    started: u64,
-    visited: usize,
-    node: &'a str,
-    /// The wall clock at the attempt: leases judged by it.
-    now: &'a Now,
 }
 
 /// The lock a read found, if the node is held at `now` (a lease that ran
@@ -554,9 +559,11 @@ impl Now {
         }
     }
 
-    /// Whether `held` still counts: no lease, or one not run out.
+    /// Whether `held` still counts: no lease, or one not run out (by
+    /// [`SKEW_MS`] past its end).
     fn live(&self, held: &Held) -> bool {
-        held.lease.is_none_or(|lease| self.get() < lease.expires_ms)
+        held.lease
+            .is_none_or(|lease| self.get() < lease.expires_ms.saturating_add(SKEW_MS))
     }
 }
 

@@ -39,6 +39,25 @@ pub(crate) mod process {
     pub(crate) use self::hasp::lock::file_lock;
 }
 
+/// World `on-store`: the registry component built on `hasp:lock/store`,
+/// which the host provides (on etcd, `crate::store`). Its exports are the
+/// registry's, called through [`registry`]'s bindings; only the import is
+/// bound here. The host functions are asynchronous: a call on this
+/// component always runs on a fiber, and waits for etcd without holding a
+/// thread.
+pub(crate) mod on_store {
+    wasmtime::component::bindgen!({
+        world: "on-store",
+        path: "../wit",
+        imports: { default: async | trappable },
+        with: {
+            "hasp:lock/types": super::types,
+        },
+    });
+
+    pub(crate) use self::hasp::lock::store;
+}
+
 /// The host side of a `file-lock.file`: the open file whose lock it is.
 #[derive(Debug)]
 #[allow(unreachable_pub)]

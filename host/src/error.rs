@@ -37,20 +37,21 @@ pub enum Error {
         /// What is wrong, quoting the input.
         message: String,
     },
-    /// A lock state in the lock directory does not parse.
-    #[error("{message} (lock directory {})", dir.display())]
+    /// A lock state in the lock directory (or the store) does not parse.
+    #[error("{message} ({})", place(dir))]
     CorruptRecord {
-        /// The lock directory.
+        /// The lock directory; for a registry on etcd, the store's URL.
         dir: PathBuf,
         /// The state file (or its `.lock` directory), relative to `dir`.
         file: PathBuf,
         /// What is wrong with it.
         message: String,
     },
-    /// A filesystem call inside the lock directory failed.
-    #[error("{message} (lock directory {})", dir.display())]
+    /// A filesystem call inside the lock directory failed (or, on etcd, a
+    /// call to the store).
+    #[error("{message} ({})", place(dir))]
     Storage {
-        /// The lock directory.
+        /// The lock directory; for a registry on etcd, the store's URL.
         dir: PathBuf,
         /// The file or directory it failed on, relative to `dir`.
         file: PathBuf,
@@ -141,8 +142,22 @@ pub enum StorageKind {
     Full,
     /// The lock directory is on a read-only filesystem.
     ReadOnly,
+    /// The store (etcd) did not answer, or could not commit (no quorum),
+    /// within the call's budget: nothing was changed; a retry may succeed.
+    Unavailable,
     /// Anything else: the message says what.
     Other,
+}
+
+/// Where a registry keeps its locks, in words: `dir` is a lock directory,
+/// or the URL of a store.
+fn place(dir: &std::path::Path) -> String {
+    let shown = dir.display().to_string();
+    if shown.starts_with("etcd://") {
+        format!("store {shown}")
+    } else {
+        format!("lock directory {shown}")
+    }
 }
 
 /// Why a listening socket could not be bound, in words.

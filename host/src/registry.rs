@@ -9,11 +9,13 @@ use crate::runtime::instance::{
 };
 use crate::runtime::outcome::Outcome;
 use crate::runtime::{Runtime, State};
+use crate::store::{Etcd, EtcdUrl, Store};
+use std::sync::Arc;
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;
 use wasmtime::component::ResourceAny;
-use wasmtime::Store;
+use wasmtime::Store as WasmStore;
 
 /// How to take a lock. The default is Locker's: anonymous, and conflicting
 /// with locks on both parents and children.
@@ -123,7 +125,7 @@ pub struct Registry {
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
-            .field("dir", &self.dir())
+            .field("store", &self.store())
             .finish_non_exhaustive()
     }
 }
@@ -147,13 +149,16 @@ pub(crate) struct Exports {
     pub(crate) force_unlock: Export<(ResourceAny, &'static str), wit::Holder>,
     pub(crate) status: Export<(ResourceAny, &'static str), Option<wit::Holder>>,
     pub(crate) list: Export<(ResourceAny, &'static str), Vec<wit::Holder>>,
+    /// What `open` is given: the guest's preopen, or on a store the
+    /// store's root (`""`: the prefix the host gives it).
+    root: &'static str,
 }
 
 impl instance::Exports for Exports {
     const COMPONENT: Component = Component::Registry;
 
     fn of(
-        store: &mut Store<State>,
+        store: &mut WasmStore<State>,
         instance: &wasmtime::component::Instance,
     ) -> wasmtime::Result<Self> {
         let guest = Guest::new(&mut *store, instance)?;
@@ -166,13 +171,18 @@ impl instance::Exports for Exports {
             force_unlock: registry.func_force_unlock().func().typed(&*store)?,
             status: registry.func_status().func().typed(&*store)?,
             list: registry.func_list().func().typed(&*store)?,
+            root: if store.data().store.is_some() {
+                ""
+            } else {
+                GUEST_DIR
+            },
         })
     }
 }
 
-/// Opens the registry on the guest's preopen.
+/// Opens the registry on the guest's preopen (or its store).
 pub(crate) fn open(exports: &Exports) -> Call<(&'static str,), ResourceAny> {
-    (exports.open, (GUEST_DIR,))
+    (exports.open, (exports.root,))
 }
 
 impl Registry {
@@ -188,9 +198,68 @@ impl Registry {
         Ok(Registry { instance })
     }
 
-    /// The directory this registry keeps its records in.
+    /// Opens the registry kept in `store`: a lock directory, or a prefix on
+    /// etcd.
+    pub fn open_store(store: &Store) -> Result<Registry, Error> {
+        match store {
+            Store::Dir(dir) => Registry::open(dir),
+            Store::Etcd(url) => Registry::open_etcd(url),
+        }
+    }
+
+    /// Opens the registry kept under `url`'s prefix on etcd, laying it out
+    /// if the prefix holds none yet. Any number of hosts may open the same
+    /// one; they never grant conflicting locks. The connection runs on a
+    /// thread of its own; the calls block on etcd. Do not call this, or
+    /// the registry it returns, from inside a Tokio runtime.
+    ///
+    /// ```no_run
+    /// use hasp::{EtcdUrl, LockOptions, Registry};
+    /// let url = EtcdUrl::parse("etcd://127.0.0.1:2379/team-a")?;
+    /// let mut registry = Registry::open_etcd(&url)?;
+    /// let grant = registry.lock("deploy", &LockOptions::client("ci-7"))?;
+    /// println!("fencing {}", grant.holder.fencing);
+    /// # Ok::<(), hasp::Error>(())
+    /// ```
+    pub fn open_etcd(url: &EtcdUrl) -> Result<Registry, Error> {
+        Registry::open_etcd_with(&Runtime::shared()?, url)
+    }
+
+    /// [`Registry::open_etcd`] with a given runtime.
+    pub fn open_etcd_with(runtime: &Runtime, url: &EtcdUrl) -> Result<Registry, Error> {
+        let etcd = Arc::new(Etcd::connect_blocking(url)?);
+        let mut instance = Instance::on_store(runtime, etcd);
+        runtime.block(instance.open(open))?;
+        Ok(Registry { instance })
+    }
+
+    /// The directory this registry keeps its records in (for a registry on
+    /// etcd, the store's URL: see [`Registry::store`]).
     pub fn dir(&self) -> &Path {
         self.instance.dir()
+    }
+
+    /// Where this registry keeps its locks.
+    pub fn store(&self) -> Store {
+        match self.instance.store() {
+            Some(etcd) => Store::Etcd(etcd.url().clone()),
+            None => Store::Dir(self.dir().to_path_buf()),
+        }
+    }
+
+    /// Blocks until something the last call read may have changed, or
+    /// `until`: for a lock that was refused, until the holder's state
+    /// changes or its lease ends. On etcd, a watch on what the call read
+    /// wakes it (true). A lock directory has nothing to watch: false at
+    /// once, and the waiter paces its own retries.
+    pub fn wait_for_change(&self, until: Option<std::time::Instant>) -> bool {
+        match self.instance.watch() {
+            Some(watch) => {
+                self.instance.runtime().block(watch.changed(until));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Takes a lock on `resource`. Never waits: a held resource (or a
@@ -261,7 +330,10 @@ impl Registry {
         call: impl FnOnce(&Exports, ResourceAny) -> Call<P, T>,
     ) -> Result<T, Error> {
         let runtime = self.instance.runtime().clone();
-        runtime.now(|| self.instance.call(open, call))
+        match self.instance.flavour() {
+            Flavour::Sync => runtime.now(|| self.instance.call(open, call)),
+            Flavour::Fibers => runtime.block(self.instance.call(open, call)),
+        }
     }
 
     /// [`Registry::call`], with the guest's answer as it is: for plugins,

@@ -32,6 +32,11 @@ pub struct Lock<'a> {
     pub lease: Option<(u64, u64)>,
 }
 
+/// How a failure of a shared store (etcd) to answer or to commit is
+/// worded; the host classifies storage errors that say it as unavailable
+/// (HTTP 503).
+pub const UNAVAILABLE: &str = "the store is unavailable";
+
 /// The holder shown for a lock taken without a client id.
 pub const ANONYMOUS: &str = "?";
 

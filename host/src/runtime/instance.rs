@@ -8,7 +8,9 @@ use super::outcome::{self, Outcome};
 use super::{Runtime, State};
 use crate::bindings::{types as wit, LockDirs};
 use crate::error::Error;
+use crate::store::{Etcd, Session, Watch};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{ComponentNamedList, Lift, Lower, ResourceAny, TypedFunc};
 use wasmtime::{CallHook, Store};
@@ -34,6 +36,8 @@ pub(crate) enum Component {
     Registry,
     /// The process-lock component (world `process`).
     Process,
+    /// The registry on a shared store (world `on-store`).
+    OnStore,
 }
 
 /// The exports of a component, as an [`Instance`] calls them: typed once
@@ -71,6 +75,9 @@ pub(crate) type Call<P, T> = (Export<P, T>, P);
 pub(crate) struct Instance<G> {
     runtime: Runtime,
     dir: PathBuf,
+    /// The store the registry keeps its locks in instead of `dir` (which
+    /// is then empty): the component on a store is instantiated.
+    store: Option<Arc<Etcd>>,
     flavour: Flavour,
     /// Whether the instance is dropped after a call that grew its memory
     /// past this many bytes (a memory never shrinks).
@@ -97,11 +104,39 @@ impl<G: Exports> Instance<G> {
         Instance {
             runtime: runtime.clone(),
             dir: dir.to_path_buf(),
+            store: None,
             flavour,
             keep_memory: usize::MAX,
             time_host_calls: false,
             live: None,
         }
+    }
+
+    /// An instance of the registry on `store`, called on fibers (its host
+    /// functions wait for etcd); nothing is started yet.
+    pub(crate) fn on_store(runtime: &Runtime, store: Arc<Etcd>) -> Self {
+        // Errors name the store where they would name the directory.
+        let url = PathBuf::from(store.url().to_string());
+        let mut instance = Instance::new(runtime, &url, Flavour::Fibers);
+        instance.store = Some(store);
+        instance
+    }
+
+    /// The store the instance keeps its locks in, when not a directory.
+    pub(crate) fn store(&self) -> Option<&Arc<Etcd>> {
+        self.store.as_ref()
+    }
+
+    /// What a waiter for a change to what the last call read watches: on
+    /// a store, that; on a directory, nothing.
+    pub(crate) fn watch(&self) -> Option<Watch> {
+        let live = self.live.as_ref()?;
+        live.store.data().store.as_ref()?.watch()
+    }
+
+    /// How calls cross into the guest.
+    pub(crate) fn flavour(&self) -> Flavour {
+        self.flavour
     }
 
     /// Drops the instance after any call that leaves its linear memory
@@ -197,7 +232,17 @@ impl<G: Exports> Instance<G> {
         if let Some(live) = self.live.take() {
             return Ok(live);
         }
-        let wasi = Runtime::wasi_for(&self.dir, GUEST_DIR)?;
+        let (wasi, which) = match &self.store {
+            // No directory at all: the store is the only place it keeps
+            // anything.
+            Some(_) => (
+                wasmtime_wasi::WasiCtxBuilder::new()
+                    .allow_blocking_current_thread(true)
+                    .build(),
+                Component::OnStore,
+            ),
+            None => (Runtime::wasi_for(&self.dir, GUEST_DIR)?, G::COMPONENT),
+        };
         let mut lock_dirs = LockDirs::default();
         if G::COMPONENT == Component::Process {
             let granted =
@@ -210,10 +255,11 @@ impl<G: Exports> Instance<G> {
         }
         let mut store = self.runtime.new_store(wasi, lock_dirs);
         store.data_mut().yields = self.flavour == Flavour::Fibers;
+        store.data_mut().store = self.store.clone().map(Session::new);
         if self.time_host_calls {
             install_timer(&mut store);
         }
-        let pre = self.runtime.pre(G::COMPONENT, self.flavour)?;
+        let pre = self.runtime.pre(which, self.flavour)?;
         let instance = match self.flavour {
             Flavour::Sync => pre.instantiate(&mut store),
             Flavour::Fibers => pre.instantiate_async(&mut store).await,
@@ -262,6 +308,9 @@ impl<G> Live<G> {
         call: Call<P, T>,
     ) -> Outcome<T> {
         let (export, params) = call;
+        if let Some(session) = &mut self.store.data_mut().store {
+            session.begin();
+        }
         if self.store.data().yields {
             // Back to the thread at the next tick, and at each after it.
             self.store.data_mut().ticks = 0;

@@ -29,6 +29,10 @@ const GUEST_HASH: &str = env!("HASP_GUEST_HASH");
 /// `process` feature. It imports `hasp:lock/file-lock` from this host.
 pub const PROCESS_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hasp_process.wasm"));
 const PROCESS_HASH: &str = env!("HASP_PROCESS_HASH");
+/// The registry component on a shared store (world `on-store`), built from
+/// `guest/` with the `store` feature. It imports `hasp:lock/store`.
+pub const STORE_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hasp_store.wasm"));
+const STORE_HASH: &str = env!("HASP_STORE_HASH");
 
 /// The `hasp:lock` WIT package the components are built from, for plugins
 /// to put in their `wit/deps/`.
@@ -80,9 +84,9 @@ struct Inner {
     engine: Engine,
     /// The components, compiled for `engine` (or loaded from the cache) on
     /// first use: registry commands never pay for the process lock.
-    components: [OnceLock<Component>; 2],
+    components: [OnceLock<Component>; 3],
     /// Each component linked for each [`Flavour`], on first use.
-    linked: [[OnceLock<InstancePre<State>>; 2]; 2],
+    linked: [[OnceLock<InstancePre<State>>; 2]; 3],
     limits: Limits,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -113,6 +117,9 @@ pub(crate) struct State {
     pub(crate) yields: bool,
     /// Epoch ticks the current call has run for, when it yields.
     pub(crate) ticks: u64,
+    /// For the registry on a store: the store, and what the current call
+    /// read of it (for waiters).
+    pub(crate) store: Option<crate::store::Session>,
 }
 
 /// A store's limiter: wasmtime's own limits (each memory, instances, tables)
@@ -254,6 +261,13 @@ impl Runtime {
         }
     }
 
+    /// Runs `call`, a guest call made the [`Flavour::Fibers`] way, to its
+    /// end on this thread: for a registry on a store, whose host functions
+    /// wait for etcd (on the connection's own runtime).
+    pub(crate) fn block<F: Future>(&self, call: F) -> F::Output {
+        self.inner.tokio.block_on(call)
+    }
+
     /// The component `which`, linked for calls the `flavour` way: made on
     /// first use.
     pub(crate) fn pre(&self, which: Which, flavour: Flavour) -> Result<&InstancePre<State>, Error> {
@@ -278,14 +292,16 @@ impl Runtime {
         let (wasm, name, hash) = match which {
             Which::Registry => (GUEST_WASM, "guest", GUEST_HASH),
             Which::Process => (PROCESS_WASM, "process", PROCESS_HASH),
+            Which::OnStore => (STORE_WASM, "store", STORE_HASH),
         };
         let component = cache::load_component(&self.inner.engine, wasm, name, hash)?;
         Ok(cell.get_or_init(|| component))
     }
 
     /// The one linker: WASI, with wasmtime-wasi's bindings for `flavour`;
-    /// `hasp:lock/types`; and the host's own `hasp:lock/file-lock`, which
-    /// the process-lock component imports. (A plugin's adds the
+    /// `hasp:lock/types`; the host's own `hasp:lock/file-lock`, which the
+    /// process-lock component imports; and, on fibers, `hasp:lock/store`,
+    /// which the registry on a store imports. (A plugin's adds the
     /// `hasp:lock/registry` it imports.)
     pub(crate) fn linker(&self, flavour: Flavour) -> Result<Linker<State>, Error> {
         let mut linker = Linker::new(&self.inner.engine);
@@ -298,6 +314,10 @@ impl Runtime {
             .map_err(Error::Runtime)?;
         bindings::process::file_lock::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(Error::Runtime)?;
+        if flavour == Flavour::Fibers {
+            bindings::on_store::store::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+                .map_err(Error::Runtime)?;
+        }
         Ok(linker)
     }
 
@@ -345,6 +365,7 @@ impl Runtime {
             registries: None,
             yields: false,
             ticks: 0,
+            store: None,
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limits);

@@ -64,6 +64,8 @@ fn storage_kind(message: &str) -> StorageKind {
         StorageKind::Full
     } else if message.contains(READ_ONLY) {
         StorageKind::ReadOnly
+    } else if message.contains(hasp_text::UNAVAILABLE) {
+        StorageKind::Unavailable
     } else {
         StorageKind::Other
     }

@@ -9,6 +9,7 @@ use super::metrics::{Metrics, Outcome};
 use super::pool::Pool;
 use crate::registry::{self, Exports};
 use crate::runtime::instance::{Answer, Call, Params};
+use crate::store::{Store, Watch};
 use crate::{Error, Grant, Holder, LockOptions, StorageKind, UnlockKey};
 use serde_json::json;
 use std::future::Future;
@@ -27,6 +28,11 @@ const BUSY_RETRIES: usize = 3;
 /// processes (a release through this server wakes it at once).
 const POLL: Duration = Duration::from_millis(20);
 
+/// Around how long a waiter on a store pauses after a watch woke it, so
+/// that two related attempts woken by each other's withdrawal do not retry
+/// in step.
+const WATCH_JITTER: Duration = Duration::from_millis(2);
+
 /// The served registry.
 pub(super) struct Locks {
     pool: Pool,
@@ -39,6 +45,8 @@ pub(super) struct Locks {
     /// Failing calls, logged (target `hasp::serve`, WARN) at most once per
     /// kind every ten seconds, and the success after a logged one.
     failing: super::flaps::Flaps,
+    /// Where the locks are kept (said by `/healthz`).
+    pub store: Store,
 }
 
 /// How a waiting lock ended.
@@ -61,8 +69,14 @@ pub(super) trait Peer {
 }
 
 impl Locks {
-    pub(super) fn new(pool: Pool, syncer: Option<Syncer>, default_ttl: Option<Duration>) -> Locks {
+    pub(super) fn new(
+        pool: Pool,
+        syncer: Option<Syncer>,
+        default_ttl: Option<Duration>,
+        store: Store,
+    ) -> Locks {
         Locks {
+            store,
             pool,
             syncer,
             metrics: Metrics::default(),
@@ -78,13 +92,22 @@ impl Locks {
         resource: String,
         options: LockOptions,
     ) -> Result<Grant, Error> {
+        self.lock_watching(resource, options).await.0
+    }
+
+    /// [`Locks::lock`], with what a waiter watches for a change (on a
+    /// store).
+    async fn lock_watching(
+        &self,
+        resource: String,
+        options: LockOptions,
+    ) -> (Result<Grant, Error>, Option<Watch>) {
         let retryable = options.request_id.is_some();
         let options = registry::wit_options(&options);
-        let result = self
-            .call(&resource, |r, h| (r.lock, (h, &*resource, &options)))
-            .await
-            .map(registry::grant);
-        let result = match result {
+        let (result, watch) = self
+            .call_watching(&resource, |r, h| (r.lock, (h, &*resource, &options)))
+            .await;
+        let result = match result.map(registry::grant) {
             Ok(grant) => match self.durable().await {
                 Ok(()) => Ok(grant),
                 Err(why) => Err(self.unsynced_grant(grant, why, retryable).await),
@@ -92,7 +115,7 @@ impl Locks {
             Err(err) => Err(err),
         };
         self.count(&resource, &result, Outcome::Granted, "granted");
-        result
+        (result, watch)
     }
 
     /// A grant whose sync failed: nobody is told it was granted, so it is
@@ -149,7 +172,8 @@ impl Locks {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            match self.lock(resource.clone(), options.clone()).await {
+            let (result, watch) = self.lock_watching(resource.clone(), options.clone()).await;
+            match result {
                 Err(Error::AlreadyLocked { .. }) if Instant::now() < deadline => {}
                 Ok(grant) => {
                     // Asked now, as waiting gave it time to leave; `peer`
@@ -159,13 +183,26 @@ impl Locks {
                 }
                 other => return Waited::Done(other),
             }
-            // Jittered: two related attempts woken together may both have
-            // withdrawn (docs/FORMAT.md, "Hierarchy"); they must not retry
-            // in step for ever.
-            let next = (Instant::now() + jittered(POLL)).min(deadline);
+            // On a store, etcd says when what the refusal read changes (a
+            // watch), and when a lease in it ends. On a directory, look
+            // again after a pause, jittered: two related attempts woken
+            // together may both have withdrawn (docs/FORMAT.md,
+            // "Hierarchy"); they must not retry in step for ever.
+            let changed = async {
+                match watch {
+                    Some(watch) => {
+                        watch.changed(Some(deadline.into_std())).await;
+                        tokio::time::sleep(jittered(WATCH_JITTER)).await;
+                    }
+                    None => {
+                        let next = (Instant::now() + jittered(POLL)).min(deadline);
+                        tokio::time::sleep_until(next).await;
+                    }
+                }
+            };
             tokio::select! {
                 _ = released => {}
-                _ = tokio::time::sleep_until(next) => {}
+                () = changed => {}
                 () = peer.hang_up() => return Waited::HungUp,
                 () = &mut stop => return Waited::Stopping,
             }
@@ -296,6 +333,22 @@ impl Locks {
         retry_busy(|| self.pool.call(Some(resource), &call)).await
     }
 
+    /// [`Locks::call`], with what a waiter for a change to what the last
+    /// try read watches (on a store).
+    async fn call_watching<P: Params, T: Answer>(
+        &self,
+        resource: &str,
+        call: impl Fn(&Exports, ResourceAny) -> Call<P, T>,
+    ) -> (Result<T, Error>, Option<Watch>) {
+        let mut tries = 0;
+        loop {
+            match self.pool.call_watching(Some(resource), &call).await {
+                (Err(Error::Busy { .. }), _) if tries < BUSY_RETRIES => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
     /// Waits for the sync after a change (under `--fsync`); a sync that
     /// failed is counted.
     async fn durable(&self) -> Result<(), SyncError> {
@@ -421,6 +474,11 @@ pub(super) fn code(err: &Error) -> (u16, &'static str) {
             kind: StorageKind::Full,
             ..
         } => (507, "insufficient-storage"),
+        // etcd down or without quorum: nothing was granted; try later.
+        Error::Storage {
+            kind: StorageKind::Unavailable,
+            ..
+        } => (503, "unavailable"),
         Error::Storage { .. } | Error::Directory { .. } => (500, "storage"),
         Error::Trap(_) | Error::Runtime(_) | Error::Plugin { .. } | Error::Listen { .. } => {
             (500, "internal")

@@ -30,7 +30,7 @@ use locks::Locks;
 use metrics::Door;
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use crate::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -39,8 +39,9 @@ use tokio::sync::watch;
 /// Everything `hasp serve` needs to start.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
-    /// The lock directory (must exist).
-    pub dir: PathBuf,
+    /// Where the locks are kept: a lock directory (which must exist), or
+    /// a prefix on etcd.
+    pub store: Store,
     /// Clients must send this bearer token (or it as a Basic password).
     pub token: Option<String>,
     /// Sync the filesystem (group commit) before acknowledging a change.
@@ -123,15 +124,22 @@ impl Server {
             }
         }
         let runtime = Runtime::shared()?;
-        let syncer = if config.fsync {
-            Some(durable::Syncer::start(&config.dir).map_err(|e| io("cannot start syncing", e))?)
-        } else {
-            None
+        let syncer = match (&config.store, config.fsync) {
+            (Store::Dir(dir), true) => {
+                Some(durable::Syncer::start(dir).map_err(|e| io("cannot start syncing", e))?)
+            }
+            (Store::Etcd(_), true) => {
+                return Err(Error::InvalidInput {
+                    message: "--fsync syncs a lock directory; etcd makes every commit durable                               itself (leave --fsync out)"
+                        .into(),
+                })
+            }
+            (_, false) => None,
         };
         let files = open_file_limit();
         let workers = fit_workers(config.workers, files);
-        let pool = pool::Pool::start(&runtime, &config.dir, workers).await?;
-        let locks = Locks::new(pool, syncer, config.default_ttl);
+        let pool = pool::Pool::start(&runtime, &config.store, workers).await?;
+        let locks = Locks::new(pool, syncer, config.default_ttl, config.store.clone());
         let app = Arc::new(App {
             locks,
             token: config.token.clone(),
@@ -139,11 +147,11 @@ impl Server {
         let local = listener
             .local_addr()
             .map_err(|e| io("cannot read the bound address", e))?;
-        tracing::info!(
-            target: "hasp::serve",
-            "listening on http://{local} (lock directory {})",
-            config.dir.display()
-        );
+        let store = match &config.store {
+            Store::Dir(dir) => format!("lock directory {}", dir.display()),
+            Store::Etcd(url) => format!("store {url}"),
+        };
+        tracing::info!(target: "hasp::serve", "listening on http://{local} ({store})");
         let max_connections = config
             .max_connections
             .unwrap_or_else(|| default_max_connections(workers, files))
@@ -471,8 +479,10 @@ impl App {
         if path == "/healthz" {
             return (
                 Door::Other,
-                only(request, READ, "/healthz")
-                    .unwrap_or_else(|| Response::json(200, &serde_json::json!({"ok": true}))),
+                only(request, READ, "/healthz").unwrap_or_else(|| {
+                    let store = self.locks.store.to_string();
+                    Response::json(200, &serde_json::json!({"ok": true, "store": store}))
+                }),
             );
         }
         if !self.authorized(request) {

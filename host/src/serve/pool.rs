@@ -18,7 +18,8 @@ use crate::runtime::instance::{Answer, Call, Flavour, Instance, Params};
 use crate::{Error, Runtime};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::path::Path;
+use crate::store::{Etcd, Store, Watch};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Mutex;
 use wasmtime::component::ResourceAny;
@@ -38,12 +39,21 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    /// Starts `size` instances, each with a registry open on `dir`.
-    pub(super) async fn start(runtime: &Runtime, dir: &Path, size: usize) -> Result<Pool, Error> {
+    /// Starts `size` instances, each with a registry open on `store`
+    /// (on etcd, all share one connection).
+    pub(super) async fn start(runtime: &Runtime, store: &Store, size: usize) -> Result<Pool, Error> {
+        let etcd = match store {
+            Store::Etcd(url) => Some(Arc::new(Etcd::connect(url).await?)),
+            Store::Dir(_) => None,
+        };
         let mut instances = Vec::new();
         for _ in 0..size.max(1) {
-            let mut instance =
-                Instance::new(runtime, dir, Flavour::Fibers).keep_memory(KEEP_MEMORY);
+            let instance = match (&etcd, store) {
+                (Some(etcd), _) => Instance::on_store(runtime, etcd.clone()),
+                (None, Store::Dir(dir)) => Instance::new(runtime, dir, Flavour::Fibers),
+                (None, Store::Etcd(_)) => unreachable!("connected above"),
+            };
+            let mut instance = instance.keep_memory(KEEP_MEMORY);
             instance.open(registry::open).await?;
             instances.push(Mutex::new(instance));
         }
@@ -62,6 +72,16 @@ impl Pool {
         resource: Option<&str>,
         call: impl FnOnce(&Exports, ResourceAny) -> Call<P, T>,
     ) -> Result<T, Error> {
+        self.call_watching(resource, call).await.0
+    }
+
+    /// [`Pool::call`], with what a waiter for a change to what the call
+    /// read watches (on a store; nothing on a directory).
+    pub(super) async fn call_watching<P: Params, T: Answer>(
+        &self,
+        resource: Option<&str>,
+        call: impl FnOnce(&Exports, ResourceAny) -> Call<P, T>,
+    ) -> (Result<T, Error>, Option<Watch>) {
         let n = self.instances.len();
         let at = match resource {
             Some(name) => {
@@ -71,10 +91,8 @@ impl Pool {
             }
             None => self.turn.fetch_add(1, Ordering::Relaxed) % n,
         };
-        self.instances[at]
-            .lock()
-            .await
-            .call(registry::open, call)
-            .await
+        let mut instance = self.instances[at].lock().await;
+        let result = instance.call(registry::open, call).await;
+        (result, instance.watch())
     }
 }

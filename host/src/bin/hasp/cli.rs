@@ -1,7 +1,9 @@
 //! Command-line front door: parses arguments, calls the registry, prints.
 
 use clap::{Args, Parser, Subcommand};
-use hasp::{Error, FileHolder, FileLock, Grant, Holder, LockOptions, Registry, UnlockKey, Wait};
+use hasp::{
+    Error, FileHolder, FileLock, Grant, Holder, LockOptions, Registry, Store, UnlockKey, Wait,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,6 +30,12 @@ struct Cli {
     /// Lock directory [default: $XDG_STATE_HOME/hasp, else ~/.local/state/hasp]
     #[arg(long, global = true, env = "HASP_DIR", value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// Keep named locks on etcd instead of a lock directory:
+    /// etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (PREFIX default `hasp`).
+    /// For lock, unlock, renew, status and serve; `run` and `who` use
+    /// lock files, in --dir
+    #[arg(long, global = true, env = "HASP_STORE", value_name = "URL")]
+    store: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -358,9 +366,20 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
+    // Lock files (`run`, `who`) and plugins live in a directory; named
+    // locks in the store, which is the directory unless --store names one.
+    let uses_files = matches!(
+        cli.command,
+        Command::Plugin(_) | Command::Run(_) | Command::Who { .. }
+    );
     let dir = match cli.dir {
         Some(dir) => dir,
-        None => default_dir()?,
+        None if uses_files || cli.store.is_none() => default_dir()?,
+        None => PathBuf::new(),
+    };
+    let store = match &cli.store {
+        Some(url) if !uses_files => Store::Etcd(hasp::EtcdUrl::parse(url)?),
+        _ => Store::Dir(dir.clone()),
     };
     match cli.command {
         Command::Plugin(PluginCommand::Run {
@@ -390,7 +409,7 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
             Ok(hasp::plugin::run(&runtime, &name, &bytes, &dir, &args)?)
         }
         Command::Run(run) => run_locked(&dir, run),
-        Command::Serve(args) => serve(dir, args).map(|()| 0),
+        Command::Serve(args) => serve(store, args).map(|()| 0),
         Command::Lock {
             resource,
             options,
@@ -400,7 +419,7 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
             command,
             ..
         } if !command.is_empty() => {
-            let registry = Registry::open(&dir)?;
+            let registry = Registry::open_store(&store)?;
             let hold = crate::hold::Hold {
                 resource,
                 options: lock_options(options, ttl),
@@ -415,7 +434,7 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
             print_who(&mut std::io::stdout().lock(), &holder, json)?;
             Ok(0)
         }
-        command => registry_command(&dir, command).map(|()| 0),
+        command => registry_command(&store, command).map(|()| 0),
     }
 }
 
@@ -457,7 +476,7 @@ fn run_locked(dir: &Path, run: RunArgs) -> anyhow::Result<i32> {
 }
 
 /// `hasp serve`: checks the address and the token, then serves.
-fn serve(dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
+fn serve(store: Store, args: ServeArgs) -> anyhow::Result<()> {
     use std::net::ToSocketAddrs;
     let filter = match (args.log, std::env::var("RUST_LOG")) {
         (Some(filter), _) => filter,
@@ -508,7 +527,7 @@ fn serve(dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
         .workers
         .unwrap_or_else(|| 8 * std::thread::available_parallelism().map_or(1, |n| n.get()));
     let config = hasp::serve::ServeConfig {
-        dir,
+        store,
         token,
         fsync: args.fsync,
         workers,
@@ -570,8 +589,8 @@ fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 /// The registry commands: lock, unlock, status.
-fn registry_command(dir: &Path, command: Command) -> anyhow::Result<()> {
-    let mut registry = Registry::open(dir)?;
+fn registry_command(store: &Store, command: Command) -> anyhow::Result<()> {
+    let mut registry = Registry::open_store(store)?;
     let mut out = std::io::stdout().lock();
     match command {
         Command::Run(_)

@@ -2,9 +2,11 @@
 //! `hasp lock RES --wait [DURATION]` and `hasp lock RES -- CMD [ARGS...]`
 //! (what `flock -w`, `etcdctl lock NAME CMD` and `consul lock` do).
 //!
-//! A waiter polls the registry with exponential backoff and jitter: a
-//! release or an expiry by any process, through any door, is seen at the
-//! next attempt, and a waiter never keeps a core busy. The command form
+//! On a lock directory a waiter polls the registry with exponential
+//! backoff and jitter: a release or an expiry by any process, through any
+//! door, is seen at the next attempt, and a waiter never keeps a core busy.
+//! On etcd it watches what the refused attempt read instead (and wakes
+//! when a lease in it ends). The command form
 //! keeps its lease alive from a thread of its own, renewing at a third of
 //! the TTL, and stops the command when the lock is lost.
 
@@ -66,19 +68,20 @@ pub fn lock(
             Err(err @ (Error::AlreadyLocked { .. } | Error::Busy { .. })) => err,
             Err(err) => return Err(err),
         };
-        let pause = backoff.next_pause();
-        let pause = match deadline {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(refused);
-                }
-                // One last attempt at the deadline itself.
-                pause.min(left)
-            }
-            None => pause,
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|left| left.is_zero()) {
+            return Err(refused);
+        }
+        // On etcd, a watch on what the refusal read says when to look
+        // again (one last attempt at the deadline itself); then a short
+        // jittered pause, so that two related attempts woken by each
+        // other's withdrawal do not retry in step.
+        let pause = if registry.wait_for_change(deadline) {
+            backoff.jitter()
+        } else {
+            backoff.next_pause()
         };
-        std::thread::sleep(pause);
+        std::thread::sleep(left.map_or(pause, |left| pause.min(left)));
     }
 }
 
@@ -102,16 +105,28 @@ impl Backoff {
         }
     }
 
-    fn next_pause(&mut self) -> Duration {
+    /// A random draw.
+    fn draw(&mut self) -> u64 {
         // xorshift64: plenty for spreading waiters apart.
         self.seed ^= self.seed << 13;
         self.seed ^= self.seed >> 7;
         self.seed ^= self.seed << 17;
+        self.seed
+    }
+
+    /// Up to [`FIRST_PAUSE`], at random: after a watch said the holder
+    /// changed.
+    fn jitter(&mut self) -> Duration {
+        Duration::from_nanos(self.draw() % (FIRST_PAUSE.as_nanos() as u64 + 1))
+    }
+
+    fn next_pause(&mut self) -> Duration {
+        let seed = self.draw();
         let step = self.step;
         self.step = (self.step * 2).min(MAX_PAUSE);
         let half = step / 2;
         let nanos = half.as_nanos() as u64;
-        half + Duration::from_nanos(self.seed % (nanos + 1))
+        half + Duration::from_nanos(seed % (nanos + 1))
     }
 }
 
