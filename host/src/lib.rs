@@ -44,7 +44,7 @@ mod store;
 pub use error::{Error, StorageKind};
 pub use process_lock::{FileGuard, FileHolder, FileLock, LockFailed, LockMode, Owner, Wait};
 pub use registry::{Grant, Holder, LockOptions, Registry, UnlockKey};
-pub use store::{EtcdUrl, Store};
 pub use runtime::{
     cache_dir, component_file, Limits, Runtime, GUEST_WASM, PROCESS_WASM, STORE_WASM, WIT,
 };
+pub use store::{EtcdUrl, Store};

@@ -10,9 +10,9 @@ use crate::runtime::instance::{
 use crate::runtime::outcome::Outcome;
 use crate::runtime::{Runtime, State};
 use crate::store::{Etcd, EtcdUrl, Store};
-use std::sync::Arc;
 use serde::Serialize;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::ResourceAny;
 use wasmtime::Store as WasmStore;

@@ -23,6 +23,7 @@ mod xmlrpc;
 
 pub use http::Limits;
 
+use crate::store::Store;
 use crate::{Error, Runtime};
 use base64::Engine as _;
 use http::{Connection, ReadError, Request, Response};
@@ -30,7 +31,6 @@ use locks::Locks;
 use metrics::Door;
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use crate::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;

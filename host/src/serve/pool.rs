@@ -15,12 +15,12 @@
 
 use crate::registry::{self, Exports};
 use crate::runtime::instance::{Answer, Call, Flavour, Instance, Params};
+use crate::store::{Etcd, Store, Watch};
 use crate::{Error, Runtime};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use crate::store::{Etcd, Store, Watch};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::sync::Mutex;
 use wasmtime::component::ResourceAny;
 
@@ -41,7 +41,11 @@ pub(super) struct Pool {
 impl Pool {
     /// Starts `size` instances, each with a registry open on `store`
     /// (on etcd, all share one connection).
-    pub(super) async fn start(runtime: &Runtime, store: &Store, size: usize) -> Result<Pool, Error> {
+    pub(super) async fn start(
+        runtime: &Runtime,
+        store: &Store,
+        size: usize,
+    ) -> Result<Pool, Error> {
         let etcd = match store {
             Store::Etcd(url) => Some(Arc::new(Etcd::connect(url).await?)),
             Store::Dir(_) => None,

@@ -11,8 +11,8 @@ use crate::bindings::on_store::store::{Entry, Host, Look, StoreError, Swapped};
 use crate::error::Error;
 use crate::runtime::State;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
 };
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -70,9 +70,9 @@ impl EtcdUrl {
         let bad = |why: &str| Error::InvalidInput {
             message: format!("invalid store {url:?}: {why}"),
         };
-        let rest = url
-            .strip_prefix("etcd://")
-            .ok_or_else(|| bad("the only store URLs are etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"))?;
+        let rest = url.strip_prefix("etcd://").ok_or_else(|| {
+            bad("the only store URLs are etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
+        })?;
         let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let mut endpoints = Vec::new();
         for endpoint in hosts.split(',') {
@@ -188,7 +188,10 @@ mod tests {
         let url = EtcdUrl::parse("etcd://127.0.0.1:2379,localhost:22379/team/a").unwrap();
         assert_eq!(url.endpoints, ["127.0.0.1:2379", "localhost:22379"]);
         assert_eq!(url.prefix, "team/a");
-        assert_eq!(url.to_string(), "etcd://127.0.0.1:2379,localhost:22379/team/a");
+        assert_eq!(
+            url.to_string(),
+            "etcd://127.0.0.1:2379,localhost:22379/team/a"
+        );
         let url = EtcdUrl::parse("etcd://h:1").unwrap();
         assert_eq!(url.prefix, "hasp");
         for bad in [
