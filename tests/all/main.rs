@@ -12,6 +12,7 @@ mod bad_input;
 mod cli;
 mod embed;
 mod etcd_harness;
+mod etcd_store;
 mod file_lock;
 mod hierarchy;
 mod lease;
