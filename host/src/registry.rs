@@ -228,8 +228,8 @@ impl Registry {
     /// [`Registry::open_etcd`] with a given runtime.
     pub fn open_etcd_with(runtime: &Runtime, url: &EtcdUrl) -> Result<Registry, Error> {
         let etcd = Arc::new(Etcd::connect_blocking(url)?);
-        let mut instance = Instance::on_store(runtime, etcd);
-        runtime.block(instance.open(open))?;
+        let mut instance = Instance::on_store(runtime, etcd.clone());
+        etcd.block_on(instance.open(open))?;
         Ok(Registry { instance })
     }
 
@@ -253,12 +253,12 @@ impl Registry {
     /// wakes it (true). A lock directory has nothing to watch: false at
     /// once, and the waiter paces its own retries.
     pub fn wait_for_change(&self, until: Option<std::time::Instant>) -> bool {
-        match self.instance.watch() {
-            Some(watch) => {
-                self.instance.runtime().block(watch.changed(until));
+        match (self.instance.watch(), self.instance.store()) {
+            (Some(watch), Some(etcd)) => {
+                etcd.block_on(watch.changed(until));
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -329,10 +329,12 @@ impl Registry {
         &mut self,
         call: impl FnOnce(&Exports, ResourceAny) -> Call<P, T>,
     ) -> Result<T, Error> {
-        let runtime = self.instance.runtime().clone();
-        match self.instance.flavour() {
-            Flavour::Sync => runtime.now(|| self.instance.call(open, call)),
-            Flavour::Fibers => runtime.block(self.instance.call(open, call)),
+        match self.instance.store().cloned() {
+            Some(etcd) => etcd.block_on(self.instance.call(open, call)),
+            None => {
+                let runtime = self.instance.runtime().clone();
+                runtime.now(|| self.instance.call(open, call))
+            }
         }
     }
 

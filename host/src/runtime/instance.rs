@@ -134,11 +134,6 @@ impl<G: Exports> Instance<G> {
         live.store.data().store.as_ref()?.watch()
     }
 
-    /// How calls cross into the guest.
-    pub(crate) fn flavour(&self) -> Flavour {
-        self.flavour
-    }
-
     /// Drops the instance after any call that leaves its linear memory
     /// larger than `most` bytes; the next call starts a fresh one.
     pub(crate) fn keep_memory(mut self, most: usize) -> Self {

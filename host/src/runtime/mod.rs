@@ -261,13 +261,6 @@ impl Runtime {
         }
     }
 
-    /// Runs `call`, a guest call made the [`Flavour::Fibers`] way, to its
-    /// end on this thread: for a registry on a store, whose host functions
-    /// wait for etcd (on the connection's own runtime).
-    pub(crate) fn block<F: Future>(&self, call: F) -> F::Output {
-        self.inner.tokio.block_on(call)
-    }
-
     /// The component `which`, linked for calls the `flavour` way: made on
     /// first use.
     pub(crate) fn pre(&self, which: Which, flavour: Flavour) -> Result<&InstancePre<State>, Error> {

@@ -16,7 +16,6 @@ use etcd_client::{
 };
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::runtime::Handle;
 
 /// How long one store call may try, retries included, before it answers
 /// `unavailable`: long enough for a three-member cluster to elect a new
@@ -33,17 +32,19 @@ const MOST_PAUSE: Duration = Duration::from_millis(250);
 /// default (`--max-txn-ops`).
 const MOST_OPS: usize = 128;
 
-/// A connection to an etcd cluster, for one registry prefix. Requests run
-/// on the Tokio runtime it was made on (or its own), whichever runtime
-/// awaits them.
+/// A connection to an etcd cluster, for one registry prefix. Its requests
+/// must be awaited inside the Tokio runtime it was made in: the daemon's
+/// (its calls run on the daemon's threads), or the runtime of its own that
+/// [`Etcd::connect_blocking`] makes, which [`Etcd::block_on`] drives on the
+/// caller's thread. Either way a request crosses no thread on its way to
+/// the socket and back.
 pub(crate) struct Etcd {
     client: Client,
     /// The registry's prefix with its `/`: prepended to every key.
     root: String,
     url: EtcdUrl,
-    runtime: Handle,
     /// A runtime of its own, when made outside one (the API, the CLI).
-    _own: Option<tokio::runtime::Runtime>,
+    own: Option<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -102,23 +103,34 @@ impl Etcd {
             client,
             root: format!("{}/", url.prefix),
             url: url.clone(),
-            runtime: Handle::current(),
-            _own: None,
+            own: None,
         })
     }
 
     /// [`Etcd::connect`] from outside any runtime: the connection gets a
-    /// runtime of its own, with one thread.
+    /// runtime of its own, without threads; [`Etcd::block_on`] drives it.
     pub(crate) fn connect_blocking(url: &EtcdUrl) -> Result<Etcd, Error> {
-        let own = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("hasp-etcd")
+        let own = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::Runtime(e.into()))?;
         let mut etcd = own.block_on(Etcd::connect(url))?;
-        etcd._own = Some(own);
+        etcd.own = Some(own);
         Ok(etcd)
+    }
+
+    /// Runs `work`, which awaits this connection, to its end on this
+    /// thread, in the connection's own runtime.
+    ///
+    /// # Panics
+    ///
+    /// For a connection made inside a runtime ([`Etcd::connect`]): await
+    /// it there instead.
+    pub(crate) fn block_on<F: Future>(&self, work: F) -> F::Output {
+        self.own
+            .as_ref()
+            .expect("a connection made inside a runtime is awaited there")
+            .block_on(work)
     }
 
     /// The URL connected to.
@@ -126,30 +138,17 @@ impl Etcd {
         &self.url
     }
 
-    /// Runs `work` on the connection's runtime (its timers and sockets are
-    /// there) and awaits it from wherever this is awaited.
-    async fn on_runtime<T: Send + 'static>(
-        &self,
-        work: impl Future<Output = T> + Send + 'static,
-    ) -> T {
-        match self.runtime.spawn(work).await {
-            Ok(out) => out,
-            Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
-        }
-    }
-
     /// Sends `request` until it succeeds, fails for good, or
     /// [`BUDGET`] is spent; `unavailable` names the members asked and the
     /// last failure.
     async fn retried<T, F, Fut>(&self, mut request: F) -> Result<T, StoreError>
     where
-        T: Send + 'static,
-        F: FnMut(KvClient) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+        F: FnMut(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let kv = self.client.kv_client();
         let members = self.url.endpoints.join(",");
-        self.on_runtime(async move {
+        {
             let started = Instant::now();
             let mut pause = FIRST_PAUSE;
             loop {
@@ -170,8 +169,7 @@ impl Etcd {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(MOST_PAUSE);
             }
-        })
-        .await
+        }
     }
 
     /// The full key of the guest's `key`.
@@ -272,12 +270,10 @@ impl Etcd {
     /// One send of a write: its answer, a refusal, or an unknown outcome.
     async fn retried_once<T, F, Fut>(&self, request: F) -> Result<T, Attempt>
     where
-        T: Send + 'static,
-        F: FnOnce(KvClient) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+        F: FnOnce(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let kv = self.client.kv_client();
-        let answer = self.on_runtime(async move { request(kv).await }).await;
+        let answer = request(self.client.kv_client()).await;
         answer.map_err(|err| {
             let failed = Failed::from(err);
             if failed.retry {
@@ -504,16 +500,12 @@ impl Watch {
                 }
             }
         };
-        self.etcd
-            .on_runtime(async move {
-                match until {
-                    Some(until) => {
-                        let _ = tokio::time::timeout_at(until.into(), watched).await;
-                    }
-                    None => watched.await,
-                }
-            })
-            .await;
+        match until {
+            Some(until) => {
+                let _ = tokio::time::timeout_at(until.into(), watched).await;
+            }
+            None => watched.await,
+        }
     }
 }
 
