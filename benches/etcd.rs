@@ -15,7 +15,6 @@
 //! each row's length, `HASP_BENCH_PROCESSES` (default 40) the process rows'
 //! count; `HASP_BENCH_BIN` runs another `hasp` binary for the process row.
 
-#[allow(dead_code)]
 #[path = "../tests/etcd.rs"]
 mod etcd;
 
