@@ -553,6 +553,12 @@ fn prefixes_on_one_etcd_are_independent_registries() {
         .success());
     let refused = run(&a, &["lock", "deploy", "--client", "z"]);
     assert_eq!(text(&refused.stderr), "Resource already locked by 'x'\n");
+    let verbose = run(&a, &["status", "-v"]);
+    assert!(
+        text(&verbose.stdout).starts_with(&format!("store: {a}\nRESOURCE")),
+        "{}",
+        text(&verbose.stdout)
+    );
     let daemon = Daemon::start(&b);
     let health = daemon.send("GET", "/healthz", None).json();
     assert_eq!(health["store"], b.as_str());

@@ -170,6 +170,10 @@ enum Command {
         /// Machine-readable output (`null` for a free resource)
         #[arg(long)]
         json: bool,
+        /// First say where the locks are kept: `store: DIR` or
+        /// `store: etcd://...`
+        #[arg(short, long, conflicts_with = "json")]
+        verbose: bool,
     },
     /// Print a completion script for SHELL: `source <(hasp completions bash)`
     Completions {
@@ -670,25 +674,34 @@ fn registry_command(store: &Store, command: Command) -> anyhow::Result<()> {
         } => {
             registry.renew(&resource, &key(client, token), ttl)?;
         }
-        Command::Status { resource, json } => match resource {
-            Some(resource) => {
-                let held = registry.status(&resource)?;
-                match (held, json) {
-                    (Some(h), true) => writeln!(out, "{}", json::object(&shown(&h), None))?,
-                    (None, true) => writeln!(out, "null")?,
-                    (Some(h), false) => print_table(&mut out, &[h])?,
-                    (None, false) => writeln!(out, "{}", hasp_text::NOT_LOCKED)?,
+        Command::Status {
+            resource,
+            json,
+            verbose,
+        } => {
+            if verbose {
+                writeln!(out, "store: {}", registry.store())?;
+            }
+            match resource {
+                Some(resource) => {
+                    let held = registry.status(&resource)?;
+                    match (held, json) {
+                        (Some(h), true) => writeln!(out, "{}", json::object(&shown(&h), None))?,
+                        (None, true) => writeln!(out, "null")?,
+                        (Some(h), false) => print_table(&mut out, &[h])?,
+                        (None, false) => writeln!(out, "{}", hasp_text::NOT_LOCKED)?,
+                    }
+                }
+                None => {
+                    let all = registry.list("")?;
+                    if json {
+                        writeln!(out, "{}", json::array(all.iter().map(shown)))?;
+                    } else {
+                        print_table(&mut out, &all)?;
+                    }
                 }
             }
-            None => {
-                let all = registry.list("")?;
-                if json {
-                    writeln!(out, "{}", json::array(all.iter().map(shown)))?;
-                } else {
-                    print_table(&mut out, &all)?;
-                }
-            }
-        },
+        }
     }
     Ok(())
 }
