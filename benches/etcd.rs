@@ -35,13 +35,15 @@ fn main() {
          resource of its own",
         seconds
     );
+    let etcd_pid = server.pid(0).expect("etcd runs");
     println!(
-        "{:<44} {:>8} {:>12} {:>9} {:>9}",
-        "", "clients", "cycles/s", "p50 ms", "p99 ms"
+        "{:<44} {:>8} {:>12} {:>9} {:>9} {:>11} {:>11}",
+        "", "clients", "cycles/s", "p50 ms", "p99 ms", "client CPU", "etcd CPU"
     );
+    println!("{:<44} {:>8} {:>12} {:>9} {:>9} {:>11} {:>11}", "", "", "", "", "", "µs/cycle", "µs/cycle");
     for clients in [1, 16] {
         let url = EtcdUrl::parse(&server.url(&format!("bench-{clients}"))).expect("url");
-        let hasp = measure(clients, row, |c| {
+        let hasp = measure(clients, row, etcd_pid, |c| {
             let mut registry = Registry::open_etcd(&url).expect("open");
             let name = format!("job-{c}");
             let options = LockOptions::client(format!("c{c}"));
@@ -53,7 +55,7 @@ fn main() {
         });
         print_row("hasp, Rust API (one transaction a grant)", clients, &hasp);
         let endpoint = endpoint.clone();
-        let own = measure(clients, row, move |c| {
+        let own = measure(clients, row, etcd_pid, move |c| {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -116,18 +118,41 @@ struct Measured {
     rate: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU time per cycle: this process (the clients), and etcd.
+    cpu: Option<(Duration, Duration)>,
+}
+
+/// CPU time (user and system) this process has used.
+fn own_cpu() -> Duration {
+    // SAFETY: getrusage(2) fills the struct this function owns.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// CPU time (user and system) process `pid` has used, from /proc.
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..].split(' ').collect();
+    // utime and stime are fields 14 and 15 (1-based), in clock ticks.
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf(3) reads a constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_micros(ticks * 1_000_000 / per_second)
 }
 
 /// Runs `clients` threads for `row`, each with the cycle `make(c)` gives
 /// it (made before the clock starts); every cycle's latency counts.
-fn measure<F, C>(clients: usize, row: Duration, make: F) -> Measured
+fn measure<F, C>(clients: usize, row: Duration, etcd_pid: u32, make: F) -> Measured
 where
     F: Fn(usize) -> C + Sync,
     C: FnMut(),
 {
-    let start = Barrier::new(clients);
+    let start = Barrier::new(clients + 1);
     let mut latencies: Vec<Duration> = Vec::new();
     let mut elapsed = Duration::ZERO;
+    let mut cpu = (Duration::ZERO, Duration::ZERO);
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..clients)
             .map(|c| {
@@ -148,13 +173,28 @@ where
                 })
             })
             .collect();
+        start.wait();
+        let (mine, etcd) = (own_cpu(), cpu_of(etcd_pid));
+        let mut joined = Vec::new();
         for worker in workers {
-            let (mine, took) = worker.join().expect("a client");
+            joined.push(worker.join().expect("a client"));
+        }
+        cpu = (own_cpu() - mine, cpu_of(etcd_pid) - etcd);
+        for worker in joined {
+            let (mine, took) = worker;
             latencies.extend(mine);
             elapsed = elapsed.max(took);
         }
     });
-    summarize(latencies, elapsed)
+    let mut measured = summarize(latencies, elapsed);
+    let cycles = measured_cycles(&measured, elapsed);
+    measured.cpu = Some((cpu.0 / cycles, cpu.1 / cycles));
+    measured
+}
+
+/// How many cycles a row made.
+fn measured_cycles(m: &Measured, elapsed: Duration) -> u32 {
+    ((m.rate * elapsed.as_secs_f64()).round() as u32).max(1)
 }
 
 /// `count` processes made by `command`, one after another.
@@ -181,17 +221,27 @@ fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Measured {
         rate: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: at(0.5),
         p99: at(0.99),
+        cpu: None,
     }
 }
 
 fn print_row(name: &str, clients: usize, m: &Measured) {
+    let (client, etcd) = match m.cpu {
+        Some((client, etcd)) => (
+            format!("{:.0}", client.as_secs_f64() * 1e6),
+            format!("{:.0}", etcd.as_secs_f64() * 1e6),
+        ),
+        None => (String::new(), String::new()),
+    };
     println!(
-        "{:<44} {:>8} {:>12.0} {:>9.2} {:>9.2}",
+        "{:<44} {:>8} {:>12.0} {:>9.2} {:>9.2} {:>11} {:>11}",
         name,
         clients,
         m.rate,
         m.p50.as_secs_f64() * 1e3,
-        m.p99.as_secs_f64() * 1e3
+        m.p99.as_secs_f64() * 1e3,
+        client,
+        etcd
     );
 }
 

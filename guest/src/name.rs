@@ -256,6 +256,8 @@ mod tests {
                 .map(|n| Name::parse(&segments[..n].join("/")).unwrap().node_path())
                 .collect();
             prop_assert_eq!(ancestors, expected);
+            // The walks on a store find a node by its path alone.
+            prop_assert_eq!(resource_of(&path), Some(name.as_str().to_string()));
         }
 
         /// Decoding never panics, and decodes only what encoding made: no
