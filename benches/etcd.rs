@@ -40,7 +40,10 @@ fn main() {
         "{:<44} {:>8} {:>12} {:>9} {:>9} {:>11} {:>11}",
         "", "clients", "cycles/s", "p50 ms", "p99 ms", "client CPU", "etcd CPU"
     );
-    println!("{:<44} {:>8} {:>12} {:>9} {:>9} {:>11} {:>11}", "", "", "", "", "", "µs/cycle", "µs/cycle");
+    println!(
+        "{:<44} {:>8} {:>12} {:>9} {:>9} {:>11} {:>11}",
+        "", "", "", "", "", "µs/cycle", "µs/cycle"
+    );
     for clients in [1, 16] {
         let url = EtcdUrl::parse(&server.url(&format!("bench-{clients}"))).expect("url");
         let hasp = measure(clients, row, etcd_pid, |c| {
@@ -134,9 +137,12 @@ fn own_cpu() -> Duration {
 /// CPU time (user and system) process `pid` has used, from /proc.
 fn cpu_of(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..].split(' ').collect();
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split(' ')
+        .collect();
     // utime and stime are fields 14 and 15 (1-based), in clock ticks.
-    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     // SAFETY: sysconf(3) reads a constant.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     Duration::from_micros(ticks * 1_000_000 / per_second)

@@ -374,7 +374,22 @@ fn assert_error_response(response: &Response, status: u16, code: &str) {
 
 #[track_caller]
 fn healthy(server: &Server) {
-    assert_eq!(server.get_json("/healthz"), (200, json!({"ok": true})));
+    let (status, body) = server.get_json("/healthz");
+    assert_eq!(status, 200, "{body}");
+    assert_health(&body);
+}
+
+/// A `/healthz` answer: `ok`, and the store the server uses (`/healthz`
+/// needs no token, so the tests that call it know no more about it).
+#[track_caller]
+fn assert_health(body: &Value) {
+    let fields = body.as_object().map(|o| o.len());
+    assert!(
+        body["ok"] == true
+            && body["store"].as_str().is_some_and(|s| !s.is_empty())
+            && fields == Some(2),
+        "not a /healthz answer: {body}"
+    );
 }
 
 /// The resources held, as the CLI sees them.

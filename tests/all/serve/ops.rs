@@ -136,7 +136,9 @@ fn healthz_and_metrics_count_grants_refusals_and_durations() {
     let locks = Locks::new();
     let server = Server::start(&locks, &[]);
     let got = server.send(&request("GET", "/healthz", &[], None));
-    assert_eq!((got.status, got.json()), (200, json!({"ok": true})));
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json()["store"], locks.path().display().to_string());
+    super::assert_health(&got.json());
 
     let (_, grant) = server.get_json("/canhaz/m?id=a");
     assert_eq!(server.get_json("/canhaz/m?id=b").1["lockedBy"], "a");
