@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long anything may take before a test gives up: a guard against
@@ -570,4 +570,111 @@ fn prefixes_on_one_etcd_are_independent_registries() {
         "{}",
         text(&bad.stderr)
     );
+}
+
+/// A TCP proxy in front of etcd that can lose the next answer: once armed,
+/// the first bytes etcd sends back are dropped and both connections cut,
+/// so the request reached etcd (it answered) but its answer never reached
+/// hasp — the outcome hasp must resolve before it answers.
+struct Proxy {
+    addr: SocketAddr,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    fn start(target: &str) -> Proxy {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().expect("its address");
+        let target: SocketAddr = target.parse().expect("etcd's address");
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut = Arc::new(AtomicUsize::new(0));
+        let (armed2, cut2) = (armed.clone(), cut.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(target) else {
+                    return;
+                };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (c2, s2) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                // hasp to etcd: as it comes.
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (c2, s2);
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(Shutdown::Write);
+                });
+                // etcd to hasp: cut at the first answer after arming.
+                let (armed, cut) = (armed2.clone(), cut2.clone());
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    let (mut from, mut to) = (server, client);
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if armed.swap(false, Ordering::SeqCst) {
+                            cut.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = from.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Proxy { addr, armed, cut }
+    }
+
+    /// The next answer etcd sends is lost.
+    fn lose_next_answer(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    fn answers_lost(&self) -> usize {
+        self.cut.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_change_whose_answer_was_lost_is_read_back_before_hasp_answers() {
+    let etcd = Etcd::single();
+    let proxy = Proxy::start(&etcd.endpoint(0));
+    let through = EtcdUrl::parse(&format!("etcd://{}/lost", proxy.addr)).expect("url");
+    let direct = EtcdUrl::parse(&etcd.url("lost")).expect("url");
+    let mut registry = Registry::open_etcd(&through).expect("open");
+    let options = LockOptions::client("a");
+    // Once locked and unlocked, the registry knows the state: the next lock
+    // is the one transaction, and its answer is the one lost.
+    let first = registry.lock("deploy", &options).expect("lock");
+    registry
+        .unlock("deploy", &UnlockKey::Token(first.token))
+        .expect("unlock");
+
+    proxy.lose_next_answer();
+    let grant = registry
+        .lock("deploy", &options)
+        .expect("granted after reading it back");
+    assert_eq!(proxy.answers_lost(), 1);
+    assert_eq!(grant.holder.fencing, 2);
+    let mut other = Registry::open_etcd(&direct).expect("open");
+    let held = other.status("deploy").expect("status").expect("held");
+    assert_eq!(held.fencing, 2);
+    assert_eq!(held.client.as_deref(), Some("a"));
+
+    proxy.lose_next_answer();
+    registry
+        .unlock("deploy", &UnlockKey::Token(grant.token))
+        .expect("released after reading it back");
+    assert_eq!(proxy.answers_lost(), 2);
+    assert_eq!(other.status("deploy").expect("status"), None);
 }
