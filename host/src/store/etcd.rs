@@ -230,10 +230,7 @@ impl Etcd {
         loop {
             let sent = txn.clone();
             let answer = self
-                .retried_once(move |mut kv| {
-                    let sent = sent.clone();
-                    async move { kv.txn(sent).await }
-                })
+                .retried_once(move |mut kv| async move { kv.txn(sent).await })
                 .await;
             match answer {
                 Ok(mut answer) => {
