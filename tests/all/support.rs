@@ -1,18 +1,127 @@
-//! Shared helpers: run the real binary in a fresh lock directory.
+//! Shared helpers: run the real binary on a fresh registry, in a lock
+//! directory ([`Locks::new`]) or under a key prefix of its own on a real etcd
+//! ([`Locks::on_etcd`]), and [`both!`], which runs one test body on each.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 /// The `hasp` binary cargo built for these tests.
 pub fn hasp_bin() -> &'static str {
     env!("CARGO_BIN_EXE_hasp")
 }
 
-/// A fresh lock directory, removed when dropped.
+/// A fresh registry: a lock directory, removed when dropped, or (from
+/// [`Locks::on_etcd`]) a key prefix of its own on the test process's etcd,
+/// with a lock directory beside it all the same (for `run`, `who`, scripts).
 pub struct Locks {
     dir: tempfile::TempDir,
+    /// `etcd://127.0.0.1:PORT/PREFIX` when the registry is on etcd.
+    etcd: Option<String>,
 }
+
+/// Runs one test body on both stores: `both!(fn name(locks: &Locks) {...})`
+/// makes a module `name` with two tests, `name::on_disk` (a fresh lock
+/// directory) and `name::on_etcd` (a fresh key prefix on the shared etcd).
+/// The body sees the file's own items (`use super::*`). Attributes written
+/// `etcd: #[ignore = "etcd: why"]` before `fn` apply to `on_etcd` only.
+macro_rules! both {
+    (
+        $(#[doc = $doc:literal])*
+        $(etcd: #[$etcd:meta])*
+        fn $name:ident($locks:ident: &Locks) $body:block
+    ) => {
+        $(#[doc = $doc])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn body($locks: &$crate::support::Locks) $body
+
+            #[test]
+            fn on_disk() {
+                body(&$crate::support::Locks::new())
+            }
+
+            #[test]
+            $(#[$etcd])*
+            fn on_etcd() {
+                body(&$crate::support::Locks::on_etcd())
+            }
+        }
+    };
+}
+pub(crate) use both;
+
+/// The one etcd of this test process, started by the first
+/// [`Locks::on_etcd`] and shared by all of them (each under its own prefix).
+///
+/// A static is never dropped, so [`crate::etcd::Etcd`]'s own drop, which
+/// kills the member and removes its directory, never runs for it. A reaper
+/// does that instead: a small `sh` that reads its standard input, a pipe
+/// whose only writer is this process (std opens pipes close-on-exec, so no
+/// other child inherits it). When this process ends, however it ends (a
+/// normal exit, a panic, `kill -9`), the kernel closes that end, the
+/// reaper's read sees end of file, and it kills etcd (after checking by its
+/// command line that the pid is still that etcd) and removes its directory.
+/// The reaper runs in a process group of its own and ignores the signals a
+/// terminal sends, so Ctrl-C on `cargo test` does not stop it first.
+struct SharedEtcd {
+    etcd: crate::etcd::Etcd,
+    /// The reaper's standard input: held open for the life of the process.
+    _reaper: ChildStdin,
+}
+
+/// What the reaper runs: `$1` etcd's pid, `$2` its temp dir.
+const REAPER: &str = r#"trap '' INT TERM HUP QUIT
+cat >/dev/null
+if tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$2"; then
+    kill -9 "$1" 2>/dev/null
+    n=0
+    while [ "$n" -lt 100 ] && [ -e "/proc/$1" ] &&
+        ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null; do
+        sleep 0.05
+        n=$((n + 1))
+    done
+fi
+rm -rf -- "$2"
+"#;
+
+fn shared_etcd() -> &'static crate::etcd::Etcd {
+    static SHARED: OnceLock<SharedEtcd> = OnceLock::new();
+    &SHARED
+        .get_or_init(|| {
+            let etcd = crate::etcd::Etcd::single();
+            let pid = etcd.pid(0).expect("etcd runs");
+            let mut reaper = Command::new("sh");
+            reaper
+                .arg("-c")
+                .arg(REAPER)
+                .arg("hasp-test-etcd-reaper")
+                .arg(pid.to_string())
+                .arg(etcd.dir())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            std::os::unix::process::CommandExt::process_group(&mut reaper, 0);
+            let mut reaper = reaper.spawn().expect("spawn the etcd reaper");
+            let stdin = reaper.stdin.take().expect("piped stdin");
+            // Never waited for: it outlives this process on purpose.
+            drop(reaper);
+            SharedEtcd {
+                etcd,
+                _reaper: stdin,
+            }
+        })
+        .etcd
+}
+
+/// How much later than its `expires_ms` a lease ends on etcd: the guest
+/// judges leases there with a skew margin (docs/FORMAT.md).
+pub const ETCD_SKEW_MARGIN_MS: u64 = 500;
 
 /// What one `hasp` run did.
 #[derive(Debug)]
@@ -51,14 +160,20 @@ pub fn finished(child: Child) -> Run {
 /// Runs `hasp --dir DIR ARGS...` on any path (which may be broken on purpose).
 pub fn hasp_in(dir: &Path, args: &[&str]) -> Run {
     let mut cmd = Command::new(hasp_bin());
-    cmd.arg("--dir").arg(dir).args(args).env_remove("HASP_DIR");
+    cmd.arg("--dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("HASP_DIR")
+        .env_remove("HASP_STORE");
     Run::from(cmd.output().expect("run hasp"))
 }
 
 impl Locks {
+    /// A fresh lock directory.
     pub fn new() -> Locks {
         Locks {
             dir: tempfile::tempdir().expect("temp dir"),
+            etcd: None,
         }
     }
 
@@ -66,20 +181,112 @@ impl Locks {
     pub fn new_in(parent: &Path) -> Locks {
         Locks {
             dir: tempfile::tempdir_in(parent).expect("temp dir"),
+            etcd: None,
         }
     }
 
+    /// A fresh registry on this process's etcd (started on first use):
+    /// a key prefix nobody else uses, `t<pid>-<n>`.
+    pub fn on_etcd() -> Locks {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let prefix = format!(
+            "t{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        Locks {
+            dir: tempfile::tempdir().expect("temp dir"),
+            etcd: Some(shared_etcd().url(&prefix)),
+        }
+    }
+
+    /// Another fresh registry on the same kind of store as this one.
+    pub fn fresh(&self) -> Locks {
+        if self.is_etcd() {
+            Locks::on_etcd()
+        } else {
+            Locks::new()
+        }
+    }
+
+    /// Whether the locks are on etcd.
+    pub fn is_etcd(&self) -> bool {
+        self.etcd.is_some()
+    }
+
+    /// The store, as the library names it.
+    pub fn store(&self) -> hasp::Store {
+        match &self.etcd {
+            Some(url) => hasp::Store::Etcd(hasp::EtcdUrl::parse(url).expect("a store URL")),
+            None => hasp::Store::Dir(self.path().to_path_buf()),
+        }
+    }
+
+    /// Where the locks are, as errors name it: `lock directory DIR` or
+    /// `store etcd://HOST:PORT/PREFIX`.
+    pub fn place(&self) -> String {
+        match self.store() {
+            hasp::Store::Dir(dir) => format!("lock directory {}", dir.display()),
+            etcd => format!("store {etcd}"),
+        }
+    }
+
+    /// A fresh registry of the Rust API on these locks.
+    pub fn registry(&self) -> hasp::Registry {
+        hasp::Registry::open_store(&self.store()).expect("open the registry")
+    }
+
+    /// How much later than its `expires_ms` a lease ends on this store.
+    pub fn lease_margin_ms(&self) -> u64 {
+        if self.is_etcd() {
+            ETCD_SKEW_MARGIN_MS
+        } else {
+            0
+        }
+    }
+
+    /// Sleeps until the wall clock (the one the lock rules read) is past the
+    /// end of a lease that `expires_ms` says, on this store: a sleep past a
+    /// short lease, not a synchronisation.
+    pub fn sleep_past(&self, expires_ms: u64) {
+        let end = expires_ms + self.lease_margin_ms();
+        loop {
+            let now = now_ms();
+            if now > end {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(end + 1 - now));
+        }
+    }
+
+    /// The lock directory: the registry's on disk, and beside the registry
+    /// (for `run`, `who` and files a test makes) on etcd.
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    /// A `hasp --dir <this> ARGS...` command, not yet run.
+    /// The global options that name these locks: `--dir DIR`, and
+    /// `--store URL` on etcd.
+    pub fn global_args(&self) -> Vec<String> {
+        let mut args = vec!["--dir".to_string(), self.path().display().to_string()];
+        if let Some(url) = &self.etcd {
+            args.extend(["--store".to_string(), url.clone()]);
+        }
+        args
+    }
+
+    /// A `hasp --dir <this> [--store URL] ARGS...` command, not yet run. On
+    /// etcd `$HASP_STORE` is set too, so that a `hasp` a command run by
+    /// `lock -- COMMAND` starts finds the same store.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(hasp_bin());
-        cmd.arg("--dir").arg(self.path()).args(args);
+        cmd.args(self.global_args()).args(args);
         // The daemon's log is what the tests say it is.
-        for var in ["HASP_DIR", "HASP_LOG", "RUST_LOG"] {
+        for var in ["HASP_DIR", "HASP_STORE", "HASP_LOG", "RUST_LOG"] {
             cmd.env_remove(var);
+        }
+        if let Some(url) = &self.etcd {
+            cmd.env("HASP_STORE", url);
         }
         cmd
     }
@@ -115,6 +322,7 @@ impl Locks {
     /// sorted; empty if there is no such directory. `node` is the node's
     /// path below `nodes/`, which for plain names is the resource name.
     pub fn state_files(&self, node: &str) -> Vec<String> {
+        self.disk_only("state_files");
         let lock = self.path().join("nodes").join(node).join(".lock");
         let Ok(entries) = std::fs::read_dir(lock) else {
             return Vec::new();
@@ -128,11 +336,118 @@ impl Locks {
 
     /// Every file and directory below the lock directory, sorted, relative.
     pub fn tree(&self) -> Vec<PathBuf> {
+        self.disk_only("tree");
         let mut out = Vec::new();
         walk(self.path(), self.path(), &mut out);
         out.sort();
         out
     }
+
+    /// What the registry holds, to compare before and after a call that
+    /// must change nothing: on disk every path below the directory (a state
+    /// is a file name); on etcd every key under the prefix with its value
+    /// and the revision it was last written at.
+    pub fn snapshot(&self) -> Vec<String> {
+        match &self.etcd {
+            None => self
+                .tree()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            Some(url) => {
+                let prefix = hasp::EtcdUrl::parse(url).expect("a store URL").prefix;
+                etcd_keys(&format!("{prefix}/"))
+            }
+        }
+    }
+
+    /// The states of node `node` (its path below `nodes/`): on disk the
+    /// names in `nodes/<node>/.lock` ([`Locks::state_files`]); on etcd the
+    /// value of the key `nodes/<node>`, if there is one.
+    pub fn states(&self, node: &str) -> Vec<String> {
+        match &self.etcd {
+            None => self.state_files(node),
+            Some(url) => {
+                let prefix = hasp::EtcdUrl::parse(url).expect("a store URL").prefix;
+                let key = format!("{prefix}/nodes/{node}");
+                let out = shared_etcd()
+                    .etcdctl()
+                    .args(["get", "--print-value-only", "--", &key])
+                    .output()
+                    .expect("run etcdctl get");
+                assert!(out.status.success(), "etcdctl get {key}: {out:?}");
+                let value = String::from_utf8(out.stdout).expect("UTF-8");
+                value.lines().map(str::to_string).collect()
+            }
+        }
+    }
+
+    #[track_caller]
+    fn disk_only(&self, what: &str) {
+        assert!(
+            !self.is_etcd(),
+            "Locks::{what} reads the lock directory's files: a test on etcd cannot use it \
+             (Locks::snapshot and Locks::states work on both stores)"
+        );
+    }
+}
+
+/// Every key under `prefix` on the shared etcd, sorted, each as `KEY = VALUE
+/// @ MOD_REVISION`.
+fn etcd_keys(prefix: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let out = shared_etcd()
+        .etcdctl()
+        .args(["get", "--prefix", "-w", "json", "--", prefix])
+        .output()
+        .expect("run etcdctl get");
+    assert!(out.status.success(), "etcdctl get --prefix {prefix}: {out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("etcdctl's JSON");
+    let text = |v: &serde_json::Value| {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap_or_default())
+            .expect("base64");
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    let mut keys: Vec<String> = json["kvs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|kv| {
+            format!(
+                "{} = {} @ {}",
+                text(&kv["key"]),
+                text(&kv["value"]),
+                kv["mod_revision"]
+            )
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// How many watch streams the shared etcd has opened so far (its
+/// `grpc_server_started_total` for `Watch`): it grows when a waiter starts
+/// watching. `None` if etcd does not say.
+pub fn etcd_watches_started() -> Option<u64> {
+    let endpoint = shared_etcd().endpoint(0);
+    let mut stream = std::net::TcpStream::connect(&endpoint).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_started_total{")
+                && l.contains("grpc_method=\"Watch\"")
+        })
+        .find_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
+        .map(|n| n as u64)
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
