@@ -2,11 +2,11 @@
 //! carrying the holder, and one lock directory shared with the CLI and with
 //! other registries.
 
-use crate::support::Locks;
+use crate::support::{both, Locks};
 use hasp::{Error, LockOptions, Registry, UnlockKey};
 
 fn open(locks: &Locks) -> Registry {
-    Registry::open(locks.path()).expect("open the registry")
+    locks.registry()
 }
 
 #[track_caller]
@@ -28,240 +28,243 @@ fn already_locked_by(result: Result<hasp::Grant, Error>, who: &str) {
     }
 }
 
-#[test]
-fn lock_status_unlock_round_trip() {
-    let locks = Locks::new();
-    let mut registry = open(&locks);
-    assert_eq!(registry.dir(), locks.path());
-    assert_eq!(registry.status("deploy/prod").expect("status"), None);
-
-    let grant = registry
-        .lock("/deploy/prod/", &LockOptions::client("ci-42"))
-        .expect("lock");
-    assert_eq!(grant.holder.resource, "deploy/prod");
-    assert_eq!(grant.holder.client.as_deref(), Some("ci-42"));
-    assert_eq!(grant.holder.fencing, 1);
-    assert!(grant.holder.lock_parents && grant.holder.lock_children);
-    assert_eq!(grant.token.len(), 36);
-
-    assert_eq!(
-        registry.status("deploy/prod").expect("status"),
-        Some(grant.holder.clone())
-    );
-    let released = registry
-        .unlock("deploy/prod", &UnlockKey::Token(grant.token.clone()))
-        .expect("unlock");
-    assert_eq!(released, grant.holder);
-    assert_eq!(registry.status("deploy/prod").expect("status"), None);
-    assert_eq!(registry.list("").expect("list"), []);
-
-    let again = registry
-        .lock("deploy/prod", &LockOptions::default())
-        .expect("relock");
-    assert_eq!((again.holder.client, again.holder.fencing), (None, 2));
-    assert_ne!(again.token, grant.token);
-}
-
-#[test]
-fn refusals_are_typed_and_carry_the_holder() {
-    let locks = Locks::new();
-    let mut registry = open(&locks);
-    let grant = registry
-        .lock("foo/bar", &LockOptions::client("c1"))
-        .expect("lock");
-
-    already_locked_by(registry.lock("foo/bar", &LockOptions::client("c2")), "c1");
-    already_locked_by(registry.lock("foo", &LockOptions::client("c2")), "c1");
-    already_locked_by(registry.lock("foo/bar/baz", &LockOptions::default()), "c1");
-    // Not re-entrant.
-    already_locked_by(registry.lock("foo/bar", &LockOptions::client("c1")), "c1");
-
-    match registry.unlock("foo/bar", &UnlockKey::Client("c2".into())) {
-        Err(err @ Error::NotOwner { .. }) => {
-            assert!(err.is_refusal());
-            let Error::NotOwner { holder, message } = err else {
-                unreachable!()
-            };
-            assert_eq!(holder, "c1");
-            assert_eq!(
-                message,
-                "Resource locked by 'c1' cannot be unlocked by 'c2'"
-            );
+both! {
+    fn lock_status_unlock_round_trip(locks: &Locks) {
+        let mut registry = open(locks);
+        assert_eq!(registry.store(), locks.store());
+        if !locks.is_etcd() {
+            assert_eq!(registry.dir(), locks.path());
         }
-        other => panic!("expected NotOwner, got {other:?}"),
-    }
-    let wrong = "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b".to_string();
-    match registry.unlock("foo/bar", &UnlockKey::Token(wrong)) {
-        Err(Error::NotOwner { holder, .. }) => assert_eq!(holder, "c1"),
-        other => panic!("expected NotOwner, got {other:?}"),
-    }
-    match registry.unlock("foo", &UnlockKey::Client("c1".into())) {
-        Err(err @ Error::NotLocked { .. }) => {
-            assert!(err.is_refusal());
-            assert_eq!(err.to_string(), "Resource not locked");
-        }
-        other => panic!("expected NotLocked, got {other:?}"),
-    }
-    match registry.lock("a//b", &LockOptions::default()) {
-        Err(err @ Error::InvalidInput { .. }) => assert!(!err.is_refusal()),
-        other => panic!("expected InvalidInput, got {other:?}"),
-    }
-    assert_eq!(
-        registry.status("foo/bar").expect("status"),
-        Some(grant.holder)
-    );
-}
+        assert_eq!(registry.status("deploy/prod").expect("status"), None);
 
-#[test]
-fn anonymous_locks_show_as_question_mark_and_open_only_with_their_token() {
-    let locks = Locks::new();
-    let mut registry = open(&locks);
-    let grant = registry
-        .lock("anon", &LockOptions::default())
-        .expect("lock");
-    assert_eq!(grant.holder.client, None);
-    already_locked_by(registry.lock("anon/child", &LockOptions::client("c")), "?");
-    match registry.unlock("anon", &UnlockKey::Client("?".into())) {
-        Err(Error::NotOwner { holder, message }) => {
-            assert_eq!(holder, "?");
-            assert_eq!(message, "Resource locked by '?' cannot be unlocked by '?'");
-        }
-        other => panic!("expected NotOwner, got {other:?}"),
-    }
-    registry
-        .unlock("anon", &UnlockKey::Token(grant.token))
-        .expect("unlock by token");
-}
+        let grant = registry
+            .lock("/deploy/prod/", &LockOptions::client("ci-42"))
+            .expect("lock");
+        assert_eq!(grant.holder.resource, "deploy/prod");
+        assert_eq!(grant.holder.client.as_deref(), Some("ci-42"));
+        assert_eq!(grant.holder.fencing, 1);
+        assert!(grant.holder.lock_parents && grant.holder.lock_children);
+        assert_eq!(grant.token.len(), 36);
 
-#[test]
-fn two_registries_on_one_dir_see_each_others_locks() {
-    let locks = Locks::new();
-    let mut one = open(&locks);
-    let mut two = open(&locks);
-
-    let grant = one.lock("a/b", &LockOptions::client("one")).expect("lock");
-    already_locked_by(two.lock("a", &LockOptions::client("two")), "one");
-    already_locked_by(two.lock("a/b", &LockOptions::client("two")), "one");
-    assert_eq!(
-        two.status("a/b").expect("status"),
-        Some(grant.holder.clone())
-    );
-    assert_eq!(
-        two.list("a").expect("list"),
-        std::slice::from_ref(&grant.holder)
-    );
-
-    // The token works from the other registry.
-    two.unlock("a/b", &UnlockKey::Token(grant.token))
-        .expect("unlock");
-    assert_eq!(one.status("a/b").expect("status"), None);
-    let taken = two.lock("a", &LockOptions::client("two")).expect("lock a");
-    already_locked_by(one.lock("a/b", &LockOptions::client("one")), "two");
-    one.unlock("a", &UnlockKey::Client("two".into()))
-        .expect("unlock");
-    // The attempt on `a` refused above committed number 1 before it saw
-    // `a/b`, and withdrew (docs/FORMAT.md, "Lock"): the number is skipped,
-    // never reused.
-    assert_eq!(taken.holder.fencing, 2);
-}
-
-#[test]
-fn fencing_survives_a_new_registry() {
-    let locks = Locks::new();
-    for expected in 1..=3 {
-        let mut registry = open(&locks);
-        let grant = registry.lock("r", &LockOptions::client("c")).expect("lock");
-        assert_eq!(grant.holder.fencing, expected);
-        registry
-            .unlock("r", &UnlockKey::Client("c".into()))
+        assert_eq!(
+            registry.status("deploy/prod").expect("status"),
+            Some(grant.holder.clone())
+        );
+        let released = registry
+            .unlock("deploy/prod", &UnlockKey::Token(grant.token.clone()))
             .expect("unlock");
+        assert_eq!(released, grant.holder);
+        assert_eq!(registry.status("deploy/prod").expect("status"), None);
+        assert_eq!(registry.list("").expect("list"), []);
+
+        let again = registry
+            .lock("deploy/prod", &LockOptions::default())
+            .expect("relock");
+        assert_eq!((again.holder.client, again.holder.fencing), (None, 2));
+        assert_ne!(again.token, grant.token);
     }
 }
 
-#[test]
-fn list_is_sorted_and_limited_to_the_prefix() {
-    let locks = Locks::new();
-    let mut registry = open(&locks);
-    let parent = LockOptions {
-        lock_children: false,
-        ..LockOptions::client("p")
-    };
-    for (name, options) in [
-        ("b", LockOptions::client("c")),
-        ("a/z", LockOptions::client("c")),
-        ("a", parent),
-        ("a/b/c", LockOptions::client("c")),
-        ("ab", LockOptions::client("c")),
-        ("a-c", LockOptions::client("c")),
-        ("zz/y", LockOptions::default()),
-    ] {
-        registry.lock(name, &options).expect(name);
-    }
-    let names = |prefix: &str, registry: &mut Registry| -> Vec<String> {
-        let held = registry.list(prefix).expect("list");
-        held.into_iter().map(|h| h.resource).collect()
-    };
-    let mut all = vec!["b", "a/z", "a", "a/b/c", "ab", "a-c", "zz/y"];
-    all.sort();
-    assert_eq!(names("", &mut registry), all);
-    assert_eq!(names("/", &mut registry), all);
-    assert_eq!(names("a", &mut registry), ["a", "a/b/c", "a/z"]);
-    assert_eq!(names("/a/", &mut registry), ["a", "a/b/c", "a/z"]);
-    assert_eq!(names("a/b", &mut registry), ["a/b/c"]);
-    assert_eq!(names("zz", &mut registry), ["zz/y"]);
-    assert!(names("nothing/here", &mut registry).is_empty());
+both! {
+    fn refusals_are_typed_and_carry_the_holder(locks: &Locks) {
+        let mut registry = open(locks);
+        let grant = registry
+            .lock("foo/bar", &LockOptions::client("c1"))
+            .expect("lock");
 
-    let held = registry.list("").expect("list");
-    let a = held.iter().find(|h| h.resource == "a").expect("a listed");
-    assert_eq!(
-        (a.client.as_deref(), a.lock_parents, a.lock_children),
-        (Some("p"), true, false)
-    );
-    let zz = held
-        .iter()
-        .find(|h| h.resource == "zz/y")
-        .expect("zz/y listed");
-    assert_eq!(zz.client, None);
+        already_locked_by(registry.lock("foo/bar", &LockOptions::client("c2")), "c1");
+        already_locked_by(registry.lock("foo", &LockOptions::client("c2")), "c1");
+        already_locked_by(registry.lock("foo/bar/baz", &LockOptions::default()), "c1");
+        // Not re-entrant.
+        already_locked_by(registry.lock("foo/bar", &LockOptions::client("c1")), "c1");
+
+        match registry.unlock("foo/bar", &UnlockKey::Client("c2".into())) {
+            Err(err @ Error::NotOwner { .. }) => {
+                assert!(err.is_refusal());
+                let Error::NotOwner { holder, message } = err else {
+                    unreachable!()
+                };
+                assert_eq!(holder, "c1");
+                assert_eq!(
+                    message,
+                    "Resource locked by 'c1' cannot be unlocked by 'c2'"
+                );
+            }
+            other => panic!("expected NotOwner, got {other:?}"),
+        }
+        let wrong = "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b".to_string();
+        match registry.unlock("foo/bar", &UnlockKey::Token(wrong)) {
+            Err(Error::NotOwner { holder, .. }) => assert_eq!(holder, "c1"),
+            other => panic!("expected NotOwner, got {other:?}"),
+        }
+        match registry.unlock("foo", &UnlockKey::Client("c1".into())) {
+            Err(err @ Error::NotLocked { .. }) => {
+                assert!(err.is_refusal());
+                assert_eq!(err.to_string(), "Resource not locked");
+            }
+            other => panic!("expected NotLocked, got {other:?}"),
+        }
+        match registry.lock("a//b", &LockOptions::default()) {
+            Err(err @ Error::InvalidInput { .. }) => assert!(!err.is_refusal()),
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+        assert_eq!(
+            registry.status("foo/bar").expect("status"),
+            Some(grant.holder)
+        );
+    }
 }
 
-#[test]
-fn api_locks_are_refused_by_the_cli_and_cli_locks_by_the_api() {
-    let locks = Locks::new();
-    let mut registry = open(&locks);
+both! {
+    fn anonymous_locks_show_as_question_mark_and_open_only_with_their_token(locks: &Locks) {
+        let mut registry = open(locks);
+        let grant = registry
+            .lock("anon", &LockOptions::default())
+            .expect("lock");
+        assert_eq!(grant.holder.client, None);
+        already_locked_by(registry.lock("anon/child", &LockOptions::client("c")), "?");
+        match registry.unlock("anon", &UnlockKey::Client("?".into())) {
+            Err(Error::NotOwner { holder, message }) => {
+                assert_eq!(holder, "?");
+                assert_eq!(message, "Resource locked by '?' cannot be unlocked by '?'");
+            }
+            other => panic!("expected NotOwner, got {other:?}"),
+        }
+        registry
+            .unlock("anon", &UnlockKey::Token(grant.token))
+            .expect("unlock by token");
+    }
+}
 
-    let grant = registry
-        .lock("from/api", &LockOptions::client("api"))
-        .expect("lock");
-    locks
-        .run(&["lock", "from/api", "--client", "cli"])
-        .assert_refused(1, "Resource already locked by 'api'");
-    locks
-        .run(&["lock", "from", "--client", "cli"])
-        .assert_refused(1, "Resource already locked by 'api'");
-    let shown = locks.json(&["status", "from/api", "--json"]);
-    assert_eq!(shown["fencing"], grant.holder.fencing);
-    assert_eq!(shown["since_ms"], grant.holder.since_ms);
-    // The CLI can release it with the API's token.
-    locks.ok(&["unlock", "from/api", "--token", &grant.token]);
-    assert_eq!(registry.status("from/api").expect("status"), None);
+both! {
+    fn two_registries_on_one_dir_see_each_others_locks(locks: &Locks) {
+        let mut one = open(locks);
+        let mut two = open(locks);
 
-    let cli = locks.json(&["lock", "from/cli", "--client", "cli", "--json"]);
-    already_locked_by(
-        registry.lock("from/cli", &LockOptions::client("api")),
-        "cli",
-    );
-    already_locked_by(registry.lock("from/cli/x", &LockOptions::default()), "cli");
-    let held = registry.status("from/cli").expect("status").expect("held");
-    assert_eq!(held.client.as_deref(), Some("cli"));
-    assert_eq!(Some(held.fencing), cli["fencing"].as_u64());
-    let token = cli["token"].as_str().expect("token").to_string();
-    registry
-        .unlock("from/cli", &UnlockKey::Token(token))
-        .expect("API unlocks the CLI's lock with its token");
-    assert_eq!(
-        locks.json(&["status", "from/cli", "--json"]),
-        serde_json::Value::Null
-    );
+        let grant = one.lock("a/b", &LockOptions::client("one")).expect("lock");
+        already_locked_by(two.lock("a", &LockOptions::client("two")), "one");
+        already_locked_by(two.lock("a/b", &LockOptions::client("two")), "one");
+        assert_eq!(
+            two.status("a/b").expect("status"),
+            Some(grant.holder.clone())
+        );
+        assert_eq!(
+            two.list("a").expect("list"),
+            std::slice::from_ref(&grant.holder)
+        );
+
+        // The token works from the other registry.
+        two.unlock("a/b", &UnlockKey::Token(grant.token))
+            .expect("unlock");
+        assert_eq!(one.status("a/b").expect("status"), None);
+        let taken = two.lock("a", &LockOptions::client("two")).expect("lock a");
+        already_locked_by(one.lock("a/b", &LockOptions::client("one")), "two");
+        one.unlock("a", &UnlockKey::Client("two".into()))
+            .expect("unlock");
+        // The attempt on `a` refused above committed number 1 before it saw
+        // `a/b`, and withdrew (docs/FORMAT.md, "Lock"): the number is skipped,
+        // never reused.
+        assert_eq!(taken.holder.fencing, 2);
+    }
+}
+
+both! {
+    fn fencing_survives_a_new_registry(locks: &Locks) {
+        for expected in 1..=3 {
+            let mut registry = open(locks);
+            let grant = registry.lock("r", &LockOptions::client("c")).expect("lock");
+            assert_eq!(grant.holder.fencing, expected);
+            registry
+                .unlock("r", &UnlockKey::Client("c".into()))
+                .expect("unlock");
+        }
+    }
+}
+
+both! {
+    fn list_is_sorted_and_limited_to_the_prefix(locks: &Locks) {
+        let mut registry = open(locks);
+        let parent = LockOptions {
+            lock_children: false,
+            ..LockOptions::client("p")
+        };
+        for (name, options) in [
+            ("b", LockOptions::client("c")),
+            ("a/z", LockOptions::client("c")),
+            ("a", parent),
+            ("a/b/c", LockOptions::client("c")),
+            ("ab", LockOptions::client("c")),
+            ("a-c", LockOptions::client("c")),
+            ("zz/y", LockOptions::default()),
+        ] {
+            registry.lock(name, &options).expect(name);
+        }
+        let names = |prefix: &str, registry: &mut Registry| -> Vec<String> {
+            let held = registry.list(prefix).expect("list");
+            held.into_iter().map(|h| h.resource).collect()
+        };
+        let mut all = vec!["b", "a/z", "a", "a/b/c", "ab", "a-c", "zz/y"];
+        all.sort();
+        assert_eq!(names("", &mut registry), all);
+        assert_eq!(names("/", &mut registry), all);
+        assert_eq!(names("a", &mut registry), ["a", "a/b/c", "a/z"]);
+        assert_eq!(names("/a/", &mut registry), ["a", "a/b/c", "a/z"]);
+        assert_eq!(names("a/b", &mut registry), ["a/b/c"]);
+        assert_eq!(names("zz", &mut registry), ["zz/y"]);
+        assert!(names("nothing/here", &mut registry).is_empty());
+
+        let held = registry.list("").expect("list");
+        let a = held.iter().find(|h| h.resource == "a").expect("a listed");
+        assert_eq!(
+            (a.client.as_deref(), a.lock_parents, a.lock_children),
+            (Some("p"), true, false)
+        );
+        let zz = held
+            .iter()
+            .find(|h| h.resource == "zz/y")
+            .expect("zz/y listed");
+        assert_eq!(zz.client, None);
+    }
+}
+
+both! {
+    fn api_locks_are_refused_by_the_cli_and_cli_locks_by_the_api(locks: &Locks) {
+        let mut registry = open(locks);
+
+        let grant = registry
+            .lock("from/api", &LockOptions::client("api"))
+            .expect("lock");
+        locks
+            .run(&["lock", "from/api", "--client", "cli"])
+            .assert_refused(1, "Resource already locked by 'api'");
+        locks
+            .run(&["lock", "from", "--client", "cli"])
+            .assert_refused(1, "Resource already locked by 'api'");
+        let shown = locks.json(&["status", "from/api", "--json"]);
+        assert_eq!(shown["fencing"], grant.holder.fencing);
+        assert_eq!(shown["since_ms"], grant.holder.since_ms);
+        // The CLI can release it with the API's token.
+        locks.ok(&["unlock", "from/api", "--token", &grant.token]);
+        assert_eq!(registry.status("from/api").expect("status"), None);
+
+        let cli = locks.json(&["lock", "from/cli", "--client", "cli", "--json"]);
+        already_locked_by(
+            registry.lock("from/cli", &LockOptions::client("api")),
+            "cli",
+        );
+        already_locked_by(registry.lock("from/cli/x", &LockOptions::default()), "cli");
+        let held = registry.status("from/cli").expect("status").expect("held");
+        assert_eq!(held.client.as_deref(), Some("cli"));
+        assert_eq!(Some(held.fencing), cli["fencing"].as_u64());
+        let token = cli["token"].as_str().expect("token").to_string();
+        registry
+            .unlock("from/cli", &UnlockKey::Token(token))
+            .expect("API unlocks the CLI's lock with its token");
+        assert_eq!(
+            locks.json(&["status", "from/cli", "--json"]),
+            serde_json::Value::Null
+        );
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! A test here may sleep past a lease of a few hundred milliseconds; none
 //! asserts how long anything took.
 
-use crate::support::{Locks, Run};
+use crate::support::{both, Locks, Run};
 use crate::wasmtime_cli::wasm;
 use hasp::{Error, LockOptions, Registry, UnlockKey};
 use std::fs;
@@ -19,12 +19,13 @@ const SHORT: Duration = Duration::from_millis(500);
 const LONGER: Duration = Duration::from_millis(2000);
 
 fn open(locks: &Locks) -> Registry {
-    Registry::open(locks.path()).expect("open the registry")
+    locks.registry()
 }
 
-/// Sleeps until a lease of `ttl` taken just before has certainly run out.
-fn outlive(ttl: Duration) {
-    std::thread::sleep(ttl + Duration::from_millis(200));
+/// Sleeps until a lease of `ttl` taken just before has certainly run out
+/// on the store of `locks` (on etcd, [`Locks::lease_margin_ms`] later).
+fn outlive(locks: &Locks, ttl: Duration) {
+    std::thread::sleep(ttl + Duration::from_millis(200 + locks.lease_margin_ms()));
 }
 
 #[track_caller]
@@ -49,307 +50,308 @@ fn lease_expired<T: std::fmt::Debug>(
     }
 }
 
-#[test]
-fn a_lease_ends_by_itself_and_the_next_grant_has_a_higher_fencing_token() {
-    let locks = Locks::new();
-    let mut registry = open(&locks);
-    let grant = registry
-        .lock("deploy", &LockOptions::client("ci-1").with_ttl(SHORT))
-        .expect("lock");
-    let expires = grant.holder.expires_ms.expect("a lease");
-    assert_eq!(expires, grant.holder.since_ms + 500);
-    assert_eq!(grant.holder.ttl_ms, Some(500));
-    assert_eq!(
-        registry.status("deploy").expect("status"),
-        Some(grant.holder.clone())
-    );
-    match registry.lock("deploy", &LockOptions::client("ci-2")) {
-        Err(Error::AlreadyLocked { holder, .. }) => assert_eq!(holder, "ci-1"),
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-    // Held in every view until it runs out...
-    let status = locks.json(&["status", "deploy", "--json"]);
-    assert_eq!(status["expires_ms"], expires);
-    assert_eq!(status["ttl_ms"], 500);
-    outlive(SHORT);
-    // ...then free in every view: the API, the CLI, a listing.
-    assert_eq!(registry.status("deploy").expect("status"), None);
-    assert_eq!(locks.ok(&["status", "deploy"]), "not locked\n");
-    assert_eq!(registry.list("").expect("list"), vec![]);
-    let next = registry
-        .lock("deploy", &LockOptions::client("ci-2"))
-        .expect("take the expired lock");
-    assert_eq!(next.holder.fencing, grant.holder.fencing + 1);
-    assert_eq!(next.holder.expires_ms, None);
-    // The held name on disk says the lease: flags `pcl`, then its end and length.
-    locks.ok(&["unlock", "deploy", "--client", "ci-2"]);
-    registry
-        .lock("deploy", &LockOptions::client("ci-3").with_ttl(SHORT))
-        .expect("lock");
-    let [state] = &locks.state_files("deploy")[..] else {
-        panic!("one state")
-    };
-    let fields: Vec<&str> = state.split('+').collect();
-    assert_eq!(fields[0], "3");
-    assert_eq!(fields[2], "pcl");
-    assert_eq!(fields[5], "500");
-    assert_eq!(fields[6], "ci-3");
-}
-
-#[test]
-fn renewal_keeps_the_fencing_token_and_pushes_the_end_back() {
-    let locks = Locks::new();
-    let mut registry = open(&locks);
-    let grant = registry
-        .lock("job", &LockOptions::default().with_ttl(SHORT))
-        .expect("lock");
-    let by_token = UnlockKey::Token(grant.token.clone());
-    let renewed = registry
-        .renew("job", &by_token, Some(Duration::from_secs(5)))
-        .expect("renew");
-    assert_eq!(renewed.fencing, grant.holder.fencing);
-    assert_eq!(renewed.since_ms, grant.holder.since_ms);
-    assert_eq!(renewed.ttl_ms, Some(5000));
-    assert!(renewed.expires_ms > grant.holder.expires_ms);
-    outlive(SHORT);
-    // Past the first lease's end, it is still held, with the same token.
-    assert_eq!(
-        registry.status("job").expect("status"),
-        Some(renewed.clone())
-    );
-    // A renewal without a length uses the lease's own (now 5 s).
-    let again = registry.renew("job", &by_token, None).expect("renew");
-    assert_eq!(
-        (again.fencing, again.ttl_ms),
-        (grant.holder.fencing, Some(5000))
-    );
-    registry.unlock("job", &by_token).expect("unlock");
-
-    // A lock without a lease gets one from a renewal with a length, and
-    // none without.
-    let plain = registry
-        .lock("plain", &LockOptions::client("me"))
-        .expect("lock");
-    let me = UnlockKey::Client("me".into());
-    match registry.renew("plain", &me, None) {
-        Err(Error::InvalidInput { message }) => assert_eq!(
-            message,
-            "the lock on 'plain' has no lease: give the renewal a TTL"
-        ),
-        other => panic!("expected InvalidInput, got {other:?}"),
-    }
-    let leased = registry.renew("plain", &me, Some(SHORT)).expect("renew");
-    assert_eq!(
-        (leased.fencing, leased.ttl_ms),
-        (plain.holder.fencing, Some(500))
-    );
-    // Somebody else's key renews nothing.
-    match registry.renew("plain", &UnlockKey::Client("other".into()), Some(SHORT)) {
-        Err(Error::NotOwner { holder, .. }) => assert_eq!(holder, "me"),
-        other => panic!("expected NotOwner, got {other:?}"),
-    }
-}
-
-#[test]
-fn the_owner_learns_that_its_lease_ran_out_whether_or_not_it_was_taken_since() {
-    let locks = Locks::new();
-    let mut registry = open(&locks);
-    // Nobody took it: unlock and renew by client id and by token say so.
-    let grant = registry
-        .lock("a", &LockOptions::client("ci-1").with_ttl(SHORT))
-        .expect("lock");
-    outlive(SHORT);
-    let by_token = UnlockKey::Token(grant.token.clone());
-    let by_client = UnlockKey::Client("ci-1".into());
-    lease_expired(registry.unlock("a", &by_client), "a", "ci-1", 1);
-    lease_expired(registry.unlock("a", &by_token), "a", "ci-1", 1);
-    lease_expired(registry.renew("a", &by_client, None), "a", "ci-1", 1);
-    lease_expired(registry.renew("a", &by_token, Some(SHORT)), "a", "ci-1", 1);
-    // The CLI says the same, exit 1.
-    locks
-        .run(&["unlock", "a", "--client", "ci-1"])
-        .assert_refused(
-            1,
-            "Lease expired: the lock on 'a' taken by 'ci-1' (fencing 1) ran out before it was \
-         renewed, and is no longer held by it",
+both! {
+    fn a_lease_ends_by_itself_and_the_next_grant_has_a_higher_fencing_token(locks: &Locks) {
+        let mut registry = open(locks);
+        let grant = registry
+            .lock("deploy", &LockOptions::client("ci-1").with_ttl(SHORT))
+            .expect("lock");
+        let expires = grant.holder.expires_ms.expect("a lease");
+        assert_eq!(expires, grant.holder.since_ms + 500);
+        assert_eq!(grant.holder.ttl_ms, Some(500));
+        assert_eq!(
+            registry.status("deploy").expect("status"),
+            Some(grant.holder.clone())
         );
-
-    // Somebody took it since (another process: the CLI).
-    locks.ok(&["lock", "a", "--client", "ci-2"]);
-    lease_expired(registry.unlock("a", &by_client), "a", "ci-1", 1);
-    lease_expired(registry.unlock("a", &by_token), "a", "ci-1", 1);
-    lease_expired(registry.renew("a", &by_token, None), "a", "ci-1", 1);
-    // ...and released it: still the owner's answer, never "not locked".
-    locks.ok(&["unlock", "a", "--client", "ci-2"]);
-    lease_expired(registry.unlock("a", &by_client), "a", "ci-1", 1);
-    lease_expired(registry.renew("a", &by_token, None), "a", "ci-1", 1);
-    // A client that never held it is told as before.
-    match registry.unlock("a", &UnlockKey::Client("stranger".into())) {
-        Err(Error::NotLocked { .. }) => {}
-        other => panic!("expected NotLocked, got {other:?}"),
-    }
-    // Once the client locks again and lets go, its old lease is history.
-    let again = registry
-        .lock("a", &LockOptions::client("ci-1"))
-        .expect("lock");
-    assert_eq!(again.holder.fencing, 3);
-    registry.unlock("a", &by_client).expect("unlock");
-    match registry.unlock("a", &by_client) {
-        Err(Error::NotLocked { .. }) => {}
-        other => panic!("expected NotLocked, got {other:?}"),
-    }
-
-    // A client that takes over its own expired lease and releases it
-    // normally is told "not locked" by a second unlock (an EXIT trap after
-    // a re-run), while the old token still learns that its lease ran out.
-    let old = registry
-        .lock("b", &LockOptions::client("ci-1").with_ttl(SHORT))
-        .expect("lock");
-    outlive(SHORT);
-    registry
-        .lock("b", &LockOptions::client("ci-1"))
-        .expect("take over its own lease");
-    registry.unlock("b", &by_client).expect("unlock");
-    match registry.unlock("b", &by_client) {
-        Err(Error::NotLocked { .. }) => {}
-        other => panic!("expected NotLocked, got {other:?}"),
-    }
-    lease_expired(
-        registry.unlock("b", &UnlockKey::Token(old.token)),
-        "b",
-        "ci-1",
-        1,
-    );
-}
-
-#[test]
-fn expired_locks_do_not_block_their_parents_or_children() {
-    let locks = Locks::new();
-    let mut registry = open(&locks);
-    registry
-        .lock("tree/leaf", &LockOptions::client("a").with_ttl(SHORT))
-        .expect("lock the child");
-    registry
-        .lock("other", &LockOptions::client("a").with_ttl(SHORT))
-        .expect("lock");
-    registry
-        .lock("other/parent-of", &LockOptions::client("x").with_ttl(SHORT))
-        .expect_err("its parent is held");
-    match registry.lock("tree", &LockOptions::client("b")) {
-        Err(Error::AlreadyLocked { holder, .. }) => assert_eq!(holder, "a"),
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-    outlive(SHORT);
-    registry
-        .lock("tree", &LockOptions::client("b"))
-        .expect("the child's lease ran out");
-    registry
-        .lock("other/parent-of", &LockOptions::client("b"))
-        .expect("the parent's lease ran out");
-}
-
-#[test]
-fn a_retry_with_the_same_request_id_gets_the_same_grant() {
-    let locks = Locks::new();
-    let mut registry = open(&locks);
-    let options = |id: &str| LockOptions {
-        request_id: Some(id.to_string()),
-        ..LockOptions::client("worker")
-    };
-    let id = "5b0c1c53-3f5e-4a4f-8a64-8b7e2f0f5d11";
-    let first = registry.lock("job", &options(id)).expect("lock");
-    let retry = registry.lock("job", &options(id)).expect("retry");
-    assert_eq!(retry, first);
-    // The same request id from another client is another request.
-    let stranger = LockOptions {
-        request_id: Some(id.to_string()),
-        ..LockOptions::client("evil")
-    };
-    match registry.lock("job", &stranger) {
-        Err(Error::AlreadyLocked { holder, .. }) => assert_eq!(holder, "worker"),
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-    // Any other request, the same client's included, is refused as ever.
-    match registry.lock("job", &options("another-request")) {
-        Err(Error::AlreadyLocked { holder, .. }) => assert_eq!(holder, "worker"),
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-    match registry.lock("job", &LockOptions::client("worker")) {
-        Err(Error::AlreadyLocked { .. }) => {}
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-    // Another process sees the same: the grant is recognised on disk.
-    let mut other = open(&locks);
-    assert_eq!(other.lock("job", &options(id)).expect("retry"), first);
-    // Once released, the same id takes a new lock with a new token.
-    registry
-        .unlock("job", &UnlockKey::Token(first.token.clone()))
-        .expect("unlock");
-    let later = registry.lock("job", &options(id)).expect("lock");
-    assert_eq!(later.holder.fencing, first.holder.fencing + 1);
-    assert_ne!(later.token, first.token);
-    match registry.lock("job", &options("")) {
-        Err(Error::InvalidInput { .. }) => {}
-        other => panic!("expected InvalidInput, got {other:?}"),
+        match registry.lock("deploy", &LockOptions::client("ci-2")) {
+            Err(Error::AlreadyLocked { holder, .. }) => assert_eq!(holder, "ci-1"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Held in every view until it runs out...
+        let status = locks.json(&["status", "deploy", "--json"]);
+        assert_eq!(status["expires_ms"], expires);
+        assert_eq!(status["ttl_ms"], 500);
+        outlive(locks, SHORT);
+        // ...then free in every view: the API, the CLI, a listing.
+        assert_eq!(registry.status("deploy").expect("status"), None);
+        assert_eq!(locks.ok(&["status", "deploy"]), "not locked\n");
+        assert_eq!(registry.list("").expect("list"), vec![]);
+        let next = registry
+            .lock("deploy", &LockOptions::client("ci-2"))
+            .expect("take the expired lock");
+        assert_eq!(next.holder.fencing, grant.holder.fencing + 1);
+        assert_eq!(next.holder.expires_ms, None);
+        // The held state (a file name on disk, a key's value on etcd) says
+        // the lease: flags `pcl`, then its end and length.
+        locks.ok(&["unlock", "deploy", "--client", "ci-2"]);
+        registry
+            .lock("deploy", &LockOptions::client("ci-3").with_ttl(SHORT))
+            .expect("lock");
+        let [state] = &locks.states("deploy")[..] else {
+            panic!("one state")
+        };
+        let fields: Vec<&str> = state.split('+').collect();
+        assert_eq!(fields[0], "3");
+        assert_eq!(fields[2], "pcl");
+        assert_eq!(fields[5], "500");
+        assert_eq!(fields[6], "ci-3");
     }
 }
 
-#[test]
-fn force_unlock_breaks_any_lock_and_the_fencing_goes_on() {
-    let locks = Locks::new();
-    let mut registry = open(&locks);
-    // An anonymous lock whose token was lost: nothing else opens it.
-    let lost = registry
-        .lock("stuck", &LockOptions::default())
-        .expect("lock");
-    let broken = registry.force_unlock("stuck").expect("force");
-    assert_eq!(broken, lost.holder);
-    assert_eq!(registry.status("stuck").expect("status"), None);
-    match registry.force_unlock("stuck") {
-        Err(Error::NotLocked { message }) => assert_eq!(message, "Resource not locked"),
-        other => panic!("expected NotLocked, got {other:?}"),
-    }
-    let next = registry
-        .lock("stuck", &LockOptions::client("me"))
-        .expect("lock");
-    assert_eq!(next.holder.fencing, lost.holder.fencing + 1);
-    // The CLI says whose lock it broke.
-    assert_eq!(
-        locks.ok(&["unlock", "stuck", "--force"]),
-        "broke the lock on 'stuck' held by 'me' (fencing 2)\n"
-    );
-    // The owner of a broken lock is told it is not locked any more.
-    match registry.unlock("stuck", &UnlockKey::Token(next.token)) {
-        Err(Error::NotLocked { .. }) => {}
-        other => panic!("expected NotLocked, got {other:?}"),
-    }
-}
+both! {
+    fn renewal_keeps_the_fencing_token_and_pushes_the_end_back(locks: &Locks) {
+        let mut registry = open(locks);
+        let grant = registry
+            .lock("job", &LockOptions::default().with_ttl(SHORT))
+            .expect("lock");
+        let by_token = UnlockKey::Token(grant.token.clone());
+        let renewed = registry
+            .renew("job", &by_token, Some(Duration::from_secs(5)))
+            .expect("renew");
+        assert_eq!(renewed.fencing, grant.holder.fencing);
+        assert_eq!(renewed.since_ms, grant.holder.since_ms);
+        assert_eq!(renewed.ttl_ms, Some(5000));
+        assert!(renewed.expires_ms > grant.holder.expires_ms);
+        outlive(locks, SHORT);
+        // Past the first lease's end, it is still held, with the same token.
+        assert_eq!(
+            registry.status("job").expect("status"),
+            Some(renewed.clone())
+        );
+        // A renewal without a length uses the lease's own (now 5 s).
+        let again = registry.renew("job", &by_token, None).expect("renew");
+        assert_eq!(
+            (again.fencing, again.ttl_ms),
+            (grant.holder.fencing, Some(5000))
+        );
+        registry.unlock("job", &by_token).expect("unlock");
 
-#[test]
-fn leases_out_of_range_are_refused_and_change_nothing() {
-    let locks = Locks::new();
-    let mut registry = open(&locks);
-    for ttl in [Duration::ZERO, Duration::from_secs(31 * 24 * 3600)] {
-        match registry.lock("x", &LockOptions::client("c").with_ttl(ttl)) {
-            Err(Error::InvalidInput { message }) => assert!(
-                message.contains("a lease lasts from 1 ms to 30 days"),
-                "{message}"
+        // A lock without a lease gets one from a renewal with a length, and
+        // none without.
+        let plain = registry
+            .lock("plain", &LockOptions::client("me"))
+            .expect("lock");
+        let me = UnlockKey::Client("me".into());
+        match registry.renew("plain", &me, None) {
+            Err(Error::InvalidInput { message }) => assert_eq!(
+                message,
+                "the lock on 'plain' has no lease: give the renewal a TTL"
             ),
             other => panic!("expected InvalidInput, got {other:?}"),
         }
-    }
-    // A client id of 151..160 bytes is fine without a lease, not with one.
-    let long = "c".repeat(155);
-    match registry.lock("x", &LockOptions::client(long.clone()).with_ttl(SHORT)) {
-        Err(Error::InvalidInput { message }) => {
-            assert!(message.contains("at most 150 bytes"), "{message}")
+        let leased = registry.renew("plain", &me, Some(SHORT)).expect("renew");
+        assert_eq!(
+            (leased.fencing, leased.ttl_ms),
+            (plain.holder.fencing, Some(500))
+        );
+        // Somebody else's key renews nothing.
+        match registry.renew("plain", &UnlockKey::Client("other".into()), Some(SHORT)) {
+            Err(Error::NotOwner { holder, .. }) => assert_eq!(holder, "me"),
+            other => panic!("expected NotOwner, got {other:?}"),
         }
-        other => panic!("expected InvalidInput, got {other:?}"),
     }
-    assert!(!locks.path().join("nodes/x").exists());
-    registry
-        .lock("x", &LockOptions::client(long))
-        .expect("no lease, no limit");
+}
+
+both! {
+    fn the_owner_learns_that_its_lease_ran_out_whether_or_not_it_was_taken_since(locks: &Locks) {
+        let mut registry = open(locks);
+        // Nobody took it: unlock and renew by client id and by token say so.
+        let grant = registry
+            .lock("a", &LockOptions::client("ci-1").with_ttl(SHORT))
+            .expect("lock");
+        outlive(locks, SHORT);
+        let by_token = UnlockKey::Token(grant.token.clone());
+        let by_client = UnlockKey::Client("ci-1".into());
+        lease_expired(registry.unlock("a", &by_client), "a", "ci-1", 1);
+        lease_expired(registry.unlock("a", &by_token), "a", "ci-1", 1);
+        lease_expired(registry.renew("a", &by_client, None), "a", "ci-1", 1);
+        lease_expired(registry.renew("a", &by_token, Some(SHORT)), "a", "ci-1", 1);
+        // The CLI says the same, exit 1.
+        locks
+            .run(&["unlock", "a", "--client", "ci-1"])
+            .assert_refused(
+                1,
+                "Lease expired: the lock on 'a' taken by 'ci-1' (fencing 1) ran out before it was \
+             renewed, and is no longer held by it",
+            );
+
+        // Somebody took it since (another process: the CLI).
+        locks.ok(&["lock", "a", "--client", "ci-2"]);
+        lease_expired(registry.unlock("a", &by_client), "a", "ci-1", 1);
+        lease_expired(registry.unlock("a", &by_token), "a", "ci-1", 1);
+        lease_expired(registry.renew("a", &by_token, None), "a", "ci-1", 1);
+        // ...and released it: still the owner's answer, never "not locked".
+        locks.ok(&["unlock", "a", "--client", "ci-2"]);
+        lease_expired(registry.unlock("a", &by_client), "a", "ci-1", 1);
+        lease_expired(registry.renew("a", &by_token, None), "a", "ci-1", 1);
+        // A client that never held it is told as before.
+        match registry.unlock("a", &UnlockKey::Client("stranger".into())) {
+            Err(Error::NotLocked { .. }) => {}
+            other => panic!("expected NotLocked, got {other:?}"),
+        }
+        // Once the client locks again and lets go, its old lease is history.
+        let again = registry
+            .lock("a", &LockOptions::client("ci-1"))
+            .expect("lock");
+        assert_eq!(again.holder.fencing, 3);
+        registry.unlock("a", &by_client).expect("unlock");
+        match registry.unlock("a", &by_client) {
+            Err(Error::NotLocked { .. }) => {}
+            other => panic!("expected NotLocked, got {other:?}"),
+        }
+
+        // A client that takes over its own expired lease and releases it
+        // normally is told "not locked" by a second unlock (an EXIT trap after
+        // a re-run), while the old token still learns that its lease ran out.
+        let old = registry
+            .lock("b", &LockOptions::client("ci-1").with_ttl(SHORT))
+            .expect("lock");
+        outlive(locks, SHORT);
+        registry
+            .lock("b", &LockOptions::client("ci-1"))
+            .expect("take over its own lease");
+        registry.unlock("b", &by_client).expect("unlock");
+        match registry.unlock("b", &by_client) {
+            Err(Error::NotLocked { .. }) => {}
+            other => panic!("expected NotLocked, got {other:?}"),
+        }
+        lease_expired(
+            registry.unlock("b", &UnlockKey::Token(old.token)),
+            "b",
+            "ci-1",
+            1,
+        );
+    }
+}
+
+both! {
+    fn expired_locks_do_not_block_their_parents_or_children(locks: &Locks) {
+        let mut registry = open(locks);
+        registry
+            .lock("tree/leaf", &LockOptions::client("a").with_ttl(SHORT))
+            .expect("lock the child");
+        registry
+            .lock("other", &LockOptions::client("a").with_ttl(SHORT))
+            .expect("lock");
+        registry
+            .lock("other/parent-of", &LockOptions::client("x").with_ttl(SHORT))
+            .expect_err("its parent is held");
+        match registry.lock("tree", &LockOptions::client("b")) {
+            Err(Error::AlreadyLocked { holder, .. }) => assert_eq!(holder, "a"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        outlive(locks, SHORT);
+        registry
+            .lock("tree", &LockOptions::client("b"))
+            .expect("the child's lease ran out");
+        registry
+            .lock("other/parent-of", &LockOptions::client("b"))
+            .expect("the parent's lease ran out");
+    }
+}
+
+both! {
+    fn a_retry_with_the_same_request_id_gets_the_same_grant(locks: &Locks) {
+        let mut registry = open(locks);
+        let options = |id: &str| LockOptions {
+            request_id: Some(id.to_string()),
+            ..LockOptions::client("worker")
+        };
+        let id = "5b0c1c53-3f5e-4a4f-8a64-8b7e2f0f5d11";
+        let first = registry.lock("job", &options(id)).expect("lock");
+        let retry = registry.lock("job", &options(id)).expect("retry");
+        assert_eq!(retry, first);
+        // The same request id from another client is another request.
+        let stranger = LockOptions {
+            request_id: Some(id.to_string()),
+            ..LockOptions::client("evil")
+        };
+        match registry.lock("job", &stranger) {
+            Err(Error::AlreadyLocked { holder, .. }) => assert_eq!(holder, "worker"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Any other request, the same client's included, is refused as ever.
+        match registry.lock("job", &options("another-request")) {
+            Err(Error::AlreadyLocked { holder, .. }) => assert_eq!(holder, "worker"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        match registry.lock("job", &LockOptions::client("worker")) {
+            Err(Error::AlreadyLocked { .. }) => {}
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Another process sees the same: the grant is recognised on disk.
+        let mut other = open(locks);
+        assert_eq!(other.lock("job", &options(id)).expect("retry"), first);
+        // Once released, the same id takes a new lock with a new token.
+        registry
+            .unlock("job", &UnlockKey::Token(first.token.clone()))
+            .expect("unlock");
+        let later = registry.lock("job", &options(id)).expect("lock");
+        assert_eq!(later.holder.fencing, first.holder.fencing + 1);
+        assert_ne!(later.token, first.token);
+        match registry.lock("job", &options("")) {
+            Err(Error::InvalidInput { .. }) => {}
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+}
+
+both! {
+    fn force_unlock_breaks_any_lock_and_the_fencing_goes_on(locks: &Locks) {
+        let mut registry = open(locks);
+        // An anonymous lock whose token was lost: nothing else opens it.
+        let lost = registry
+            .lock("stuck", &LockOptions::default())
+            .expect("lock");
+        let broken = registry.force_unlock("stuck").expect("force");
+        assert_eq!(broken, lost.holder);
+        assert_eq!(registry.status("stuck").expect("status"), None);
+        match registry.force_unlock("stuck") {
+            Err(Error::NotLocked { message }) => assert_eq!(message, "Resource not locked"),
+            other => panic!("expected NotLocked, got {other:?}"),
+        }
+        let next = registry
+            .lock("stuck", &LockOptions::client("me"))
+            .expect("lock");
+        assert_eq!(next.holder.fencing, lost.holder.fencing + 1);
+        // The CLI says whose lock it broke.
+        assert_eq!(
+            locks.ok(&["unlock", "stuck", "--force"]),
+            "broke the lock on 'stuck' held by 'me' (fencing 2)\n"
+        );
+        // The owner of a broken lock is told it is not locked any more.
+        match registry.unlock("stuck", &UnlockKey::Token(next.token)) {
+            Err(Error::NotLocked { .. }) => {}
+            other => panic!("expected NotLocked, got {other:?}"),
+        }
+    }
+}
+
+both! {
+    fn leases_out_of_range_are_refused_and_change_nothing(locks: &Locks) {
+        let mut registry = open(locks);
+        for ttl in [Duration::ZERO, Duration::from_secs(31 * 24 * 3600)] {
+            match registry.lock("x", &LockOptions::client("c").with_ttl(ttl)) {
+                Err(Error::InvalidInput { message }) => assert!(
+                    message.contains("a lease lasts from 1 ms to 30 days"),
+                    "{message}"
+                ),
+                other => panic!("expected InvalidInput, got {other:?}"),
+            }
+        }
+        // A client id of 151..160 bytes is fine without a lease, not with one.
+        let long = "c".repeat(155);
+        match registry.lock("x", &LockOptions::client(long.clone()).with_ttl(SHORT)) {
+            Err(Error::InvalidInput { message }) => {
+                assert!(message.contains("at most 150 bytes"), "{message}")
+            }
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+        assert!(locks.states("x").is_empty());
+        registry
+            .lock("x", &LockOptions::client(long))
+            .expect("no lease, no limit");
+    }
 }
 
 /// A format 2 directory as the previous hasp left it: two held locks (one
@@ -422,7 +424,7 @@ fn a_lease_taken_through_the_api_expires_for_stock_wasmtime_too() {
         .expect("lock");
     wasm(&locks, &["lock", "shared", "--client", "wasm"])
         .assert_refused(1, "Resource already locked by 'api'");
-    outlive(LONGER);
+    outlive(&locks, LONGER);
     let run = wasm(
         &locks,
         &[

@@ -444,7 +444,7 @@ pub fn etcd_watches_started() -> Option<u64> {
     text.lines()
         .filter(|l| {
             l.starts_with("grpc_server_started_total{")
-                && l.contains("grpc_method=\"Watch\"")
+                && l.contains("grpc_service=\"etcdserverpb.Watch\"")
         })
         .find_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
         .map(|n| n as u64)
