@@ -1,23 +1,25 @@
 //! Bad input and broken lock directories: exit 2, a one-line message, and
-//! nothing changed on disk (and nothing ever granted).
+//! nothing changed in the store (and nothing ever granted). The bad input
+//! runs on both stores; broken lock directories are the disk's own.
 
-use crate::support::{already, hasp_in, is_root, Locks, Run, Tmpfs};
+use crate::support::{already, both, hasp_in, is_root, Locks, Run, Tmpfs};
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 
-/// A lock directory already laid out, with one lock (`held`, by `owner`).
-fn setup() -> Locks {
-    let locks = Locks::new();
+/// Lays out the registry with two locks (`held` and `tree/a/b`, by `owner`).
+fn setup(locks: &Locks) {
     locks.ok(&["lock", "held", "--client", "owner"]);
     locks.ok(&["lock", "tree/a/b", "--client", "owner"]);
-    locks
 }
 
 /// Runs `args`, expects exit 2 with one line on stderr starting with
-/// `message`, nothing on stdout, and the lock directory unchanged.
+/// `message`, nothing on stdout, and the store unchanged (on etcd, no key
+/// even rewritten).
 #[track_caller]
 fn rejected(locks: &Locks, args: &[&str], message: &str) {
-    let before = locks.tree();
+    let before = locks.snapshot();
+    assert!(!before.is_empty(), "a registry laid out holds something");
     let run = locks.run(args);
     assert_eq!(run.code, 2, "hasp {args:?}: {run:?}");
     assert_eq!(run.stdout, "", "hasp {args:?}");
@@ -27,9 +29,9 @@ fn rejected(locks: &Locks, args: &[&str], message: &str) {
     );
     assert_eq!(run.stderr.lines().count(), 1, "hasp {args:?}: {run:?}");
     assert_eq!(
-        locks.tree(),
+        locks.snapshot(),
         before,
-        "hasp {args:?} changed the lock directory"
+        "hasp {args:?} changed the store"
     );
 }
 
@@ -58,273 +60,285 @@ fn bad_name(locks: &Locks, name: &str) {
     rejected(locks, &["status", name], msg);
 }
 
-#[test]
-fn empty_names_are_rejected() {
-    let locks = setup();
-    for name in ["", "/", "//"] {
-        bad_name(&locks, name);
-    }
-    still_held(&locks);
-}
-
-#[test]
-fn dot_and_dot_dot_segments_are_rejected() {
-    let locks = setup();
-    for name in [
-        ".",
-        "..",
-        "/..",
-        "../",
-        "../held",
-        "./held",
-        "held/.",
-        "held/..",
-        "a/./b",
-        "a/../b",
-        "../../etc/passwd",
-        "tree/a/../../held",
-    ] {
-        bad_name(&locks, name);
-    }
-    still_held(&locks);
-}
-
-#[test]
-fn empty_segments_are_rejected() {
-    let locks = setup();
-    for name in [
-        "a//b",
-        "//held",
-        "held//",
-        "//held//",
-        "tree//a",
-        "tree/a//b",
-    ] {
-        bad_name(&locks, name);
-    }
-    still_held(&locks);
-}
-
-#[test]
-fn control_characters_in_names_are_rejected_and_shown_escaped() {
-    let locks = setup();
-    for name in [
-        "a\nb",
-        "held\n",
-        "a\x01b",
-        "a\x7fb",
-        "\tb",
-        "a\rb",
-        "a\u{85}b",
-        "\x1b[31mred",
-    ] {
-        bad_name(&locks, name);
-    }
-    let run = locks.run(&["lock", "evil\nResource not locked", "--client", "c"]);
-    assert_eq!(
-        run.stderr,
-        "invalid resource name 'evil\\nResource not locked': it contains the control character '\\n'\n"
-    );
-    still_held(&locks);
-}
-
-#[test]
-fn names_over_1024_bytes_are_rejected() {
-    let locks = setup();
-    let seg = "a".repeat(200);
-    let long = format!("{seg}/{seg}/{seg}/{seg}/{seg}/bbbbbbbbbbbbbbbbbbbb");
-    assert_eq!(long.len(), 1025);
-    bad_name(&locks, &long);
-    // Multi-byte characters count in bytes.
-    let wide = format!("{seg}/{seg}/{seg}/{seg}/{seg}/{}", "é".repeat(10));
-    assert_eq!(wide.len(), 1025);
-    bad_name(&locks, &wide);
-    still_held(&locks);
-}
-
-#[test]
-fn segments_over_200_bytes_are_rejected() {
-    let locks = setup();
-    bad_name(&locks, &"s".repeat(201));
-    bad_name(&locks, &format!("tree/{}/x", "s".repeat(201)));
-    bad_name(&locks, &"é".repeat(101));
-    // `%` is stored as `%25`: 67 of them take 201 bytes on disk.
-    bad_name(&locks, &"%".repeat(67));
-    still_held(&locks);
-}
-
-#[test]
-fn longest_accepted_names_and_client_ids_work() {
-    let locks = setup();
-    let seg = "a".repeat(200);
-    let name = format!("{seg}/{seg}/{seg}/{seg}/{seg}/{}", "b".repeat(19));
-    assert_eq!(name.len(), 1024);
-    let client = "c".repeat(160);
-    let percent = "%".repeat(66);
-    for name in [name.as_str(), percent.as_str()] {
-        let grant = locks.json(&["lock", &format!("/{name}/"), "--client", &client, "--json"]);
-        assert_eq!(grant["resource"], name);
-        assert_eq!(grant["client"], client.as_str());
-        assert_eq!(
-            locks.json(&["status", name, "--json"])["client"],
-            client.as_str()
-        );
-        locks.ok(&["unlock", name, "--client", &client]);
-        assert_eq!(
-            locks.json(&["status", name, "--json"]),
-            serde_json::Value::Null
-        );
-    }
-    // A client id counts in bytes as it is written on disk, where `%` and
-    // `/` take three: each of these takes exactly 160.
-    for client in [
-        format!("{}c", "%".repeat(53)),
-        format!("{}c", "/".repeat(53)),
-        "é".repeat(80),
-        "+".repeat(160),
-    ] {
-        let grant = locks.json(&["lock", "free", "--client", &client, "--json"]);
-        assert_eq!(grant["client"], client.as_str());
-        assert_eq!(
-            locks.json(&["status", "free", "--json"])["client"],
-            client.as_str()
-        );
-        locks
-            .run(&["lock", "free", "--client", "other"])
-            .assert_refused(1, &already(&client));
-        locks.ok(&["unlock", "free", "--client", &client]);
+both! {
+    fn empty_names_are_rejected(locks: &Locks) {
+        setup(locks);
+        for name in ["", "/", "//"] {
+            bad_name(locks, name);
+        }
+        still_held(locks);
     }
 }
 
-#[test]
-fn bad_client_ids_are_rejected() {
-    let locks = setup();
-    let msg = "invalid client id '";
-    for client in ["", "c\nd", "c\x01", "c\x7f", "\u{85}", "owner\n"] {
-        rejected(&locks, &["lock", "free", "--client", client], msg);
-        rejected(&locks, &["lock", "held", "--client", client], msg);
-        // Not "not owner" (exit 1): the id is refused before anything else.
-        rejected(&locks, &["unlock", "held", "--client", client], msg);
-    }
-    // One byte over 160 as written on disk (`%` and `/` take three there).
-    for client in [
-        "c".repeat(161),
-        format!("{}é", "c".repeat(159)),
-        format!("{}cc", "%".repeat(53)),
-        format!("{}cc", "/".repeat(53)),
-        "%".repeat(54),
-    ] {
-        for args in [
-            &["lock", "free", "--client", &client][..],
-            &["lock", "held", "--client", &client],
-            &["unlock", "held", "--client", &client],
+both! {
+    fn dot_and_dot_dot_segments_are_rejected(locks: &Locks) {
+        setup(locks);
+        for name in [
+            ".",
+            "..",
+            "/..",
+            "../",
+            "../held",
+            "./held",
+            "held/.",
+            "held/..",
+            "a/./b",
+            "a/../b",
+            "../../etc/passwd",
+            "tree/a/../../held",
         ] {
-            rejected(&locks, args, msg);
-            let run = locks.run(args);
-            assert!(
-                run.stderr
-                    .ends_with("': it is longer than 160 bytes on disk\n"),
-                "hasp {args:?}: {run:?}"
+            bad_name(locks, name);
+        }
+        still_held(locks);
+    }
+}
+
+both! {
+    fn empty_segments_are_rejected(locks: &Locks) {
+        setup(locks);
+        for name in [
+            "a//b",
+            "//held",
+            "held//",
+            "//held//",
+            "tree//a",
+            "tree/a//b",
+        ] {
+            bad_name(locks, name);
+        }
+        still_held(locks);
+    }
+}
+
+both! {
+    fn control_characters_in_names_are_rejected_and_shown_escaped(locks: &Locks) {
+        setup(locks);
+        for name in [
+            "a\nb",
+            "held\n",
+            "a\x01b",
+            "a\x7fb",
+            "\tb",
+            "a\rb",
+            "a\u{85}b",
+            "\x1b[31mred",
+        ] {
+            bad_name(locks, name);
+        }
+        let run = locks.run(&["lock", "evil\nResource not locked", "--client", "c"]);
+        assert_eq!(
+            run.stderr,
+            "invalid resource name 'evil\\nResource not locked': it contains the control character '\\n'\n"
+        );
+        still_held(locks);
+    }
+}
+
+both! {
+    fn names_over_1024_bytes_are_rejected(locks: &Locks) {
+        setup(locks);
+        let seg = "a".repeat(200);
+        let long = format!("{seg}/{seg}/{seg}/{seg}/{seg}/bbbbbbbbbbbbbbbbbbbb");
+        assert_eq!(long.len(), 1025);
+        bad_name(locks, &long);
+        // Multi-byte characters count in bytes.
+        let wide = format!("{seg}/{seg}/{seg}/{seg}/{seg}/{}", "é".repeat(10));
+        assert_eq!(wide.len(), 1025);
+        bad_name(locks, &wide);
+        still_held(locks);
+    }
+}
+
+both! {
+    fn segments_over_200_bytes_are_rejected(locks: &Locks) {
+        setup(locks);
+        bad_name(locks, &"s".repeat(201));
+        bad_name(locks, &format!("tree/{}/x", "s".repeat(201)));
+        bad_name(locks, &"é".repeat(101));
+        // `%` is stored as `%25`: 67 of them take 201 bytes on disk.
+        bad_name(locks, &"%".repeat(67));
+        still_held(locks);
+    }
+}
+
+both! {
+    fn longest_accepted_names_and_client_ids_work(locks: &Locks) {
+        setup(locks);
+        let seg = "a".repeat(200);
+        let name = format!("{seg}/{seg}/{seg}/{seg}/{seg}/{}", "b".repeat(19));
+        assert_eq!(name.len(), 1024);
+        let client = "c".repeat(160);
+        let percent = "%".repeat(66);
+        for name in [name.as_str(), percent.as_str()] {
+            let grant = locks.json(&["lock", &format!("/{name}/"), "--client", &client, "--json"]);
+            assert_eq!(grant["resource"], name);
+            assert_eq!(grant["client"], client.as_str());
+            assert_eq!(
+                locks.json(&["status", name, "--json"])["client"],
+                client.as_str()
+            );
+            locks.ok(&["unlock", name, "--client", &client]);
+            assert_eq!(
+                locks.json(&["status", name, "--json"]),
+                serde_json::Value::Null
             );
         }
-    }
-    still_held(&locks);
-}
-
-#[test]
-fn malformed_tokens_are_rejected() {
-    let locks = setup();
-    let msg = "invalid token '";
-    for token in [
-        "",
-        "not-a-token",
-        "../../../../etc/passwd",
-        "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6",
-        "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b0",
-        "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6g",
-        "0f8e3c1a5-b2d-4e6f-9a7b-1c2d3e4f5a6b",
-        "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b\n",
-        "0f8e3c1a/5b2d/4e6f/9a7b/1c2d3e4f5a6b",
-    ] {
-        rejected(&locks, &["unlock", "held", "--token", token], msg);
-        rejected(&locks, &["unlock", "free", "--token", token], msg);
-    }
-    still_held(&locks);
-}
-
-#[test]
-fn nul_is_rejected_as_invalid_input_through_the_api() {
-    let locks = setup();
-    let before = locks.tree();
-    let mut registry = hasp::Registry::open(locks.path()).expect("open");
-    let invalid = |r: Result<(), hasp::Error>, what: &str| match r {
-        Err(hasp::Error::InvalidInput { message }) => {
-            assert!(!message.contains('\0'), "{what}: raw NUL in {message:?}");
-            assert_eq!(message.lines().count(), 1, "{what}: {message:?}");
+        // A client id counts in bytes as it is written on disk, where `%` and
+        // `/` take three: each of these takes exactly 160.
+        for client in [
+            format!("{}c", "%".repeat(53)),
+            format!("{}c", "/".repeat(53)),
+            "é".repeat(80),
+            "+".repeat(160),
+        ] {
+            let grant = locks.json(&["lock", "free", "--client", &client, "--json"]);
+            assert_eq!(grant["client"], client.as_str());
+            assert_eq!(
+                locks.json(&["status", "free", "--json"])["client"],
+                client.as_str()
+            );
+            locks
+                .run(&["lock", "free", "--client", "other"])
+                .assert_refused(1, &already(&client));
+            locks.ok(&["unlock", "free", "--client", &client]);
         }
-        other => panic!("{what}: expected InvalidInput, got {other:?}"),
-    };
-    let anon = hasp::LockOptions::default();
-    invalid(registry.lock("a\0b", &anon).map(drop), "lock name");
-    invalid(
-        registry.lock("held\0", &anon).map(drop),
-        "lock name held\\0",
-    );
-    invalid(registry.lock("\0", &anon).map(drop), "lock name \\0");
-    invalid(
-        registry
-            .lock("free", &hasp::LockOptions::client("c\0"))
-            .map(drop),
-        "lock client",
-    );
-    let owner = hasp::UnlockKey::Client("owner".into());
-    invalid(registry.unlock("held\0", &owner).map(drop), "unlock name");
-    invalid(
-        registry
-            .unlock("held", &hasp::UnlockKey::Client("owner\0".into()))
-            .map(drop),
-        "unlock client",
-    );
-    let token = format!("{}\0", "0".repeat(35));
-    invalid(
-        registry
-            .unlock("held", &hasp::UnlockKey::Token(token))
-            .map(drop),
-        "unlock token",
-    );
-    invalid(registry.status("held\0").map(drop), "status");
-    invalid(registry.list("tree\0").map(drop), "list");
-    drop(registry);
-    assert_eq!(locks.tree(), before);
-    still_held(&locks);
+    }
 }
 
-#[test]
-fn absolute_host_paths_are_names_inside_the_lock_dir() {
-    let locks = setup();
-    let outside = tempfile::tempdir().expect("temp dir");
-    let victim = outside.path().join("victim");
-    let victim = victim.to_str().expect("UTF-8 temp path");
-    let canonical = victim.trim_start_matches('/');
+both! {
+    fn bad_client_ids_are_rejected(locks: &Locks) {
+        setup(locks);
+        let msg = "invalid client id '";
+        for client in ["", "c\nd", "c\x01", "c\x7f", "\u{85}", "owner\n"] {
+            rejected(locks, &["lock", "free", "--client", client], msg);
+            rejected(locks, &["lock", "held", "--client", client], msg);
+            // Not "not owner" (exit 1): the id is refused before anything else.
+            rejected(locks, &["unlock", "held", "--client", client], msg);
+        }
+        // One byte over 160 as written on disk (`%` and `/` take three there).
+        for client in [
+            "c".repeat(161),
+            format!("{}é", "c".repeat(159)),
+            format!("{}cc", "%".repeat(53)),
+            format!("{}cc", "/".repeat(53)),
+            "%".repeat(54),
+        ] {
+            for args in [
+                &["lock", "free", "--client", &client][..],
+                &["lock", "held", "--client", &client],
+                &["unlock", "held", "--client", &client],
+            ] {
+                rejected(locks, args, msg);
+                let run = locks.run(args);
+                assert!(
+                    run.stderr
+                        .ends_with("': it is longer than 160 bytes on disk\n"),
+                    "hasp {args:?}: {run:?}"
+                );
+            }
+        }
+        still_held(locks);
+    }
+}
 
-    let grant = locks.json(&["lock", victim, "--client", "c1", "--json"]);
-    assert_eq!(grant["resource"], canonical);
-    assert_eq!(fs::read_dir(outside.path()).expect("read").count(), 0);
-    assert_eq!(locks.json(&["status", victim, "--json"])["client"], "c1");
-    locks.ok(&["unlock", victim, "--client", "c1"]);
-    assert_eq!(fs::read_dir(outside.path()).expect("read").count(), 0);
+both! {
+    fn malformed_tokens_are_rejected(locks: &Locks) {
+        setup(locks);
+        let msg = "invalid token '";
+        for token in [
+            "",
+            "not-a-token",
+            "../../../../etc/passwd",
+            "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6",
+            "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b0",
+            "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6g",
+            "0f8e3c1a5-b2d-4e6f-9a7b-1c2d3e4f5a6b",
+            "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b\n",
+            "0f8e3c1a/5b2d/4e6f/9a7b/1c2d3e4f5a6b",
+        ] {
+            rejected(locks, &["unlock", "held", "--token", token], msg);
+            rejected(locks, &["unlock", "free", "--token", token], msg);
+        }
+        still_held(locks);
+    }
+}
 
-    let passwd = || {
-        fs::symlink_metadata("/etc/passwd")
-            .ok()
-            .map(|m| (m.is_file(), m.len(), m.modified().ok()))
-    };
-    let before = passwd();
-    let grant = locks.json(&["lock", "/etc/passwd", "--client", "c1", "--json"]);
-    assert_eq!(grant["resource"], "etc/passwd");
-    assert!(locks.path().join("nodes/etc/passwd").is_dir());
-    locks.ok(&["unlock", "/etc/passwd", "--client", "c1"]);
-    assert_eq!(passwd(), before);
+both! {
+    fn nul_is_rejected_as_invalid_input_through_the_api(locks: &Locks) {
+        setup(locks);
+        let before = locks.snapshot();
+        let mut registry = locks.registry();
+        let invalid = |r: Result<(), hasp::Error>, what: &str| match r {
+            Err(hasp::Error::InvalidInput { message }) => {
+                assert!(!message.contains('\0'), "{what}: raw NUL in {message:?}");
+                assert_eq!(message.lines().count(), 1, "{what}: {message:?}");
+            }
+            other => panic!("{what}: expected InvalidInput, got {other:?}"),
+        };
+        let anon = hasp::LockOptions::default();
+        invalid(registry.lock("a\0b", &anon).map(drop), "lock name");
+        invalid(
+            registry.lock("held\0", &anon).map(drop),
+            "lock name held\\0",
+        );
+        invalid(registry.lock("\0", &anon).map(drop), "lock name \\0");
+        invalid(
+            registry
+                .lock("free", &hasp::LockOptions::client("c\0"))
+                .map(drop),
+            "lock client",
+        );
+        let owner = hasp::UnlockKey::Client("owner".into());
+        invalid(registry.unlock("held\0", &owner).map(drop), "unlock name");
+        invalid(
+            registry
+                .unlock("held", &hasp::UnlockKey::Client("owner\0".into()))
+                .map(drop),
+            "unlock client",
+        );
+        let token = format!("{}\0", "0".repeat(35));
+        invalid(
+            registry
+                .unlock("held", &hasp::UnlockKey::Token(token))
+                .map(drop),
+            "unlock token",
+        );
+        invalid(registry.status("held\0").map(drop), "status");
+        invalid(registry.list("tree\0").map(drop), "list");
+        drop(registry);
+        assert_eq!(locks.snapshot(), before);
+        still_held(locks);
+    }
+}
+
+both! {
+    fn absolute_host_paths_are_names_inside_the_lock_dir(locks: &Locks) {
+        setup(locks);
+        let outside = tempfile::tempdir().expect("temp dir");
+        let victim = outside.path().join("victim");
+        let victim = victim.to_str().expect("UTF-8 temp path");
+        let canonical = victim.trim_start_matches('/');
+
+        let grant = locks.json(&["lock", victim, "--client", "c1", "--json"]);
+        assert_eq!(grant["resource"], canonical);
+        assert_eq!(fs::read_dir(outside.path()).expect("read").count(), 0);
+        assert_eq!(locks.json(&["status", victim, "--json"])["client"], "c1");
+        locks.ok(&["unlock", victim, "--client", "c1"]);
+        assert_eq!(fs::read_dir(outside.path()).expect("read").count(), 0);
+
+        let passwd = || {
+            fs::symlink_metadata("/etc/passwd")
+                .ok()
+                .map(|m| (m.is_file(), m.len(), m.modified().ok()))
+        };
+        let before = passwd();
+        let grant = locks.json(&["lock", "/etc/passwd", "--client", "c1", "--json"]);
+        assert_eq!(grant["resource"], "etc/passwd");
+        // Its state is inside the store (on disk in nodes/etc/passwd).
+        assert!(!locks.states("etc/passwd").is_empty());
+        locks.ok(&["unlock", "/etc/passwd", "--client", "c1"]);
+        assert_eq!(passwd(), before);
+    }
 }
 
 #[test]
@@ -441,7 +455,8 @@ fn empty_dir(dir: &Path) -> bool {
 
 #[test]
 fn symlinked_node_leading_out_is_refused_and_nothing_is_created_outside() {
-    let locks = setup();
+    let locks = Locks::new();
+    setup(&locks);
     let outside = tempfile::tempdir().expect("temp dir");
     std::os::unix::fs::symlink(outside.path(), locks.path().join("nodes/foo")).expect("symlink");
     let before = locks.tree();
@@ -678,34 +693,34 @@ fn the_last_fencing_number_is_never_followed_by_a_wrapped_one() {
     );
 }
 
-#[test]
-fn timeouts_out_of_range_exit_2_with_one_line_and_never_panic() {
-    let locks = Locks::new();
-    for args in [
-        &["run", "--timeout", "1e30", "x.lock", "--", "true"][..],
-        &[
-            "run",
-            "--timeout",
-            "20000000000000000000",
-            "x.lock",
-            "--",
-            "true",
-        ],
-        &["serve", "--request-timeout", "1e30"],
-        &["plugin", "run", "--timeout", "1e30", "p.wasm"],
-        &["lock", "x", "--ttl", "1e30"],
-        &["lock", "x", "--wait", "99999999999999999999d"],
-    ] {
-        let run = locks.run(args);
-        assert_eq!(
-            (run.code, run.stdout.as_str()),
-            (2, ""),
-            "hasp {args:?}: {run:?}"
-        );
-        assert_eq!(run.stderr.lines().count(), 1, "hasp {args:?}: {run:?}");
-        assert!(!run.stderr.contains("panicked"), "hasp {args:?}: {run:?}");
+both! {
+    fn timeouts_out_of_range_exit_2_with_one_line_and_never_panic(locks: &Locks) {
+        for args in [
+            &["run", "--timeout", "1e30", "x.lock", "--", "true"][..],
+            &[
+                "run",
+                "--timeout",
+                "20000000000000000000",
+                "x.lock",
+                "--",
+                "true",
+            ],
+            &["serve", "--request-timeout", "1e30"],
+            &["plugin", "run", "--timeout", "1e30", "p.wasm"],
+            &["lock", "x", "--ttl", "1e30"],
+            &["lock", "x", "--wait", "99999999999999999999d"],
+        ] {
+            let run = locks.run(args);
+            assert_eq!(
+                (run.code, run.stdout.as_str()),
+                (2, ""),
+                "hasp {args:?}: {run:?}"
+            );
+            assert_eq!(run.stderr.lines().count(), 1, "hasp {args:?}: {run:?}");
+            assert!(!run.stderr.contains("panicked"), "hasp {args:?}: {run:?}");
+        }
+        assert!(!locks.path().join("x.lock").exists());
     }
-    assert!(!locks.path().join("x.lock").exists());
 }
 
 // ---- Special files, huge files and read-only or full disks (issue 14) ----
@@ -714,12 +729,19 @@ fn timeouts_out_of_range_exit_2_with_one_line_and_never_panic() {
 /// 30 s (the deadline of a guest call; a refusal comes at once, so this is
 /// a guard against hanging, not a measure of speed).
 fn run_bounded(dir: &Path, args: &[&str]) -> Run {
-    use std::process::{Command, Stdio};
-    let child = Command::new(crate::support::hasp_bin())
-        .arg("--dir")
+    let mut cmd = Command::new(crate::support::hasp_bin());
+    cmd.arg("--dir")
         .arg(dir)
         .args(args)
         .env_remove("HASP_DIR")
+        .env_remove("HASP_STORE");
+    bounded(cmd, args)
+}
+
+/// Runs `cmd` (`hasp ... ARGS`) as [`run_bounded`] does.
+fn bounded(mut cmd: Command, args: &[&str]) -> Run {
+    use std::process::Stdio;
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -948,7 +970,8 @@ fn a_read_only_lock_dir_is_called_read_only() {
             eprintln!("skipped: the permission-denied variant cannot run as root");
             return;
         }
-        let locks = setup();
+        let locks = Locks::new();
+    setup(&locks);
         let unwritable = fs::Permissions::from_mode(0o555);
         let writable = fs::Permissions::from_mode(0o755);
         use std::os::unix::fs::PermissionsExt;
@@ -1133,101 +1156,99 @@ fn a_state_file_named_with_a_newline_is_reported_on_one_line() {
 
 // ---- Flags and arguments (issue 14 review) ----
 
-#[test]
-fn every_misuse_of_flags_and_arguments_is_one_line_and_exit_2() {
-    let locks = Locks::new();
-    let serve = |more: &[&'static str]| {
-        let mut args = vec!["serve", "--addr", "127.0.0.1:0"];
-        args.extend_from_slice(more);
-        args
-    };
-    let cases: Vec<(Vec<&str>, &str)> = vec![
-        // Would time out every request not in the first packet.
-        (
-            serve(&["--request-timeout", "0"]),
-            "less than a millisecond",
-        ),
-        (
-            serve(&["--request-timeout", "1e-30"]),
-            "less than a millisecond",
-        ),
-        (
-            serve(&["--request-timeout", "0.0009"]),
-            "less than a millisecond",
-        ),
-        (serve(&["--workers", "0"]), "from 1 to 1024"),
-        (serve(&["--workers", "2592000"]), "from 1 to 1024"),
-        (serve(&["--max-connections", "0"]), "1 or more"),
-        (serve(&["--ttl", "-1"]), "unexpected argument '--ttl'"),
-        (
-            serve(&["--port"]),
-            "a value is required for '--port <PORT>'",
-        ),
-        (
-            vec!["lock"],
-            "required arguments were not provided: <RESOURCE>",
-        ),
-        (vec!["lock", "a", "b"], "unexpected argument 'b'"),
-        (vec!["frobnicate"], "unrecognized subcommand 'frobnicate'"),
-    ];
-    for (args, part) in &cases {
-        let run = run_bounded(locks.path(), args);
-        one_line_refusal(&run, args, &[part]);
+both! {
+    fn every_misuse_of_flags_and_arguments_is_one_line_and_exit_2(locks: &Locks) {
+        let serve = |more: &[&'static str]| {
+            let mut args = vec!["serve", "--addr", "127.0.0.1:0"];
+            args.extend_from_slice(more);
+            args
+        };
+        let cases: Vec<(Vec<&str>, &str)> = vec![
+            // Would time out every request not in the first packet.
+            (
+                serve(&["--request-timeout", "0"]),
+                "less than a millisecond",
+            ),
+            (
+                serve(&["--request-timeout", "1e-30"]),
+                "less than a millisecond",
+            ),
+            (
+                serve(&["--request-timeout", "0.0009"]),
+                "less than a millisecond",
+            ),
+            (serve(&["--workers", "0"]), "from 1 to 1024"),
+            (serve(&["--workers", "2592000"]), "from 1 to 1024"),
+            (serve(&["--max-connections", "0"]), "1 or more"),
+            (serve(&["--ttl", "-1"]), "unexpected argument '--ttl'"),
+            (
+                serve(&["--port"]),
+                "a value is required for '--port <PORT>'",
+            ),
+            (
+                vec!["lock"],
+                "required arguments were not provided: <RESOURCE>",
+            ),
+            (vec!["lock", "a", "b"], "unexpected argument 'b'"),
+            (vec!["frobnicate"], "unrecognized subcommand 'frobnicate'"),
+        ];
+        for (args, part) in &cases {
+            let run = bounded(locks.command(args), args);
+            one_line_refusal(&run, args, &[part]);
+        }
+        // A clap error past the value checks says where to read more.
+        let run = bounded(locks.command(&["frobnicate"]), &["frobnicate"]);
+        assert!(run.stderr.ends_with(" (see hasp --help)\n"), "{run:?}");
+        // An argument that is not UTF-8.
+        let out = locks
+            .command(&["lock"])
+            .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff"))
+            .output()
+            .expect("run hasp");
+        one_line_refusal(&Run::from(out), &["lock", "\\xff"], &["invalid UTF-8"]);
+        // Help and the version are still whole, on stdout.
+        let help = locks.run(&["serve", "--help"]);
+        assert_eq!(help.code, 0, "{help:?}");
+        assert!(help.stdout.lines().count() > 10, "{help:?}");
+        assert!(help.stdout.contains("0.001 at least"), "{help:?}");
+        assert_eq!(locks.run(&["--version"]).code, 0);
     }
-    // A clap error past the value checks says where to read more.
-    let run = run_bounded(locks.path(), &["frobnicate"]);
-    assert!(run.stderr.ends_with(" (see hasp --help)\n"), "{run:?}");
-    // An argument that is not UTF-8.
-    let out = std::process::Command::new(crate::support::hasp_bin())
-        .arg("--dir")
-        .arg(locks.path())
-        .arg("lock")
-        .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff"))
-        .output()
-        .expect("run hasp");
-    one_line_refusal(&Run::from(out), &["lock", "\\xff"], &["invalid UTF-8"]);
-    // Help and the version are still whole, on stdout.
-    let help = locks.run(&["serve", "--help"]);
-    assert_eq!(help.code, 0, "{help:?}");
-    assert!(help.stdout.lines().count() > 10, "{help:?}");
-    assert!(help.stdout.contains("0.001 at least"), "{help:?}");
-    assert_eq!(locks.run(&["--version"]).code, 0);
 }
 
-#[test]
-fn a_token_file_must_be_a_small_regular_file_holding_one_word() {
-    let locks = Locks::new();
-    let secrets = tempfile::tempdir().expect("temp dir");
-    let at = |name: &str| {
-        secrets
-            .path()
-            .join(name)
-            .to_str()
-            .expect("UTF-8")
-            .to_string()
-    };
-    let fifo = std::ffi::CString::new(at("fifo")).expect("a path");
-    // SAFETY: mkfifo(3) on a NUL-terminated path this test owns.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-    fs::write(at("big"), "a".repeat(5000)).expect("write");
-    fs::write(at("spaced"), "two words\n").expect("write");
-    fs::write(at("newline"), "line1\nline2\n").expect("write");
-    fs::write(at("control"), "tok\x07en").expect("write");
-    fs::write(at("good"), "  s3cret\n").expect("write");
-    for (file, part) in [
-        (at("fifo"), "is not a regular file"),
-        ("/dev/zero".to_string(), "is not a regular file"),
-        (
-            secrets.path().to_str().expect("UTF-8").to_string(),
-            "is not a regular file",
-        ),
-        (at("big"), "larger than 4 KiB"),
-        (at("spaced"), "whitespace or control characters inside"),
-        (at("newline"), "whitespace or control characters inside"),
-        (at("control"), "whitespace or control characters inside"),
-    ] {
-        let args = ["serve", "--addr", "127.0.0.1:0", "--token-file", &file];
-        let run = run_bounded(locks.path(), &args);
-        one_line_refusal(&run, &args, &[&format!("--token-file {file} "), part]);
+both! {
+    fn a_token_file_must_be_a_small_regular_file_holding_one_word(locks: &Locks) {
+        let secrets = tempfile::tempdir().expect("temp dir");
+        let at = |name: &str| {
+            secrets
+                .path()
+                .join(name)
+                .to_str()
+                .expect("UTF-8")
+                .to_string()
+        };
+        let fifo = std::ffi::CString::new(at("fifo")).expect("a path");
+        // SAFETY: mkfifo(3) on a NUL-terminated path this test owns.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        fs::write(at("big"), "a".repeat(5000)).expect("write");
+        fs::write(at("spaced"), "two words\n").expect("write");
+        fs::write(at("newline"), "line1\nline2\n").expect("write");
+        fs::write(at("control"), "tok\x07en").expect("write");
+        fs::write(at("good"), "  s3cret\n").expect("write");
+        for (file, part) in [
+            (at("fifo"), "is not a regular file"),
+            ("/dev/zero".to_string(), "is not a regular file"),
+            (
+                secrets.path().to_str().expect("UTF-8").to_string(),
+                "is not a regular file",
+            ),
+            (at("big"), "larger than 4 KiB"),
+            (at("spaced"), "whitespace or control characters inside"),
+            (at("newline"), "whitespace or control characters inside"),
+            (at("control"), "whitespace or control characters inside"),
+        ] {
+            let args = ["serve", "--addr", "127.0.0.1:0", "--token-file", &file];
+            let run = bounded(locks.command(&args), &args);
+            one_line_refusal(&run, &args, &[&format!("--token-file {file} "), part]);
+        }
     }
 }

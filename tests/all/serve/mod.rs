@@ -66,10 +66,13 @@ impl Stderr {
     }
 }
 
-/// A running `hasp --dir DIR serve --addr ADDR ...`, killed when dropped.
+/// A running `hasp --dir DIR [--store URL] serve --addr ADDR ...`, killed
+/// when dropped.
 pub(crate) struct Server {
     child: Option<Child>,
     pid: u32,
+    /// The store it serves, as `/healthz` names it.
+    store: String,
     /// Where to connect (loopback when the server listens on every address).
     addr: SocketAddr,
     stderr: Arc<Stderr>,
@@ -77,7 +80,8 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// `hasp --dir <locks> serve --addr 127.0.0.1:0 EXTRA...`, once it listens.
+    /// `hasp --dir <locks> [--store URL] serve --addr 127.0.0.1:0 EXTRA...`,
+    /// once it listens.
     #[track_caller]
     pub(crate) fn start(locks: &Locks, extra: &[&str]) -> Server {
         Server::start_at(locks, "127.0.0.1:0", extra)
@@ -116,6 +120,7 @@ impl Server {
         let mut server = Server {
             child: Some(child),
             pid,
+            store: locks.store().to_string(),
             addr: "127.0.0.1:1".parse().expect("placeholder"),
             stderr,
             drain: Some(drain),
@@ -377,6 +382,8 @@ fn healthy(server: &Server) {
     let (status, body) = server.get_json("/healthz");
     assert_eq!(status, 200, "{body}");
     assert_health(&body);
+    // The store it was started on, as the harness knows it.
+    assert_eq!(body["store"], server.store, "{body}");
 }
 
 /// A `/healthz` answer: `ok`, and the store the server uses (`/healthz`
