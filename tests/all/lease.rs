@@ -538,28 +538,32 @@ fn a_plugin_built_against_0_1_0_still_runs() {
     assert!(compose.stderr.contains("hasp:lock@0.2.0"), "{compose:?}");
 }
 
-#[test]
-fn a_hand_written_lease_out_of_range_is_corrupt() {
-    let token = "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b";
-    for state in [
-        format!("3+{token}+pcl+1795450452162+10000000000000+30000+c"),
-        format!("3+{token}+pcl+1795450452162+1795450482162+2592000001+c"),
-        format!("3+{token}+pcl+1795450452162+1795450482162+0+c"),
-        format!("3+{token}+pcl+1795450452162+1795450482162"),
-        format!("3+{token}+pcx+1795450452162"),
-    ] {
-        let locks = Locks::new();
-        locks.ok(&["status"]);
-        let lock = locks.path().join("nodes/job/.lock");
-        fs::create_dir_all(&lock).expect("make node");
-        fs::write(lock.join(&state), "").expect("plant state");
-        let run = locks.run(&["status", "job"]);
-        assert_eq!((run.code, run.stdout.as_str()), (2, ""), "{state}: {run:?}");
-        assert!(
-            run.stderr
-                .starts_with(&format!("corrupt lock state nodes/job/.lock/{state}: ")),
-            "{state}: {run:?}"
-        );
-        assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+both! {
+    fn a_hand_written_lease_out_of_range_is_corrupt(locks: &Locks) {
+        let token = "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b";
+        for state in [
+            format!("3+{token}+pcl+1795450452162+10000000000000+30000+c"),
+            format!("3+{token}+pcl+1795450452162+1795450482162+2592000001+c"),
+            format!("3+{token}+pcl+1795450452162+1795450482162+0+c"),
+            format!("3+{token}+pcl+1795450452162+1795450482162"),
+            format!("3+{token}+pcx+1795450452162"),
+        ] {
+            let locks = &locks.fresh();
+            locks.ok(&["status"]);
+            locks.plant("job", &state);
+            let run = locks.run(&["status", "job"]);
+            assert_eq!((run.code, run.stdout.as_str()), (2, ""), "{state}: {run:?}");
+            let path = locks.state_path("job", &state);
+            assert!(
+                run.stderr
+                    .starts_with(&format!("corrupt lock state {path}: ")),
+                "{state}: {run:?}"
+            );
+            assert!(
+                run.stderr.ends_with(&format!(" ({})\n", locks.place())),
+                "{state}: {run:?}"
+            );
+            assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+        }
     }
 }

@@ -382,6 +382,44 @@ impl Locks {
         }
     }
 
+    /// Makes `state` the one state of node `node` (its path below `nodes/`,
+    /// plain names only), by hand, as a broken or foreign writer would: on
+    /// disk the one file in `nodes/<node>/.lock` (made if missing; the
+    /// registry must be laid out), on etcd the value of the key
+    /// `nodes/<node>` (put with etcdctl).
+    pub fn plant(&self, node: &str, state: &str) {
+        match &self.etcd {
+            None => {
+                let lock = self.path().join("nodes").join(node).join(".lock");
+                std::fs::create_dir_all(&lock).expect("make the node's .lock");
+                for entry in std::fs::read_dir(&lock).expect("read .lock") {
+                    std::fs::remove_file(entry.expect("entry").path()).expect("remove a state");
+                }
+                std::fs::write(lock.join(state), b"").expect("plant the state");
+            }
+            Some(url) => {
+                let prefix = hasp::EtcdUrl::parse(url).expect("a store URL").prefix;
+                let key = format!("{prefix}/nodes/{node}");
+                let out = shared_etcd()
+                    .etcdctl()
+                    .args(["put", "--", &key, state])
+                    .output()
+                    .expect("run etcdctl put");
+                assert!(out.status.success(), "etcdctl put {key}: {out:?}");
+            }
+        }
+    }
+
+    /// Where the state `state` of node `node` is, as errors name it:
+    /// `nodes/<node>/.lock/<state>` on disk, the key `nodes/<node>` on etcd.
+    pub fn state_path(&self, node: &str, state: &str) -> String {
+        if self.is_etcd() {
+            format!("nodes/{node}")
+        } else {
+            format!("nodes/{node}/.lock/{state}")
+        }
+    }
+
     #[track_caller]
     fn disk_only(&self, what: &str) {
         assert!(
