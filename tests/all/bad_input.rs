@@ -28,11 +28,7 @@ fn rejected(locks: &Locks, args: &[&str], message: &str) {
         "hasp {args:?}: expected {message:?}...: {run:?}"
     );
     assert_eq!(run.stderr.lines().count(), 1, "hasp {args:?}: {run:?}");
-    assert_eq!(
-        locks.snapshot(),
-        before,
-        "hasp {args:?} changed the store"
-    );
+    assert_eq!(locks.snapshot(), before, "hasp {args:?} changed the store");
 }
 
 /// `held` is still held by `owner`, with its first grant.
@@ -981,7 +977,7 @@ fn a_read_only_lock_dir_is_called_read_only() {
             return;
         }
         let locks = Locks::new();
-    setup(&locks);
+        setup(&locks);
         let unwritable = fs::Permissions::from_mode(0o555);
         let writable = fs::Permissions::from_mode(0o755);
         use std::os::unix::fs::PermissionsExt;

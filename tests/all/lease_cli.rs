@@ -83,9 +83,9 @@ fn asleep(pid: u32) -> Option<bool> {
 /// Taken before a waiter starts, for [`until_waiting`]: on etcd, how many
 /// watches the shared etcd had opened; nothing on disk.
 fn mark(locks: &Locks) -> Option<u64> {
-    locks.is_etcd().then(|| {
-        etcd_watches_started().expect("etcd's /metrics counts the watches opened")
-    })
+    locks
+        .is_etcd()
+        .then(|| etcd_watches_started().expect("etcd's /metrics counts the watches opened"))
 }
 
 /// Returns once `waiter` (a `hasp lock --wait`) has been refused and waits

@@ -439,7 +439,10 @@ fn etcd_keys(prefix: &str) -> Vec<String> {
         .args(["get", "--prefix", "-w", "json", "--", prefix])
         .output()
         .expect("run etcdctl get");
-    assert!(out.status.success(), "etcdctl get --prefix {prefix}: {out:?}");
+    assert!(
+        out.status.success(),
+        "etcdctl get --prefix {prefix}: {out:?}"
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("etcdctl's JSON");
     let text = |v: &serde_json::Value| {
         let bytes = base64::engine::general_purpose::STANDARD
@@ -472,11 +475,7 @@ pub fn etcd_watches_started() -> Option<u64> {
     let endpoint = shared_etcd().endpoint(0);
     let mut stream = std::net::TcpStream::connect(&endpoint).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\n\r\n"
-    )
-    .ok()?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\n\r\n").ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
     text.lines()

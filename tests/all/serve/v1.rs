@@ -2,8 +2,7 @@
 //! fencing, leases, retries by request id, and the shape of its bodies.
 
 use super::{
-    assert_error, assert_error_response, held, read_response, request, token,
-    token_file, Server,
+    assert_error, assert_error_response, held, read_response, request, token, token_file, Server,
 };
 use crate::support::{both, sorted_keys, GRANT_KEYS};
 use serde_json::{json, Value};
