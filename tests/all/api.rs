@@ -1,6 +1,6 @@
 //! The Rust API (`hasp::Registry`): the same rules as the CLI, typed errors
-//! carrying the holder, and one lock directory shared with the CLI and with
-//! other registries.
+//! carrying the holder, and one registry shared with the CLI and with other
+//! registries, in a lock directory and on etcd (`both!`).
 
 use crate::support::{both, Locks};
 use hasp::{Error, LockOptions, Registry, UnlockKey};
@@ -314,31 +314,51 @@ fn broken_directories_give_typed_errors_naming_the_file() {
         .expect("read")
         .next()
         .is_none());
+}
 
-    let grant = registry
-        .lock("res", &LockOptions::client("c"))
-        .expect("lock");
-    let lock = locks.path().join("nodes/res/.lock");
-    let states = locks.state_files("res");
-    assert_eq!(states.len(), 1, "{states:?}");
-    assert!(states[0].contains(&grant.token), "{states:?}");
-    std::fs::rename(lock.join(&states[0]), lock.join("garbage")).expect("corrupt it");
-    let rel = "nodes/res/.lock/garbage";
-    for result in [
-        registry.status("res").map(drop),
-        registry.lock("res", &LockOptions::client("d")).map(drop),
-        registry.list("").map(drop),
-    ] {
-        match result {
-            Err(err @ Error::CorruptRecord { .. }) => {
-                assert!(!err.is_refusal());
-                assert!(err.to_string().contains(rel), "{err}");
-                let Error::CorruptRecord { file, .. } = err else {
-                    unreachable!()
-                };
-                assert_eq!(file, std::path::Path::new(rel));
+both! {
+    /// A state that does not parse (a state file renamed on disk, a key's
+    /// value rewritten on etcd): a typed error naming where it is.
+    fn corrupt_states_give_typed_errors_naming_the_state(locks: &Locks) {
+        let mut registry = open(locks);
+        let grant = registry
+            .lock("res", &LockOptions::client("c"))
+            .expect("lock");
+        let states = locks.states("res");
+        assert_eq!(states.len(), 1, "{states:?}");
+        assert!(states[0].contains(&grant.token), "{states:?}");
+        if locks.is_etcd() {
+            locks.plant("res", "garbage");
+        } else {
+            let lock = locks.path().join("nodes/res/.lock");
+            std::fs::rename(lock.join(&states[0]), lock.join("garbage")).expect("corrupt it");
+        }
+        let rel = locks.state_path("res", "garbage");
+        let place = match locks.store() {
+            hasp::Store::Dir(dir) => dir,
+            etcd => std::path::PathBuf::from(etcd.to_string()),
+        };
+        for result in [
+            registry.status("res").map(drop),
+            registry.lock("res", &LockOptions::client("d")).map(drop),
+            registry.list("").map(drop),
+        ] {
+            match result {
+                Err(err @ Error::CorruptRecord { .. }) => {
+                    assert!(!err.is_refusal());
+                    assert!(err.to_string().contains(&rel), "{err}");
+                    assert!(
+                        err.to_string().ends_with(&format!(" ({})", locks.place())),
+                        "{err}"
+                    );
+                    let Error::CorruptRecord { dir, file, .. } = err else {
+                        unreachable!()
+                    };
+                    assert_eq!(file, std::path::Path::new(&rel));
+                    assert_eq!(dir, place);
+                }
+                other => panic!("expected CorruptRecord, got {other:?}"),
             }
-            other => panic!("expected CorruptRecord, got {other:?}"),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Hierarchical locks through the CLI: the cases of Locker's README, the AND
-//! rule of the two flags in both orders, and how names are normalised.
+//! rule of the two flags in both orders, and how names are normalised; on
+//! both stores (`both!`).
 
 use crate::support::{already, both};
 

@@ -2,8 +2,10 @@
 //! take-over, renewal, `lease-expired`, request ids, forced unlocks, and a
 //! format 2 directory upgraded in place.
 //!
-//! A test here may sleep past a lease of a few hundred milliseconds; none
-//! asserts how long anything took.
+//! A test here may sleep past a lease of a few hundred milliseconds (on
+//! etcd, plus its skew margin); none asserts how long anything took. The
+//! bodies that need no stock `wasmtime`, plugin or hand-made directory run
+//! on both stores (`both!`).
 
 use crate::support::{both, Locks, Run};
 use crate::wasmtime_cli::wasm;

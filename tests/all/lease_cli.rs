@@ -1,11 +1,13 @@
 //! Leases, renewal and forced unlocks through the CLI: `--ttl`, `renew`,
 //! `--wait`, `--force`, and `hasp lock RES -- CMD`.
 //!
-//! Real `hasp` processes throughout. Nothing waits for time to pass as a
-//! means of synchronisation: a test sleeps only to get past a short TTL
-//! (a few hundred ms), and a waiter is seen waiting (asleep between two
-//! attempts) through /proc before the holder lets go. No assertion is on
-//! how long anything took.
+//! Real `hasp` processes throughout, each body on both stores (`both!`): a
+//! lock directory and etcd. Nothing waits for time to pass as a means of
+//! synchronisation: a test sleeps only to get past a short TTL (a few
+//! hundred ms, plus the skew margin on etcd), and a waiter is seen waiting
+//! before the holder lets go (on disk asleep between two attempts, through
+//! /proc; on etcd, once etcd has opened its watch). No assertion is on how
+//! long anything took.
 
 use crate::support::{
     already, both, etcd_watches_started, finished, hasp_bin, is_uuid_v4, Locks, Run,

@@ -1,5 +1,6 @@
 //! Unlock tokens, anonymous locks and fencing tokens, through the CLI. Every
 //! `hasp` call is a fresh process, so everything here also survives restarts.
+//! Every body runs on both stores (`both!`).
 
 use crate::support::{both, is_uuid_v4, now_ms, sorted_keys, GRANT_KEYS};
 use serde_json::Value;

@@ -1,5 +1,5 @@
 //! Locker's HTTP API (`GET /canhaz`, `/dohaz`, `/nowant`), through Python's
-//! `urllib` and raw requests.
+//! `urllib` and raw requests; on both stores (`both!`).
 
 use super::{assert_error, held, token, Server};
 use crate::support::{both, sorted_keys};

@@ -1,5 +1,6 @@
 //! The JSON API, `/v1`: lock, unlock, renew, status, list, force-unlock;
-//! fencing, leases, retries by request id, and the shape of its bodies.
+//! fencing, leases, retries by request id, and the shape of its bodies; on
+//! both stores (`both!`).
 
 use super::{
     assert_error, assert_error_response, held, read_response, request, token, token_file, Server,

@@ -1,5 +1,5 @@
 //! gocept.lockd's XML-RPC door (`POST /RPC2` and `/`), through Python's
-//! `xmlrpc.client`.
+//! `xmlrpc.client`; on both stores (`both!`).
 
 use super::{healthy, held, python, xmlrpc, Server};
 use crate::support::{already, both};
