@@ -1265,3 +1265,49 @@ both! {
         }
     }
 }
+
+#[test]
+fn bad_store_urls_exit_2_with_one_line_and_touch_nothing() {
+    // The store is named before anything runs: by --store or $HASP_STORE.
+    let locks = Locks::new();
+    let prefix_rule = "the prefix is at most 256 bytes of /-separated names";
+    let long = format!("etcd://127.0.0.1:2379/{}", "p".repeat(257));
+    for (url, part) in [
+        ("", "the only store URLs are etcd://"),
+        ("http://127.0.0.1:2379", "the only store URLs are etcd://"),
+        ("etcd://", "'' is not HOST:PORT"),
+        ("etcd://127.0.0.1", "'127.0.0.1' is not HOST:PORT"),
+        ("etcd://127.0.0.1:0", "'127.0.0.1:0' is not HOST:PORT"),
+        (
+            "etcd://127.0.0.1:99999",
+            "'127.0.0.1:99999' is not HOST:PORT",
+        ),
+        ("etcd://127.0.0.1:2379,", "'' is not HOST:PORT"),
+        ("etcd://127.0.0.1:2379/a/../b", prefix_rule),
+        ("etcd://127.0.0.1:2379/a//b", prefix_rule),
+        ("etcd://127.0.0.1:2379/a b", prefix_rule),
+        ("etcd://127.0.0.1:2379/100%", prefix_rule),
+        ("etcd://127.0.0.1:2379/a\nb", prefix_rule),
+        (long.as_str(), prefix_rule),
+    ] {
+        let commands: [&[&str]; 6] = [
+            &["lock", "x", "--client", "c"],
+            &["lock", "x", "--client", "c", "--", "true"],
+            &["unlock", "x", "--client", "c"],
+            &["renew", "x", "--client", "c"],
+            &["status"],
+            &["serve", "--addr", "127.0.0.1:0"],
+        ];
+        for args in commands {
+            let mut by_flag = locks.command(&["--store", url]);
+            by_flag.args(args);
+            let mut by_env = locks.command(args);
+            by_env.env("HASP_STORE", url);
+            for cmd in [by_flag, by_env] {
+                let run = bounded(cmd, args);
+                one_line_refusal(&run, args, &[&format!("invalid store {url:?}: "), part]);
+            }
+        }
+    }
+    assert!(empty_dir(locks.path()), "something was written");
+}
