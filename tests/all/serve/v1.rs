@@ -62,7 +62,12 @@ both! {
         // Fencing grows per resource; an anonymous lock is released by token.
         let (status, again) = server.post_json(
             "/v1/lock",
-            &json!({"resource": "db/main", "lock_parents": false, "lock_children": false, "wait_ms": 0}),
+            &json!({
+                "resource": "db/main",
+                "lock_parents": false,
+                "lock_children": false,
+                "wait_ms": 0
+            }),
         );
         assert_eq!(status, 200, "{again}");
         assert_eq!(
@@ -305,7 +310,8 @@ both! {
             renewed
         );
         // By client id, without a length: the lease's own length again.
-        let (status, again) = server.post_json("/v1/renew", &json!({"resource": "job", "client": "w"}));
+        let (status, again) =
+            server.post_json("/v1/renew", &json!({"resource": "job", "client": "w"}));
         assert_eq!(
             (status, &again["fencing"], &again["ttl_ms"]),
             (200, &grant["fencing"], &json!(120_000)),
@@ -372,7 +378,12 @@ both! {
     fn v1_request_id_retry_returns_the_same_grant_while_held(locks: &Locks) {
         let server = Server::start(locks, &[]);
         let call =
-            json!({"resource": "deploy", "client": "ci", "request_id": "ci-run-17", "ttl_ms": 60_000});
+            json!({
+                "resource": "deploy",
+                "client": "ci",
+                "request_id": "ci-run-17",
+                "ttl_ms": 60_000
+            });
         let (status, grant) = server.post_json("/v1/lock", &call);
         assert_eq!(status, 200, "{grant}");
         token(&grant);
@@ -545,7 +556,8 @@ both! {
         }
         assert_eq!(held(locks), Vec::<String>::new());
 
-        let (status, grant) = server.post_json("/v1/lock", &json!({"resource": "r", "client": "a"}));
+        let (status, grant) =
+            server.post_json("/v1/lock", &json!({"resource": "r", "client": "a"}));
         assert_eq!(status, 200, "{grant}");
         // Only /v1/lock's client may be null (an anonymous lock); every other
         // optional field is given a value of its type, or left out.
