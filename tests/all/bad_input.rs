@@ -442,6 +442,46 @@ fn lock_dir_of_an_incompatible_format_is_refused_and_untouched() {
     }
 }
 
+both! {
+    /// A registry laid out by another hasp, on either store: every command
+    /// refuses it in one line naming what FORMAT says, and changes nothing.
+    fn a_registry_of_an_incompatible_format_is_refused_and_untouched(locks: &Locks) {
+        let lines: &[&str] = if locks.is_etcd() {
+            &["hasp-lock-store 2", "hasp-lock-store 0", "hasp-lock-dir 3", "garbage"]
+        } else {
+            &["hasp-lock-dir 1", "hasp-lock-dir 4", "hasp-lock-store 1", "garbage"]
+        };
+        for line in lines {
+            let locks = &locks.fresh();
+            locks.ok(&["lock", "x", "--client", "c"]);
+            locks.plant_format(line);
+            let before = locks.snapshot();
+            for args in [
+                &["lock", "x", "--client", "c"][..],
+                &["lock", "y", "--client", "c"],
+                &["lock", "x/y", "--client", "c", "--", "true"],
+                &["unlock", "x", "--client", "c"],
+                &["unlock", "x", "--force"],
+                &["renew", "x", "--client", "c", "--ttl", "1m"],
+                &["status", "x", "--json"],
+                &["status"],
+            ] {
+                let run = locks.run(args);
+                one_line_refusal(
+                    &run,
+                    args,
+                    &[
+                        &format!("FORMAT says '{line}': "),
+                        "incompatible hasp",
+                        &format!(" ({})\n", locks.place()),
+                    ],
+                );
+            }
+            assert_eq!(locks.snapshot(), before, "{line}");
+        }
+    }
+}
+
 fn empty_dir(dir: &Path) -> bool {
     fs::read_dir(dir)
         .expect("read outside dir")

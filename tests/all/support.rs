@@ -410,6 +410,25 @@ impl Locks {
         }
     }
 
+    /// Writes `line` as the registry's format, by hand: on disk the file
+    /// `FORMAT` (`line` and a newline), on etcd the key `FORMAT`.
+    pub fn plant_format(&self, line: &str) {
+        match &self.etcd {
+            None => std::fs::write(self.path().join("FORMAT"), format!("{line}\n"))
+                .expect("write FORMAT"),
+            Some(url) => {
+                let prefix = hasp::EtcdUrl::parse(url).expect("a store URL").prefix;
+                let key = format!("{prefix}/FORMAT");
+                let out = shared_etcd()
+                    .etcdctl()
+                    .args(["put", "--", &key, line])
+                    .output()
+                    .expect("run etcdctl put");
+                assert!(out.status.success(), "etcdctl put {key}: {out:?}");
+            }
+        }
+    }
+
     /// Where the state `state` of node `node` is, as errors name it:
     /// `nodes/<node>/.lock/<state>` on disk, the key `nodes/<node>` on etcd.
     pub fn state_path(&self, node: &str, state: &str) -> String {
