@@ -569,3 +569,79 @@ both! {
         }
     }
 }
+
+both! {
+    /// A lease taken over leaves a record in its node (docs/FORMAT.md): its
+    /// owner learns from it that the lease ran out, and it is never listed
+    /// as a resource. A resource named like such a record is an ordinary
+    /// resource, and tells nobody that a lease ran out.
+    fn a_lost_lease_record_is_no_resource_and_a_name_like_one_is_no_lost_lease(locks: &Locks) {
+        let mut registry = open(locks);
+        let parent = |client: &str| LockOptions {
+            lock_children: false,
+            ..LockOptions::client(client)
+        };
+        let names = |registry: &mut Registry| -> Vec<String> {
+            let held = registry.list("").expect("list");
+            held.into_iter().map(|h| h.resource).collect()
+        };
+        registry
+            .lock("q", &parent("ci-41").with_ttl(SHORT))
+            .expect("lock");
+        outlive(locks, SHORT);
+        let next = registry.lock("q", &parent("ci-42")).expect("take over");
+        assert_eq!(next.holder.fencing, 2);
+        let ci_41 = UnlockKey::Client("ci-41".into());
+        lease_expired(registry.unlock("q", &ci_41), "q", "ci-41", 1);
+        assert_eq!(names(&mut registry), ["q"]);
+
+        // What ci-43's record would be called, had it lost a lease on `q`.
+        let token = "0f8e3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b";
+        for fake in [
+            format!("q/.lost+1+{token}+o+ci-43"),
+            format!(".lost+1+{token}+o+ci-43"),
+        ] {
+            let grant = registry
+                .lock(&fake, &LockOptions::client("x"))
+                .unwrap_or_else(|e| panic!("{fake}: {e}"));
+            assert_eq!(grant.holder.fencing, 1, "{fake}");
+            assert_eq!(
+                registry.status(&fake).expect("status"),
+                Some(grant.holder.clone())
+            );
+        }
+        let mut listed = names(&mut registry);
+        listed.sort();
+        let mut expected = vec![
+            format!(".lost+1+{token}+o+ci-43"),
+            "q".to_string(),
+            format!("q/.lost+1+{token}+o+ci-43"),
+        ];
+        expected.sort();
+        assert_eq!(listed, expected);
+        // ci-43 never held `q`: not the owner, not a lost lease.
+        for key in [
+            UnlockKey::Client("ci-43".into()),
+            UnlockKey::Token(token.into()),
+        ] {
+            match registry.unlock("q", &key) {
+                Err(Error::NotOwner { holder, .. }) => assert_eq!(holder, "ci-42"),
+                other => panic!("{key:?}: expected NotOwner, got {other:?}"),
+            }
+        }
+        registry
+            .unlock("q", &UnlockKey::Client("ci-42".into()))
+            .expect("unlock");
+        for key in [
+            UnlockKey::Client("ci-43".into()),
+            UnlockKey::Token(token.into()),
+        ] {
+            match registry.unlock("q", &key) {
+                Err(Error::NotLocked { .. }) => {}
+                other => panic!("{key:?}: expected NotLocked, got {other:?}"),
+            }
+        }
+        // The real record still answers its owner.
+        lease_expired(registry.unlock("q", &ci_41), "q", "ci-41", 1);
+    }
+}
