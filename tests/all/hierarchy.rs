@@ -394,3 +394,60 @@ both! {
         assert_eq!(locks.json(&["status", "q", "--json"])["client"], "parent");
     }
 }
+
+both! {
+    /// The deepest names (512 one-byte segments: 1023 bytes) see every
+    /// ancestor and every descendant, beyond the first hundred too (on etcd
+    /// a grant's transaction reads only so many ancestors; the rest are read
+    /// after it).
+    fn the_deepest_names_see_every_ancestor_and_descendant(locks: &Locks) {
+        let deep = |n: usize| vec!["a"; n].join("/");
+        let deepest = deep(512);
+        assert_eq!(deepest.len(), 1023);
+        for depth in [1, 99, 100, 101, 102, 200, 511] {
+            locks.ok(&["lock", &deep(depth), "--client", "ancestor"]);
+            locks
+                .run(&["lock", &deepest, "--client", "me"])
+                .assert_refused(1, &already("ancestor"));
+            // Its own flag on the wrong side does not help (the AND rule).
+            locks
+                .run(&["lock", &deepest, "--no-lock-children"])
+                .assert_refused(1, &already("ancestor"));
+            locks.ok(&["unlock", &deep(depth), "--client", "ancestor"]);
+        }
+        locks.ok(&["lock", &deepest, "--client", "deepest"]);
+        for depth in [1, 99, 100, 101, 102, 200, 511] {
+            locks
+                .run(&["lock", &deep(depth), "--client", "me"])
+                .assert_refused(1, &already("deepest"));
+            locks
+                .run(&["lock", &deep(depth), "--no-lock-parents"])
+                .assert_refused(1, &already("deepest"));
+            // An ancestor taken without lock-children is not blocked by it.
+            locks.ok(&["lock", &deep(depth), "--client", "p", "--no-lock-children"]);
+            locks.ok(&["unlock", &deep(depth), "--client", "p"]);
+        }
+        // Neither side locking the other: both held.
+        locks.ok(&["unlock", &deepest, "--client", "deepest"]);
+        locks.ok(&["lock", &deepest, "--client", "deepest", "--no-lock-parents"]);
+        locks.ok(&["lock", &deep(150), "--client", "mid", "--no-lock-children"]);
+        let held = locks.json(&["status", "--json"]);
+        let fencing: Vec<(&str, u64)> = held
+            .as_array()
+            .expect("a JSON array")
+            .iter()
+            .map(|h| {
+                (
+                    h["client"].as_str().expect("a client"),
+                    h["fencing"].as_u64().expect("fencing"),
+                )
+            })
+            .collect();
+        // The deepest was granted once before (1); refused attempts may
+        // have used numbers since (docs/FORMAT.md, "Lock"), never reused.
+        assert_eq!(fencing.len(), 2, "{held}");
+        assert_eq!(fencing[0], ("mid", 1), "{held}");
+        assert_eq!(fencing[1].0, "deepest", "{held}");
+        assert!(fencing[1].1 > 1, "{held}");
+    }
+}
