@@ -362,3 +362,49 @@ both! {
         }
     }
 }
+
+both! {
+    /// A subtree of more nodes than one read takes (512 keys a page on
+    /// etcd): the check of lock-children sees its last node, and a listing
+    /// has every held lock.
+    fn a_subtree_larger_than_a_page_is_read_to_its_end(locks: &Locks) {
+        const N: usize = 520;
+        let mut registry = open(locks);
+        let child = |i: usize| format!("p/c{i:04}");
+        let c = UnlockKey::Client("c".into());
+        // Every child a node, only the last one (in key order) held.
+        for i in 0..N {
+            registry
+                .lock(&child(i), &LockOptions::client("c"))
+                .expect("lock");
+            if i + 1 < N {
+                registry.unlock(&child(i), &c).expect("unlock");
+            }
+        }
+        already_locked_by(registry.lock("p", &LockOptions::client("parent")), "c");
+        let held = registry.list("p").expect("list");
+        let held: Vec<&str> = held.iter().map(|h| h.resource.as_str()).collect();
+        assert_eq!(held, [child(N - 1)]);
+        registry.unlock(&child(N - 1), &c).expect("unlock");
+        registry
+            .lock("p", &LockOptions::client("parent"))
+            .expect("a free subtree");
+        already_locked_by(registry.lock(&child(N - 1), &LockOptions::client("c")), "parent");
+        registry
+            .unlock("p", &UnlockKey::Client("parent".into()))
+            .expect("unlock");
+
+        // Every child held: listed, in order, each with its own fencing.
+        for i in 0..N {
+            let grant = registry
+                .lock(&child(i), &LockOptions::client("c"))
+                .expect("lock");
+            let expected = if i + 1 < N { 2 } else { 3 };
+            assert!(grant.holder.fencing >= expected, "{grant:?}");
+        }
+        let held = registry.list("").expect("list");
+        let names: Vec<String> = held.into_iter().map(|h| h.resource).collect();
+        let all: Vec<String> = (0..N).map(child).collect();
+        assert_eq!(names, all);
+    }
+}
