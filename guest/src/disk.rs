@@ -328,6 +328,11 @@ impl Disk {
         Ok(Flow::Continue(()))
     }
 
+    /// Where the state `name` of `node` is, for messages: its file.
+    pub fn state_path(&self, node: &str, name: &str) -> String {
+        format!("{node}/{LOCK}/{name}")
+    }
+
     /// What a store's host is told of a lease that refused a lock (see
     /// `Kv::changes_at`): on disk, nothing; waiters look again on their own.
     pub fn changes_at(&self, _at_ms: u64) {}

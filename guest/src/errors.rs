@@ -145,6 +145,19 @@ pub fn wrong_format(path: &str, found: &str) -> Error {
     }
 }
 
+/// A registry on a store laid out by another, incompatible hasp.
+#[cfg(feature = "store")]
+pub fn wrong_store_format(key: &str, found: &str) -> Error {
+    Error {
+        message: format!(
+            "{key} says {}: this registry was written by an incompatible hasp \
+             (use another prefix)",
+            quoted(found)
+        ),
+        code: ErrorCode::Storage(key.to_string()),
+    }
+}
+
 /// `path` is of type `found` where `wanted` belongs (a FIFO where a
 /// directory or a regular file should be, say): refused, never opened.
 pub fn wrong_kind(path: &str, found: FsType, wanted: &str) -> Error {

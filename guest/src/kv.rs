@@ -103,7 +103,7 @@ impl Kv {
             }
         }
         match found {
-            Some(line) if line != FORMAT_LINE => Err(errors::wrong_format(&key, &line)),
+            Some(line) if line != FORMAT_LINE => Err(errors::wrong_store_format(&key, &line)),
             _ => Ok(kv),
         }
     }
@@ -111,6 +111,12 @@ impl Kv {
     /// The store key of `path` (a node path, or [`FORMAT`]).
     fn key(&self, path: &str) -> String {
         format!("{}{path}", self.root)
+    }
+
+    /// Where the state of `node` is, for messages: its key (the value is
+    /// the state).
+    pub fn state_path(&self, node: &str, _name: &str) -> String {
+        self.key(node)
     }
 
     /// Lets go of every hint.

@@ -128,7 +128,7 @@ impl Registry {
                 State::Free(last) => (last, None),
             };
             let Some(fencing) = last.checked_add(1) else {
-                let path = format!("{node}/.lock/{}", seen.name);
+                let path = self.disk.state_path(&node, &seen.name);
                 return Err(errors::corrupt(&path, "no fencing number follows it"));
             };
             let token = match &options.request_id {

@@ -722,7 +722,6 @@ both! {
     // On etcd the error names the disk path `nodes/job/.lock/<state>`, which
     // is not there, instead of the key `nodes/job`: guest/src/registry.rs
     // (`lock`) composes `{node}/.lock/{name}` on either store.
-    etcd: #[ignore = "etcd: the error names nodes/job/.lock/<state>, not the key nodes/job"]
     fn the_last_fencing_number_is_never_followed_by_a_wrapped_one(locks: &Locks) {
         locks.ok(&["status"]);
         let last = u64::MAX.to_string();
