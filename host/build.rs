@@ -3,36 +3,58 @@
 //!
 //! The guest gets its own target directory beside ours (`<target>/guest`): a
 //! nested cargo on our own target directory would wait forever on its lock.
+//!
+//! In the repository the guest is built where it is, `../guest`. A packaged
+//! crate (from crates.io, or the one `cargo package` verifies) has no
+//! `../guest`: cargo packages no directory with a Cargo.toml of its own, so
+//! the crate carries the guest in `bundle/guest` (in the repository, symlinks
+//! to `guest/`) with its manifests named `Cargo.toml.in`, and `wit/`. This
+//! script then puts the guest crate back together under OUT_DIR and builds
+//! that. The example plugin (examples/plugin, for the tests) is built only in
+//! the repository.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::{env, fs};
+use std::{env, fs, io};
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("host/ lives in the workspace");
-    let guest = root.join("guest");
-    let plugin = root.join("examples").join("plugin");
-    for crate_dir in [&guest, &plugin] {
-        for watched in ["src", "Cargo.toml", "Cargo.lock"] {
-            println!(
-                "cargo:rerun-if-changed={}",
-                crate_dir.join(watched).display()
-            );
-        }
-    }
-    // The guest's texts, a crate of the guest's own.
-    for watched in ["src", "Cargo.toml"] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            guest.join("text").join(watched).display()
-        );
-    }
-    println!("cargo:rerun-if-changed={}", root.join("wit").display());
-
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+    let (guest, plugin) = match checkout_root(&manifest_dir) {
+        Some(root) => {
+            let guest = root.join("guest");
+            let plugin = root.join("examples").join("plugin");
+            for crate_dir in [&guest, &plugin] {
+                for watched in ["src", "Cargo.toml", "Cargo.lock"] {
+                    println!(
+                        "cargo:rerun-if-changed={}",
+                        crate_dir.join(watched).display()
+                    );
+                }
+            }
+            // The guest's texts, a crate of the guest's own.
+            for watched in ["src", "Cargo.toml"] {
+                println!(
+                    "cargo:rerun-if-changed={}",
+                    guest.join("text").join(watched).display()
+                );
+            }
+            println!("cargo:rerun-if-changed={}", root.join("wit").display());
+            (guest, Some(plugin))
+        }
+        None => {
+            for watched in ["bundle", "wit"] {
+                println!(
+                    "cargo:rerun-if-changed={}",
+                    manifest_dir.join(watched).display()
+                );
+            }
+            (unbundle(&manifest_dir, &out_dir.join("bundle")), None)
+        }
+    };
+
     let target_dir = guest_target_dir(&out_dir);
     ensure_wasm_target();
 
@@ -50,10 +72,64 @@ fn main() {
     }
 
     // The example plugin (examples/plugin), for the tests and the README.
-    let bytes = build_component(&plugin, "hasp_example_plugin", &target_dir, None);
-    let path = out_dir.join("example_plugin.wasm");
-    fs::write(&path, &bytes).expect("copy the example plugin into OUT_DIR");
-    println!("cargo:rustc-env=HASP_EXAMPLE_PLUGIN={}", path.display());
+    if let Some(plugin) = plugin {
+        let bytes = build_component(&plugin, "hasp_example_plugin", &target_dir, None);
+        let path = out_dir.join("example_plugin.wasm");
+        fs::write(&path, &bytes).expect("copy the example plugin into OUT_DIR");
+        println!("cargo:rustc-env=HASP_EXAMPLE_PLUGIN={}", path.display());
+    }
+}
+
+/// The repository's root when this is the repository's `host/` (beside
+/// `guest/`), `None` in a packaged crate.
+fn checkout_root(manifest_dir: &Path) -> Option<PathBuf> {
+    let root = manifest_dir.parent()?;
+    let is_host =
+        fs::canonicalize(root.join("host")).ok()? == fs::canonicalize(manifest_dir).ok()?;
+    (is_host && root.join("guest").join("Cargo.toml").is_file()).then(|| root.to_path_buf())
+}
+
+/// Puts the guest crate back together in `dest` from the packaged `bundle/`
+/// and `wit/` (`dest/guest`, `dest/guest/text`, `dest/wit`, as in the
+/// repository) and returns `dest/guest`. Files whose bytes are already there
+/// are left alone, so that the guest's cargo sees nothing changed.
+fn unbundle(manifest_dir: &Path, dest: &Path) -> PathBuf {
+    let copied = copy_tree(
+        &manifest_dir.join("bundle").join("guest"),
+        &dest.join("guest"),
+    )
+    .and_then(|()| copy_tree(&manifest_dir.join("wit"), &dest.join("wit")));
+    if let Err(e) = copied {
+        panic!(
+            "put the guest's sources together from {}: {e}",
+            manifest_dir.join("bundle").display()
+        );
+    }
+    dest.join("guest")
+}
+
+/// Copies the tree `from` into `to`, naming each `Cargo.toml.in` `Cargo.toml`.
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let target = if name == "Cargo.toml.in" {
+            to.join("Cargo.toml")
+        } else {
+            to.join(&name)
+        };
+        // Follows symlinks: in the repository, bundle/ is made of them.
+        if fs::metadata(entry.path())?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            let bytes = fs::read(entry.path())?;
+            if fs::read(&target).ok().as_deref() != Some(bytes.as_slice()) {
+                fs::write(&target, bytes)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Builds the crate in `crate_dir` (library `name`) for `wasm32-wasip2` and

@@ -13,7 +13,7 @@ use std::sync::Arc;
 pub(crate) mod registry {
     wasmtime::component::bindgen!({
         world: "guest",
-        path: "../wit",
+        path: "wit",
     });
 }
 
@@ -27,7 +27,7 @@ pub use registry::hasp::lock::types;
 pub(crate) mod process {
     wasmtime::component::bindgen!({
         world: "process",
-        path: "../wit",
+        path: "wit",
         imports: { default: trappable },
         with: {
             "hasp:lock/file-lock.file": super::LockHandle,

@@ -14,7 +14,7 @@ use wasmtime::component::{HasSelf, Linker, Resource, ResourceAny};
 mod v0_2 {
     wasmtime::component::bindgen!({
         world: "plugin",
-        path: "../wit",
+        path: "wit",
         imports: { default: trappable },
         with: {
             "hasp:lock/types": crate::bindings::types,
@@ -28,7 +28,7 @@ mod v0_2 {
 mod v0_1 {
     wasmtime::component::bindgen!({
         world: "plugin",
-        path: "../wit/v0.1.0",
+        path: "wit/v0.1.0",
         imports: { default: trappable },
         with: {
             "hasp:lock/registry.registry": super::PluginRegistry,

@@ -36,7 +36,7 @@ const STORE_HASH: &str = env!("HASP_STORE_HASH");
 
 /// The `hasp:lock` WIT package the components are built from, for plugins
 /// to put in their `wit/deps/`.
-pub const WIT: &str = include_str!("../../../wit/hasp-lock.wit");
+pub const WIT: &str = include_str!("../../wit/hasp-lock.wit");
 
 /// How often the epoch advances; the unit of [`Limits::call_timeout`].
 const TICK: Duration = Duration::from_millis(50);
