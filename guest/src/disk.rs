@@ -210,10 +210,18 @@ impl Disk {
                 }
             }
             let path = || format!("{node}/{LOCK}");
-            let mut names = held
-                .lock
-                .list()
-                .map_err(|err| errors::storage("read", &path(), err))?;
+            let mut names = match held.lock.list() {
+                Ok(names) => names,
+                // A host that keeps a descriptor as a path (jco's
+                // preview2-shim in Node) cannot list a `.lock` removed while
+                // held at all, where wasmtime lists it as empty (below):
+                // the same case, so let go and look again.
+                Err(ErrorCode::Busy) if !fresh => {
+                    self.forget();
+                    continue;
+                }
+                Err(err) => return Err(errors::storage("read", &path(), err)),
+            };
             match names.len() {
                 1 => {
                     let name = names.pop().unwrap_or_default();

@@ -26,7 +26,7 @@ fn example() -> PathBuf {
 }
 
 /// The guest component, as `hasp component path` gives it.
-fn component() -> PathBuf {
+pub(crate) fn component() -> PathBuf {
     let out = Command::new(hasp_bin())
         .args(["component", "path"])
         .env_remove("HASP_DIR")

@@ -17,6 +17,7 @@ mod file_lock;
 mod hierarchy;
 mod lease;
 mod lease_cli;
+mod node;
 mod plugin;
 mod race;
 mod recovery;
