@@ -48,7 +48,7 @@ pub(crate) mod process {
 pub(crate) mod on_store {
     wasmtime::component::bindgen!({
         world: "on-store",
-        path: "../wit",
+        path: "wit",
         imports: { default: async | trappable },
         with: {
             "hasp:lock/types": super::types,
