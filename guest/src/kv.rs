@@ -374,7 +374,17 @@ fn is_lost_record(path: &str) -> bool {
 fn seen(key: &str, value: String) -> Result<Seen, Error> {
     match record::decode(&value) {
         Ok(state) => Ok(Seen { name: value, state }),
-        Err(why) => Err(errors::corrupt(key, &why)),
+        Err(why) => Err(errors::corrupt(key, shortened(&why))),
+    }
+}
+
+/// `why`, cut to a line's length: a value someone else wrote may be of any
+/// size (on disk a name is at most 255 bytes).
+fn shortened(why: &str) -> &str {
+    const MOST: usize = 300;
+    match why.char_indices().nth(MOST) {
+        Some((at, _)) => &why[..at],
+        None => why,
     }
 }
 

@@ -542,6 +542,83 @@ fn a_waiting_lock_is_woken_by_an_etcd_watch() {
 }
 
 #[test]
+fn a_waiter_refused_by_a_parent_is_not_woken_by_its_own_attempts() {
+    let etcd = Etcd::single();
+    let url = etcd.url("own");
+    let held = run(&url, &["lock", "a", "--client", "parent"]);
+    assert!(held.status.success(), "{}", text(&held.stderr));
+    let before = watchers(&etcd);
+    // Each attempt on `a/b` commits, meets `a`, and withdraws: two writes
+    // of its own, which must not wake it (each would spend a number).
+    let waiter = hasp(
+        &url,
+        &["lock", "a/b", "--client", "child", "--wait", "600s", "-v"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn the waiter");
+    let started = Instant::now();
+    while watchers(&etcd) <= before {
+        assert!(started.elapsed() < GUARD, "the waiter never watched");
+        std::thread::yield_now();
+    }
+    let released = run(&url, &["unlock", "a", "--client", "parent"]);
+    assert!(released.status.success(), "{}", text(&released.stderr));
+    let out = waiter.wait_with_output().expect("the waiter");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // One withdrawn attempt, then the grant.
+    assert!(
+        text(&out.stdout).contains("fencing: 2\n"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn a_key_that_is_not_utf8_under_the_prefix_is_refused_not_skipped() {
+    use std::os::unix::ffi::OsStrExt;
+    let etcd = Etcd::single();
+    let url = etcd.url("bytes");
+    assert!(run(&url, &["lock", "a/z", "--client", "deep"])
+        .status
+        .success());
+    assert!(run(&url, &["unlock", "a/z", "--client", "deep"])
+        .status
+        .success());
+    let put = etcd
+        .etcdctl()
+        .arg("put")
+        .arg(std::ffi::OsStr::from_bytes(b"bytes/nodes/a/k\xff"))
+        .arg("0")
+        .output()
+        .expect("etcdctl put");
+    assert!(put.status.success(), "{}", text(&put.stderr));
+    assert!(run(&url, &["lock", "a/z", "--client", "deep"])
+        .status
+        .success());
+    // A walk that skipped the key could miss what follows it: refused.
+    for args in [&["status"][..], &["lock", "a", "--client", "top"]] {
+        let out = run(&url, args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("not UTF-8"), "{stderr}");
+    }
+    let held = run(&url, &["status", "a/z", "--json"]);
+    assert!(
+        text(&held.stdout).contains("\"deep\""),
+        "{}",
+        text(&held.stdout)
+    );
+}
+
+#[test]
 fn prefixes_on_one_etcd_are_independent_registries() {
     let etcd = Etcd::single();
     let (a, b) = (etcd.url("team-a"), etcd.url("team-b"));

@@ -124,18 +124,19 @@ impl Server {
             }
         }
         let runtime = Runtime::shared()?;
-        let syncer = match (&config.store, config.fsync) {
-            (Store::Dir(dir), true) => {
-                Some(durable::Syncer::start(dir).map_err(|e| io("cannot start syncing", e))?)
-            }
-            (Store::Etcd(_), true) => {
-                return Err(Error::InvalidInput {
-                    message: "--fsync syncs a lock directory; etcd makes every commit durable                               itself (leave --fsync out)"
-                        .into(),
-                })
-            }
-            (_, false) => None,
-        };
+        let syncer =
+            match (&config.store, config.fsync) {
+                (Store::Dir(dir), true) => {
+                    Some(durable::Syncer::start(dir).map_err(|e| io("cannot start syncing", e))?)
+                }
+                (Store::Etcd(_), true) => return Err(Error::InvalidInput {
+                    message:
+                        "--fsync syncs a lock directory; etcd makes every commit durable itself \
+                              (leave --fsync out)"
+                            .into(),
+                }),
+                (_, false) => None,
+            };
         let files = open_file_limit();
         let workers = fit_workers(config.workers, files);
         let pool = pool::Pool::start(&runtime, &config.store, workers).await?;

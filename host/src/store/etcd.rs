@@ -94,11 +94,21 @@ impl Etcd {
     /// the connection. Nothing is sent yet: an unreachable cluster shows at
     /// the first call.
     pub(crate) async fn connect(url: &EtcdUrl) -> Result<Etcd, Error> {
-        let client = Client::connect(&url.endpoints, Some(options()))
-            .await
-            .map_err(|e| Error::InvalidInput {
+        let connected =
+            tokio::time::timeout(BUDGET, Client::connect(&url.endpoints, Some(options())));
+        let client = match connected.await {
+            Ok(client) => client.map_err(|e| Error::InvalidInput {
                 message: format!("cannot use the store {url}: {}", one_line(&e.to_string())),
-            })?;
+            })?,
+            Err(_) => {
+                return Err(Error::InvalidInput {
+                    message: format!(
+                        "cannot use the store {url}: connecting took over {} s",
+                        BUDGET.as_secs()
+                    ),
+                })
+            }
+        };
         Ok(Etcd {
             client,
             root: format!("{}/", url.prefix),
@@ -152,9 +162,14 @@ impl Etcd {
             let started = Instant::now();
             let mut pause = FIRST_PAUSE;
             loop {
-                let failed = match request(kv.clone()).await {
-                    Ok(answer) => return Ok(answer),
-                    Err(err) => Failed::from(err),
+                let left = BUDGET.saturating_sub(started.elapsed());
+                let failed = match tokio::time::timeout(left, request(kv.clone())).await {
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(err)) => Failed::from(err),
+                    Err(_) => Failed {
+                        retry: true,
+                        why: "no answer".into(),
+                    },
                 };
                 if !failed.retry {
                     return Err(StoreError::Refused(format!("etcd refused: {}", failed.why)));
@@ -177,10 +192,22 @@ impl Etcd {
         format!("{}{key}", self.root)
     }
 
-    /// The guest's key of the full key `key` (`None`: not the registry's).
-    fn relative(&self, key: &[u8]) -> Option<String> {
-        let key = std::str::from_utf8(key).ok()?;
-        key.strip_prefix(self.root.as_str()).map(str::to_string)
+    /// The guest's key of the full key `key`, which a read under the
+    /// registry's prefix found. A key that is not UTF-8 (hasp writes none)
+    /// is refused like a corrupt listing on disk: leaving it out would
+    /// hide what follows it from a paged walk.
+    fn relative(&self, key: &[u8]) -> Result<String, StoreError> {
+        let text = std::str::from_utf8(key).map_err(|_| {
+            StoreError::Refused(format!(
+                "etcd holds a key that is not UTF-8 under the registry's prefix: {} \
+                 (the prefix is hasp's alone: remove it)",
+                one_line(&String::from_utf8_lossy(key)).escape_debug()
+            ))
+        })?;
+        Ok(text
+            .strip_prefix(self.root.as_str())
+            .unwrap_or(text)
+            .to_string())
     }
 
     /// The value of `key` and the revision it was read at.
@@ -243,8 +270,15 @@ impl Etcd {
                 }
                 Err(Attempt::Final(err)) => return Err(err),
                 Err(Attempt::Unknown(why)) => {
-                    // Did it land? Ask, within what is left of the budget.
-                    let (now, revision) = self.get(key).await?;
+                    // Did it land? Ask. If etcd does not answer that either,
+                    // say that the change may have been made.
+                    let (now, revision) = self.get(key).await.map_err(|err| match err {
+                        StoreError::Unavailable(reason) => StoreError::Unavailable(format!(
+                            "{reason}; the change was sent before etcd stopped answering \
+                             ({why}) and may have been made"
+                        )),
+                        other => other,
+                    })?;
                     if now.as_deref() == Some(value) {
                         let (swapped, at) = self.read_looks(reads.clone()).await?;
                         return Ok((swapped, at.max(revision)));
@@ -312,18 +346,26 @@ impl Etcd {
     }
 
     /// A made swap's answer from the responses to its reads.
+    ///
+    /// The swap is made whatever the reads found: a key that is not UTF-8
+    /// ends its prefix's entries there, marked `more`, so that the guest
+    /// reads on with `range`, which refuses it, and withdraws.
     fn swapped(&self, responses: &[TxnOpResponse]) -> Swapped {
         let mut entries = Vec::new();
         let mut more = false;
         for response in responses {
             if let TxnOpResponse::Get(got) = response {
                 more |= got.more();
-                entries.extend(got.kvs().iter().filter_map(|kv| {
-                    Some(Entry {
-                        key: self.relative(kv.key())?,
+                for kv in got.kvs() {
+                    let Ok(key) = self.relative(kv.key()) else {
+                        more = true;
+                        break;
+                    };
+                    entries.push(Entry {
+                        key,
                         value: text(kv.value()),
-                    })
-                }));
+                    });
+                }
             }
         }
         Swapped {
@@ -395,16 +437,13 @@ impl Etcd {
             })
             .await?;
         let revision = answer.take_header().map_or(0, |h| h.revision());
-        let entries = answer
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                Some(Entry {
-                    key: self.relative(kv.key())?,
-                    value: text(kv.value()),
-                })
-            })
-            .collect();
+        let mut entries = Vec::with_capacity(answer.kvs().len());
+        for kv in answer.kvs() {
+            entries.push(Entry {
+                key: self.relative(kv.key())?,
+                value: text(kv.value()),
+            });
+        }
         Ok((entries, revision))
     }
 }
@@ -469,6 +508,8 @@ pub(crate) struct Watch {
     /// When something read changes by the clock alone (milliseconds since
     /// the Unix epoch).
     pub(super) changes_at: Option<u64>,
+    /// The revisions of the refused call's own writes, which wake nobody.
+    pub(super) own: Vec<i64>,
 }
 
 impl Watch {
@@ -482,7 +523,7 @@ impl Watch {
             None => until,
         };
         let mut watcher = self.etcd.client.watch_client();
-        let (prefix, after) = (self.prefix, self.after);
+        let (prefix, after, own) = (self.prefix, self.after, self.own);
         let watched = async move {
             let options = WatchOptions::new()
                 .with_prefix()
@@ -492,7 +533,18 @@ impl Watch {
             };
             loop {
                 match stream.message().await {
-                    Ok(Some(answer)) if answer.events().is_empty() && !answer.canceled() => {}
+                    Ok(Some(answer)) if !answer.canceled() => {
+                        // The call's own commit and withdrawal come first:
+                        // they are no change to wait for.
+                        let theirs = answer.events().iter().any(|event| {
+                            event
+                                .kv()
+                                .is_none_or(|kv| !own.contains(&kv.mod_revision()))
+                        });
+                        if theirs {
+                            return;
+                        }
+                    }
                     _ => return,
                 }
             }
@@ -542,6 +594,9 @@ impl Host for State {
             .swap(&key, expected.as_deref(), &value, &looks, limit)
             .await;
         Ok(answer.map(|(swapped, revision)| {
+            if swapped.done {
+                session.wrote(revision);
+            }
             session.noted(&etcd.full(&key), revision);
             for look in &looks {
                 let (Look::Key(k) | Look::Prefix(k)) = look;
@@ -558,7 +613,12 @@ impl Host for State {
     ) -> wasmtime::Result<Result<bool, StoreError>> {
         let session = session(self)?;
         let etcd = session.etcd.clone();
-        Ok(etcd.remove(&key, &expected).await.map(|(done, _)| done))
+        Ok(etcd.remove(&key, &expected).await.map(|(done, revision)| {
+            if done {
+                session.wrote(revision);
+            }
+            done
+        }))
     }
 
     async fn range(

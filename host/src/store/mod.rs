@@ -61,6 +61,10 @@ pub struct EtcdUrl {
     pub prefix: String,
 }
 
+/// The most members a URL names: etcd-client takes at most 64, and a
+/// cluster has a handful.
+const MOST_ENDPOINTS: usize = 32;
+
 /// The prefix of a URL that names none.
 const DEFAULT_PREFIX: &str = "hasp";
 
@@ -75,6 +79,11 @@ impl EtcdUrl {
         })?;
         let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let mut endpoints = Vec::new();
+        if hosts.split(',').count() > MOST_ENDPOINTS {
+            return Err(bad(&format!(
+                "name at most {MOST_ENDPOINTS} members (any of a cluster's will do)"
+            )));
+        }
         for endpoint in hosts.split(',') {
             let (host, port) = endpoint
                 .rsplit_once(':')
@@ -83,12 +92,22 @@ impl EtcdUrl {
                 && host
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-.[]:".contains(c));
-            if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+            let port_ok =
+                !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+            if !host_ok || !port_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
                 return Err(bad(&format!("'{endpoint}' is not HOST:PORT")));
             }
             endpoints.push(endpoint.to_string());
         }
         let prefix = prefix.trim_matches('/');
+        // A segment `nodes` would put the registry inside another's nodes
+        // (`team/nodes/x` under `team`).
+        if prefix.split('/').any(|s| s == "nodes") {
+            return Err(bad(
+                "no segment of the prefix may be 'nodes': its keys would be another \
+                 registry's nodes",
+            ));
+        }
         if prefix.len() > 256
             || prefix.split('/').any(|s| s == "." || s == "..")
             || prefix.contains("//")
@@ -129,6 +148,9 @@ pub(crate) struct Session {
     /// When something read changes by the clock alone (a lease ends), in
     /// milliseconds since the Unix epoch: the earliest the guest said.
     changes_at: Option<u64>,
+    /// The revisions of this call's own writes (a commit, a withdrawal):
+    /// a waiter is not woken by them.
+    own: Vec<i64>,
 }
 
 impl Session {
@@ -137,6 +159,7 @@ impl Session {
             etcd,
             read: None,
             changes_at: None,
+            own: Vec::new(),
         }
     }
 
@@ -144,6 +167,12 @@ impl Session {
     pub(crate) fn begin(&mut self) {
         self.read = None;
         self.changes_at = None;
+        self.own.clear();
+    }
+
+    /// Notes that the call wrote at `revision`.
+    fn wrote(&mut self, revision: i64) {
+        self.own.push(revision);
     }
 
     /// Notes that the call read `key` (or every key under it) at
@@ -166,6 +195,7 @@ impl Session {
             prefix,
             after: revision,
             changes_at: self.changes_at,
+            own: self.own.clone(),
         })
     }
 }
@@ -194,6 +224,8 @@ mod tests {
         );
         let url = EtcdUrl::parse("etcd://h:1").unwrap();
         assert_eq!(url.prefix, "hasp");
+        let many = format!("etcd://h:1{}", ",h:2".repeat(MOST_ENDPOINTS));
+        assert!(EtcdUrl::parse(&many).is_err());
         for bad in [
             "etcd://",
             "etcd://h",
@@ -204,6 +236,10 @@ mod tests {
             "etcd://h:1/a//b",
             "etcd://h:1/a/../b",
             "etcd://h:1/a b",
+            "etcd://h:+1",
+            "etcd://h:01234567",
+            "etcd://h:1/nodes",
+            "etcd://h:1/team/nodes/x",
             "http://h:1",
         ] {
             assert!(EtcdUrl::parse(bad).is_err(), "{bad}");
