@@ -491,48 +491,54 @@ fn watchers(etcd: &Etcd) -> u64 {
         .map_or(0, |n| n.trim().parse::<f64>().expect("a number") as u64)
 }
 
-#[test]
-fn a_waiting_lock_is_woken_by_an_etcd_watch() {
-    let etcd = Etcd::single();
-    let url = etcd.url("watch");
-    let held = run(&url, &["lock", "deploy", "--client", "a"]);
-    assert!(held.status.success(), "{}", text(&held.stderr));
-    let before = watchers(&etcd);
+/// Holds `held` for client `holder`, starts `hasp lock wanted --client
+/// waiter --wait 600s -v` once etcd counts its watch (it then sleeps on
+/// it), releases `held`, and returns what the waiter printed: it was woken
+/// by the watch (its wait is 600 s; it polls nothing).
+fn woken_waiter(etcd: &Etcd, url: &str, held: &str, wanted: &str) -> String {
+    let lock = run(url, &["lock", held, "--client", "holder"]);
+    assert!(lock.status.success(), "{}", text(&lock.stderr));
+    let before = watchers(etcd);
     let waiter = hasp(
-        &url,
-        &["lock", "deploy", "--client", "b", "--wait", "600s", "-v"],
+        url,
+        &["lock", wanted, "--client", "waiter", "--wait", "600s", "-v"],
     )
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .spawn()
     .expect("spawn the waiter");
-    // The waiter watches the lock's key: etcd counts one more watcher.
     let started = Instant::now();
-    while watchers(&etcd) <= before {
+    while watchers(etcd) <= before {
         assert!(started.elapsed() < GUARD, "the waiter never watched");
         std::thread::yield_now();
     }
-    let released = run(&url, &["unlock", "deploy", "--client", "a"]);
+    let released = run(url, &["unlock", held, "--client", "holder"]);
     assert!(released.status.success(), "{}", text(&released.stderr));
-    // Woken by the watch (its wait is 600 s; it polls nothing).
     let out = waiter.wait_with_output().expect("the waiter");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("fencing: 2"),
-        "{}",
-        text(&out.stdout)
-    );
+    text(&out.stdout)
+}
+
+#[test]
+fn a_waiting_lock_is_woken_by_an_etcd_watch() {
+    let etcd = Etcd::single();
+    let url = etcd.url("watch");
+    let printed = woken_waiter(&etcd, &url, "deploy", "deploy");
+    assert!(printed.contains("fencing: 2"), "{printed}");
 
     // The same through /v1's wait_ms, with the holder's lease ending on
     // its own: the watch wakes the waiter at the lease's end.
     let daemon = Daemon::start(&url);
-    let lease = run(&url, &["lock", "leased", "--client", "a", "--ttl", "1s"]);
+    let lease = run(
+        &url,
+        &["lock", "leased", "--client", "holder", "--ttl", "1s"],
+    );
     assert!(lease.status.success(), "{}", text(&lease.stderr));
     let body = serde_json::json!({"resource": "leased", "client": "b", "wait_ms": 600_000});
     let answer = daemon.send("POST", "/v1/lock", Some(body.to_string().as_bytes()));
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.json()["fencing"], 2, "{answer:?}");
-    let gone = run(&url, &["unlock", "leased", "--client", "a"]);
+    let gone = run(&url, &["unlock", "leased", "--client", "holder"]);
     assert_eq!(gone.status.code(), Some(1));
     assert!(
         text(&gone.stderr).starts_with("Lease expired"),
@@ -545,34 +551,11 @@ fn a_waiting_lock_is_woken_by_an_etcd_watch() {
 fn a_waiter_refused_by_a_parent_is_not_woken_by_its_own_attempts() {
     let etcd = Etcd::single();
     let url = etcd.url("own");
-    let held = run(&url, &["lock", "a", "--client", "parent"]);
-    assert!(held.status.success(), "{}", text(&held.stderr));
-    let before = watchers(&etcd);
     // Each attempt on `a/b` commits, meets `a`, and withdraws: two writes
-    // of its own, which must not wake it (each would spend a number).
-    let waiter = hasp(
-        &url,
-        &["lock", "a/b", "--client", "child", "--wait", "600s", "-v"],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn the waiter");
-    let started = Instant::now();
-    while watchers(&etcd) <= before {
-        assert!(started.elapsed() < GUARD, "the waiter never watched");
-        std::thread::yield_now();
-    }
-    let released = run(&url, &["unlock", "a", "--client", "parent"]);
-    assert!(released.status.success(), "{}", text(&released.stderr));
-    let out = waiter.wait_with_output().expect("the waiter");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    // One withdrawn attempt, then the grant.
-    assert!(
-        text(&out.stdout).contains("fencing: 2\n"),
-        "{}",
-        text(&out.stdout)
-    );
+    // of its own, which must not wake it (each would spend a number). One
+    // withdrawn attempt, then the grant.
+    let printed = woken_waiter(&etcd, &url, "a", "a/b");
+    assert!(printed.contains("fencing: 2\n"), "{printed}");
 }
 
 #[test]
