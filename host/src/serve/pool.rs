@@ -46,17 +46,22 @@ impl Pool {
         store: &Store,
         size: usize,
     ) -> Result<Pool, Error> {
-        let etcd = match store {
-            Store::Etcd(url) => Some(Arc::new(Etcd::connect(url).await?)),
-            Store::Dir(_) => None,
+        // One instance after another, on the directory or on one shared
+        // etcd connection.
+        let make: Box<dyn Fn() -> Instance<Exports> + Send + Sync> = match store {
+            Store::Etcd(url) => {
+                let etcd = Arc::new(Etcd::connect(url).await?);
+                let runtime = runtime.clone();
+                Box::new(move || Instance::on_store(&runtime, etcd.clone()))
+            }
+            Store::Dir(dir) => {
+                let (runtime, dir) = (runtime.clone(), dir.clone());
+                Box::new(move || Instance::new(&runtime, &dir, Flavour::Fibers))
+            }
         };
         let mut instances = Vec::new();
         for _ in 0..size.max(1) {
-            let instance = match (&etcd, store) {
-                (Some(etcd), _) => Instance::on_store(runtime, etcd.clone()),
-                (None, Store::Dir(dir)) => Instance::new(runtime, dir, Flavour::Fibers),
-                (None, Store::Etcd(_)) => unreachable!("connected above"),
-            };
+            let instance = make();
             let mut instance = instance.keep_memory(KEEP_MEMORY);
             instance.open(registry::open).await?;
             instances.push(Mutex::new(instance));
