@@ -71,6 +71,8 @@ pub struct Head {
 /// A whole response; the body as text (invalid UTF-8 replaced).
 #[derive(Debug)]
 pub struct Response {
+    /// The status line as sent, without its line end.
+    pub line: String,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
@@ -124,11 +126,12 @@ impl Response {
     }
 
     /// Whether the connection stays open after this response: its body is
-    /// framed and it does not say `Connection: close`.
+    /// framed and it does not say `Connection: close`, nor is it an HTTP/1.0
+    /// response without `Connection: keep-alive`.
     pub fn keeps_alive(&self) -> bool {
-        let close = self
-            .header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let connection = self.header("connection");
+        let says = |word: &str| connection.is_some_and(|v| v.eq_ignore_ascii_case(word));
+        let close = says("close") || (self.line.starts_with("HTTP/1.0") && !says("keep-alive"));
         let framed = self.header("content-length").is_some()
             || self
                 .header("transfer-encoding")
@@ -259,6 +262,7 @@ pub async fn receive(source: &mut impl Source) -> io::Result<Response> {
     let body = String::from_utf8(body)
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     Ok(Response {
+        line: head.line,
         status: head.status,
         headers: head.headers,
         body,
@@ -294,7 +298,10 @@ pub fn now<T>(future: impl Future<Output = T>) -> T {
 
 /// An HTTP/1.1 keep-alive client over a [`Conn`], made when needed: to
 /// `addr`, with `Host` its address; `drops` counts the connections that
-/// failed or that the server closed. What is sent over it is written once,
+/// failed or that the server closed, and `closes` those of them that the
+/// server closed after a response saying it would (`Connection: close`, or
+/// HTTP/1.0 without keep-alive, as a server of one request per connection
+/// does: expected of such a server, not a failure). What is sent over it is written once,
 /// as `async`: `AsyncHttp` runs it as a task of a runtime, `Http` blocks in
 /// it and so runs it with [`now`].
 pub struct Keep<C> {
@@ -302,6 +309,7 @@ pub struct Keep<C> {
     host: String,
     conn: Option<C>,
     pub drops: u64,
+    pub closes: u64,
 }
 
 /// The blocking client: std::net, one thread per connection.
@@ -319,6 +327,7 @@ impl<C> Keep<C> {
             host: addr.to_string(),
             conn: None,
             drops: 0,
+            closes: 0,
         }
     }
 
@@ -352,6 +361,7 @@ impl<C> Keep<C> {
                 if !response.keeps_alive() {
                     self.conn = None;
                     self.drops += 1;
+                    self.closes += 1;
                 }
                 Ok((response.status, response.body))
             }
