@@ -13,6 +13,7 @@ use crate::store::{Store, Watch};
 use crate::{Error, Grant, Holder, LockOptions, StorageKind, UnlockKey};
 use serde_json::json;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -35,7 +36,12 @@ const WATCH_JITTER: Duration = Duration::from_millis(2);
 
 /// The served registry.
 pub(super) struct Locks {
-    pool: Pool,
+    pool: Arc<Pool>,
+    /// The runtime the server was started on, with a thread pool of its
+    /// own: a list, which may read many thousands of states, runs there,
+    /// not on the network thread its request came in on, whose other
+    /// connections would wait for it (see `threads`).
+    long_calls: tokio::runtime::Handle,
     syncer: Option<Syncer>,
     pub metrics: Metrics,
     released: Notify,
@@ -77,7 +83,8 @@ impl Locks {
     ) -> Locks {
         Locks {
             store,
-            pool,
+            pool: Arc::new(pool),
+            long_calls: tokio::runtime::Handle::current(),
             syncer,
             metrics: Metrics::default(),
             released: Notify::new(),
@@ -293,26 +300,34 @@ impl Locks {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Holder>, Option<String>), Error> {
-        let result = retry_busy(|| self.pool.call(None, |r, h| (r.list, (h, &*prefix))))
-            .await
-            .map(|all| {
-                let big = all.len() >= BIG_LIST;
-                let from = after.map_or(0, |after| {
-                    all.partition_point(|h| h.resource.as_str() <= after)
-                });
-                let more = all.len() - from > limit;
-                let page: Vec<Holder> = all
-                    .into_iter()
-                    .skip(from)
-                    .take(limit)
-                    .map(registry::holder)
-                    .collect();
-                let next = more.then(|| page.last().map(|h| h.resource.clone()));
-                if big {
-                    give_back_free_heap();
-                }
-                (page, next.flatten())
+        let (pool, listed) = (self.pool.clone(), prefix.clone());
+        let call =
+            async move { retry_busy(|| pool.call(None, |r, h| (r.list, (h, &*listed)))).await };
+        let result = match self.long_calls.spawn(call).await {
+            Ok(result) => result,
+            Err(err) => Err(Error::runtime(
+                "the list call failed",
+                std::io::Error::other(err),
+            )),
+        };
+        let result = result.map(|all| {
+            let big = all.len() >= BIG_LIST;
+            let from = after.map_or(0, |after| {
+                all.partition_point(|h| h.resource.as_str() <= after)
             });
+            let more = all.len() - from > limit;
+            let page: Vec<Holder> = all
+                .into_iter()
+                .skip(from)
+                .take(limit)
+                .map(registry::holder)
+                .collect();
+            let next = more.then(|| page.last().map(|h| h.resource.clone()));
+            if big {
+                give_back_free_heap();
+            }
+            (page, next.flatten())
+        });
         match &result {
             Ok(_) => access::note(&prefix, "listed"),
             Err(err) => {

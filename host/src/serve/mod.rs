@@ -18,6 +18,7 @@ mod locker;
 mod locks;
 mod metrics;
 mod pool;
+mod threads;
 mod v1;
 mod xmlrpc;
 
@@ -249,6 +250,15 @@ async fn accept_until_stopped(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let threads = match threads::Threads::start(
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    ) {
+        Ok(threads) => threads,
+        Err(err) => {
+            tracing::error!(target: "hasp::serve", "cannot start the network threads: {err}");
+            return;
+        }
+    };
     let (stop, stopping) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     // Each live connection, by the id of its task.
@@ -280,10 +290,17 @@ async fn accept_until_stopped(
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    let (conn, tracker) = Connection::new(stream, limits.clone(), epoch);
+                    // Moved to its thread's reactor.
+                    let Ok(stream) = stream.into_std() else { continue };
+                    let handle = threads.next();
+                    let (conn, tracker) = {
+                        let _on = handle.enter();
+                        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
+                        Connection::new(stream, limits.clone(), epoch)
+                    };
                     let conn = conn.with_gate(gate.clone());
                     let (app, stopping) = (app.clone(), stopping.clone());
-                    let task = connections.spawn(access::scope(connection(conn, peer, app, stopping)));
+                    let task = connections.spawn_on(access::scope(connection(conn, peer, app, stopping)), handle);
                     live.insert(task.id(), tracker);
                 }
                 Err(err) => {
@@ -317,6 +334,7 @@ async fn accept_until_stopped(
     let _ = stop.send(true);
     // In-flight requests finish; idle connections close at once.
     while connections.join_next().await.is_some() {}
+    threads.stop().await;
 }
 
 /// Refusals on their way out at once, at most.

@@ -542,12 +542,14 @@ fn serve(store: Store, args: ServeArgs) -> anyhow::Result<()> {
         default_ttl: args.default_ttl,
         max_connections: args.max_connections,
     };
-    // One network thread per CPU: guest calls run on them too.
+    // The server's own runtime: it accepts, and runs the calls that may
+    // take long (a list). Connections, and the guest calls they make, run
+    // on one network thread per CPU the server starts (serve/threads.rs).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let reactor = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
-        .thread_name("hasp-io")
+        .thread_name("hasp-main")
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the network runtime: {e}"))?;
     reactor.block_on(async move {
