@@ -99,6 +99,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod bare;
 #[path = "../tests/http_client.rs"]
 mod http_client;
 
@@ -124,6 +125,12 @@ fn main() {
         .filter(|s| *s > 0.0)
         .unwrap_or(3.0);
     let run = Duration::from_secs_f64(secs);
+    // The bench started again as the bare daemon (see `bare`).
+    if let Some(at) = args.iter().position(|a| a == "--bare") {
+        let dir = args.get(at + 1).expect("--bare DIR");
+        bare::serve(Path::new(dir));
+        return;
+    }
     match args.iter().position(|a| a == "--big") {
         Some(at) => {
             let n = args
@@ -261,9 +268,10 @@ const COLUMNS: &str = "conns  cycles/s   p50 ms   p99 ms errors   cpu us";
 /// before the first four; for the comparison with the peers, a peer
 /// (`locker` or `gocept`) and a number of connections (1, 16, 64) after
 /// `peers-` (the event-loop client: `peers-locker16`) or `wrk-` (wrk:
-/// `wrk-gocept64`); `floor1` and `floor2` for the floor's threads. A key
-/// without its number, like `locker`, `fsync`, `peers`, `wrk-gocept` or
-/// `floor`, stands for all the rows it begins.
+/// `wrk-gocept64`); `bare1`, `bare16`, `bare64` and `wrk-bare…` for the
+/// bare daemon; `floor1` and `floor2` for the floor's threads. A key
+/// without its number, like `locker`, `fsync`, `peers`, `wrk-gocept`,
+/// `bare` or `floor`, stands for all the rows it begins.
 fn wanted(key: &str) -> bool {
     match std::env::var("HASP_BENCH_ONLY") {
         Ok(only) if !only.trim().is_empty() => only.split(',').map(str::trim).any(|want| {
@@ -767,7 +775,10 @@ fn comparison(
     };
     let any_peers = PEERS.iter().any(|peer| wants("peers", peer));
     let any_wrk = PEERS.iter().any(|peer| wants("wrk", peer));
-    if !any_peers && !any_wrk {
+    let any_bare = PEER_CONNS
+        .iter()
+        .any(|c| wanted(&format!("bare{c}")) || wanted(&format!("wrk-bare{c}")));
+    if !any_peers && !any_wrk && !any_bare {
         return false;
     }
     let dir = peers_dir();
@@ -780,7 +791,7 @@ fn comparison(
     let python = peers_sh(&["venv".as_ref(), dir.as_os_str()])
         .map_err(|e| notes.push(format!("no peers (hasp's rows run without them): {e}")))
         .ok();
-    let wrk = if any_wrk {
+    let wrk = if any_wrk || any_bare {
         peers_sh(&["wrk".as_ref()])
             .map_err(|e| notes.push(format!("no wrk, no wrk rows: {e}")))
             .ok()
@@ -856,6 +867,7 @@ fn comparison(
             daemon.stop_peer(peer.label, notes);
         }
     }
+    bare_rows(run, tag, wrk.as_deref(), rates, notes);
     if wrk.is_some() {
         println!("  wrk rows: p50 and p99 of one request (a cycle is two), connecting left out");
     }
@@ -863,6 +875,77 @@ fn comparison(
     hasp.audit(notes, true);
     hasp.stop(notes);
     true
+}
+
+/// The bare daemon (`bare`: Locker's two calls over HTTP and the floor's
+/// system calls, no rules) under the Locker rows' load, from the event-loop
+/// client and wrk (`bare` and `wrk-bare` rows); its last column is hasp's
+/// Locker door's cycles/s over its own, from the rows above.
+fn bare_rows(
+    run: Duration,
+    tag: &mut usize,
+    wrk: Option<&Path>,
+    rates: &[(String, usize, f64)],
+    notes: &mut Vec<String>,
+) {
+    let wants = |how: &str| PEER_CONNS.iter().any(|c| wanted(&format!("{how}{c}")));
+    if !(wants("bare") || wrk.is_some() && wants("wrk-bare")) {
+        return;
+    }
+    let dir = temp_dir();
+    let mut cmd = Command::new(std::env::current_exe().expect("the bench's own path"));
+    cmd.arg("--bare")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let what = "bare daemon (floor's calls over HTTP)";
+    let mut daemon = match Server::spawn(cmd, what, |_| true, Duration::from_secs(60)) {
+        Ok(daemon) => daemon,
+        Err(e) => return notes.push(format!("{what}: not started: {e}")),
+    };
+    daemon._dir = Some(dir);
+    let hasp = |how: &str, conns: usize| {
+        let label = format!("{}, {how}", PEERS[0].hasp);
+        rates
+            .iter()
+            .find(|(what, c, _)| *what == label && *c == conns)
+            .map(|(_, _, rate)| *rate)
+    };
+    for conns in PEER_CONNS {
+        if !wanted(&format!("bare{conns}")) {
+            continue;
+        }
+        let load = Load {
+            cut: true,
+            ..Load::new(Door::Locker, conns, Names::Tree)
+        };
+        let point = repeated(&daemon, load, run, tag);
+        let ours = hasp("event loop", conns);
+        let ratio = ours.map_or(String::new(), |ours| ratio(ours, Some(point.rate())));
+        point.row_with(&format!("{what}, event loop"), &ratio, notes);
+    }
+    for conns in PEER_CONNS {
+        let Some(wrk) = wrk else { break };
+        if !wanted(&format!("wrk-bare{conns}")) {
+            continue;
+        }
+        *tag += 1;
+        let theirs = wrk_row(
+            wrk,
+            &daemon,
+            &PEERS[0],
+            conns,
+            run,
+            *tag,
+            &format!("{what}, wrk"),
+            None,
+            notes,
+        );
+        if let (Some(theirs), Some(ours)) = (theirs, hasp("wrk", conns)) {
+            println!("  {:<47} {conns:>5} hasp/bare {:.2}x", "", ours / theirs);
+        }
+    }
+    daemon.stop_peer(what, notes);
 }
 
 /// ` 3.2x`: hasp's cycles/s over the peer's, if it ran.
