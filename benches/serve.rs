@@ -260,7 +260,7 @@ fn table(run: Duration) {
 }
 
 /// The headings of the figures' columns (see [`print_row`]).
-const COLUMNS: &str = "conns  cycles/s   p50 ms   p99 ms errors   cpu us";
+const COLUMNS: &str = "conns  cycles/s   p50 ms   p99 ms errors   cpu us client us";
 
 /// Whether the row `key` is to be run: all of them, unless
 /// `HASP_BENCH_ONLY` lists some (comma-separated): `locker1`, `locker16`,
@@ -305,6 +305,9 @@ struct Point {
     /// The daemon's CPU time (all threads, user and system) per cycle,
     /// warm-up included.
     cpu_per_cycle: Option<Duration>,
+    /// The load generator's CPU time per cycle (the client thread, user
+    /// and system), warm-up included.
+    client_per_cycle: Option<Duration>,
     /// Of repeated runs: how many, and the lowest and highest cycles/s.
     range: Option<(usize, f64, f64)>,
     errors: u64,
@@ -352,7 +355,7 @@ impl Point {
             self.rate(),
             (at(0.5), at(0.99)),
             &self.errors.to_string(),
-            self.cpu_per_cycle,
+            (self.cpu_per_cycle, self.client_per_cycle),
             &format!("{extra}{range}"),
         );
         if let Some(e) = &self.first_error {
@@ -395,20 +398,43 @@ impl Point {
     }
 }
 
-/// One row of figures: `cpu` is the daemon's CPU time per cycle.
+/// One row of figures: `cpu` is the daemon's and the client's CPU time
+/// per cycle.
 fn print_row(
     what: &str,
     conns: usize,
     rate: f64,
     (p50, p99): (f64, f64),
     errors: &str,
-    cpu: Option<Duration>,
+    (cpu, client): (Option<Duration>, Option<Duration>),
     extra: &str,
 ) {
-    let cpu = cpu.map_or("?".to_string(), |cpu| {
-        format!("{:.1}", cpu.as_secs_f64() * 1e6)
-    });
-    println!("{what:<49} {conns:>5} {rate:>9.0} {p50:>8.2} {p99:>8.2} {errors:>6} {cpu:>8}{extra}");
+    let us = |cpu: Option<Duration>| {
+        cpu.map_or("?".to_string(), |cpu| {
+            format!("{:.1}", cpu.as_secs_f64() * 1e6)
+        })
+    };
+    let (cpu, client) = (us(cpu), us(client));
+    println!(
+        "{what:<49} {conns:>5} {rate:>9.0} {p50:>8.2} {p99:>8.2} {errors:>6} {cpu:>8} {client:>9}{extra}"
+    );
+}
+
+/// CPU time (user and system) of this thread, or of this process's
+/// children that have been waited for: `libc::RUSAGE_THREAD` or
+/// `libc::RUSAGE_CHILDREN`.
+fn cpu_used(who: libc::c_int) -> Option<Duration> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct it is given.
+    if unsafe { libc::getrusage(who, usage.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: filled above.
+    let usage = unsafe { usage.assume_init() };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    Some(time(usage.ru_utime) + time(usage.ru_stime))
 }
 
 /// What the connections of a throughput row do.
@@ -506,6 +532,7 @@ fn throughput(server: &Server, load: Load, run: Duration, tag: usize) -> Point {
     let barrier = Arc::new(tokio::sync::Barrier::new(conns));
     let addr = server.addr;
     let cpu_before = server.cpu_time();
+    let client_before = cpu_used(libc::RUSAGE_THREAD);
     let results = runtime.block_on(async move {
         let tasks: Vec<_> = (0..conns)
             .map(|c| {
@@ -587,6 +614,7 @@ fn throughput(server: &Server, load: Load, run: Duration, tag: usize) -> Point {
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
         cpu_per_cycle: None,
+        client_per_cycle: None,
         range: None,
         errors: 0,
         drops: 0,
@@ -599,6 +627,10 @@ fn throughput(server: &Server, load: Load, run: Duration, tag: usize) -> Point {
     let warm_up = conns * warm_up.min(NAMES_PER_CONN);
     let cycles = results.iter().map(|r| r.latencies.len()).sum::<usize>() + warm_up;
     point.cpu_per_cycle = match (cpu_before, server.cpu_time()) {
+        (Some(before), Some(after)) => after.checked_sub(before).map(|d| d / cycles.max(1) as u32),
+        _ => None,
+    };
+    point.client_per_cycle = match (client_before, cpu_used(libc::RUSAGE_THREAD)) {
         (Some(before), Some(after)) => after.checked_sub(before).map(|d| d / cycles.max(1) as u32),
         _ => None,
     };
@@ -661,19 +693,34 @@ async fn canhaz(
     client: &str,
 ) -> Result<Result<String, String>, String> {
     let (status, body) = http.get(&format!("/canhaz/{name}?id={client}")).await?;
-    let json = json_of(&body)?;
-    match (status, &json["ok"], json["token"].as_str()) {
-        (200, serde_json::Value::Bool(true), Some(token)) => Ok(Ok(token.to_string())),
-        (200, serde_json::Value::Bool(false), _) => Ok(Err(json["lockedBy"].to_string())),
+    match (status, field(&body, "ok"), field(&body, "token")) {
+        (200, Some("true"), Some(token)) => Ok(Ok(token.to_string())),
+        (200, Some("false"), _) => Ok(Err(field(&body, "lockedBy").unwrap_or("?").to_string())),
         _ => Err(format!("canhaz {name}: {status} {}", text(&body))),
     }
 }
 
 async fn nowant(http: &mut Keep<impl Conn>, name: &str, token: &str) -> Result<(), String> {
     let (status, body) = http.get(&format!("/nowant/{name}?token={token}")).await?;
-    match (status, &json_of(&body)?["ok"]) {
-        (200, serde_json::Value::Bool(true)) => Ok(()),
+    match (status, field(&body, "ok")) {
+        (200, Some("true")) => Ok(()),
         _ => Err(format!("nowant {name}: {status} {}", text(&body))),
+    }
+}
+
+/// The value of `key` in a flat JSON object as Locker's answers are
+/// (`{"ok": true, "token": "…"}`, with or without spaces; strings without
+/// escapes): a string's text without its quotes, else the literal. The
+/// cycles read their answers this way, not as parsed JSON trees, so that
+/// the load generator spends less of the two cores (the same for every
+/// daemon it drives).
+fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let quoted = format!("\"{key}\"");
+    let rest = &json[json.find(&quoted)? + quoted.len()..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    match rest.strip_prefix('"') {
+        Some(string) => string.split('"').next(),
+        None => Some(rest.split([',', '}']).next()?.trim()),
     }
 }
 
@@ -1044,6 +1091,7 @@ fn wrk_row(
     let secs = run.as_secs_f64().ceil().max(1.0) as u64;
     let n = conns.to_string();
     let cpu_before = server.cpu_time();
+    let client_before = cpu_used(libc::RUSAGE_CHILDREN);
     let output = Command::new(wrk)
         .args([
             "-t",
@@ -1061,6 +1109,7 @@ fn wrk_row(
         .stdin(Stdio::null())
         .output();
     let cpu_after = server.cpu_time();
+    let client_after = cpu_used(libc::RUSAGE_CHILDREN);
     let output = match output {
         Ok(output) => output,
         Err(e) => {
@@ -1086,6 +1135,13 @@ fn wrk_row(
             .map(|cpu| cpu.div_f64((requests / 2) as f64)),
         _ => None,
     };
+    // wrk's own CPU: the children waited for meanwhile are wrk alone.
+    let client = match (client_before, client_after, said.requests) {
+        (Some(before), Some(after), Some(requests)) if requests >= 2 => after
+            .checked_sub(before)
+            .map(|cpu| cpu.div_f64((requests / 2) as f64)),
+        _ => None,
+    };
     let errors = said.failures.map_or("?".to_string(), |n| n.to_string());
     print_row(
         what,
@@ -1093,7 +1149,7 @@ fn wrk_row(
         cycles,
         (said.p50_ms, said.p99_ms),
         &errors,
-        cpu,
+        (cpu, client),
         &ratio(cycles, versus),
     );
     match (said.failures, said.first_failure) {
