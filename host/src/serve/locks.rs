@@ -37,10 +37,10 @@ const WATCH_JITTER: Duration = Duration::from_millis(2);
 /// The served registry.
 pub(super) struct Locks {
     pool: Arc<Pool>,
-    /// The runtime the server was started on, with a thread pool of its
-    /// own: a list, which may read many thousands of states, runs there,
-    /// not on the network thread its request came in on, whose other
-    /// connections would wait for it (see `threads`).
+    /// The runtime the server was started on: a list, which may read many
+    /// thousands of states, runs on one of its blocking threads, not on the
+    /// network thread its request came in on, whose other connections
+    /// would wait for it (see `threads`), nor on the workers that accept.
     long_calls: tokio::runtime::Handle,
     syncer: Option<Syncer>,
     pub metrics: Metrics,
@@ -303,7 +303,14 @@ impl Locks {
         let (pool, listed) = (self.pool.clone(), prefix.clone());
         let call =
             async move { retry_busy(|| pool.call(None, |r, h| (r.list, (h, &*listed)))).await };
-        let result = match self.long_calls.spawn(call).await {
+        // On a blocking thread: the runtime's workers, where the accept
+        // loop runs, stay free.
+        let runtime = self.long_calls.clone();
+        let result = match self
+            .long_calls
+            .spawn_blocking(move || runtime.block_on(call))
+            .await
+        {
             Ok(result) => result,
             Err(err) => Err(Error::runtime(
                 "the list call failed",

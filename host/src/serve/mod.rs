@@ -292,7 +292,7 @@ async fn accept_until_stopped(
                     let _ = stream.set_nodelay(true);
                     // Moved to its thread's reactor.
                     let Ok(stream) = stream.into_std() else { continue };
-                    let handle = threads.next();
+                    let (handle, seat) = threads.place();
                     let (conn, tracker) = {
                         let _on = handle.enter();
                         let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
@@ -300,7 +300,13 @@ async fn accept_until_stopped(
                     };
                     let conn = conn.with_gate(gate.clone());
                     let (app, stopping) = (app.clone(), stopping.clone());
-                    let task = connections.spawn_on(access::scope(connection(conn, peer, app, stopping)), handle);
+                    let task = connections.spawn_on(
+                        access::scope(async move {
+                            let _seat = seat;
+                            connection(conn, peer, app, stopping).await
+                        }),
+                        handle,
+                    );
                     live.insert(task.id(), tracker);
                 }
                 Err(err) => {
