@@ -12,7 +12,7 @@ use crate::errors;
 use crate::hasp::lock::types::Error;
 use crate::name;
 use crate::record::{self, Lost, Seen, State};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use wasip2::filesystem::types::{DescriptorType, ErrorCode};
@@ -49,6 +49,8 @@ pub struct Disk {
     tmp: Dir,
     /// Nodes held open, by node path (see [`Node`]).
     nodes: RefCell<HashMap<String, Rc<Node>, Fnv>>,
+    /// A xorshift state: where to look for a node to let go.
+    dice: Cell<u64>,
 }
 
 /// A node directory and its `.lock`, held open across calls. Holding them
@@ -60,6 +62,8 @@ struct Node {
     /// The state file name this registry saw or wrote last, which may be
     /// stale: it is looked up, or renamed from, before it counts.
     hint: RefCell<Option<String>>,
+    /// Looked up since it was last looked at for letting go.
+    used: Cell<bool>,
 }
 
 impl Disk {
@@ -107,6 +111,7 @@ impl Disk {
             dir,
             tmp,
             nodes: RefCell::new(HashMap::default()),
+            dice: Cell::new(0x9e37_79b9_7f4a_7c15),
         })
     }
 
@@ -114,6 +119,7 @@ impl Disk {
     /// missing (a node made but never locked has no `.lock` yet).
     fn node(&self, path: &str) -> Result<Option<Rc<Node>>, Error> {
         if let Some(node) = self.nodes.borrow().get(path) {
+            node.used.set(true);
             return Ok(Some(node.clone()));
         }
         let opened = match self.open_node(path) {
@@ -130,13 +136,7 @@ impl Disk {
         let node = Rc::new(node);
         let mut nodes = self.nodes.borrow_mut();
         if nodes.len() >= OPEN_NODES {
-            // One goes (whichever the map finds first), not all: a working
-            // set a little over the limit then costs a reopen now and then,
-            // not every node's reopen, and a listing for its state, after
-            // each clear.
-            if let Some(first) = nodes.keys().next().cloned() {
-                nodes.remove(&first);
-            }
+            self.let_one_go(&mut nodes);
         }
         nodes.insert(path.to_string(), node.clone());
         Ok(Some(node))
@@ -158,7 +158,37 @@ impl Disk {
             dir,
             lock,
             hint: RefCell::new(None),
+            used: Cell::new(true),
         }))
+    }
+
+    /// Makes room for one more node: lets one go, not all, so that a
+    /// working set a little over [`OPEN_NODES`] costs a reopen now and then
+    /// rather than every node's reopen (and a listing for its state) after
+    /// each clear. The one is found at random places, where the first not
+    /// looked up since it was last looked at here goes (a second chance,
+    /// near enough to least recently used), else the last one looked at:
+    /// nodes of resources no longer used go first, wherever they sit in
+    /// the map.
+    fn let_one_go(&self, nodes: &mut HashMap<String, Rc<Node>, Fnv>) {
+        let mut goes = None;
+        for _ in 0..4 {
+            let mut x = self.dice.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.dice.set(x);
+            let Some((path, node)) = nodes.iter().nth(x as usize % nodes.len()) else {
+                break;
+            };
+            goes = Some(path.clone());
+            if !node.used.replace(false) {
+                break;
+            }
+        }
+        if let Some(path) = goes {
+            nodes.remove(&path);
+        }
     }
 
     /// Lets go of every node held open. Called when a node was found gone,
