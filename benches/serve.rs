@@ -42,7 +42,12 @@
 //!   scripts in benches/wrk/; cycles/s are its requests/s over two, and its
 //!   p50 / p99 are of one request, not a cycle, and leave out connecting);
 //! - the daemon's CPU time per cycle (all its threads, from schedstat; the
-//!   peers' python is the bench's child itself);
+//!   peers' python is the bench's child itself), and the load generator's
+//!   (`client us`: the client thread's, or wrk's, from getrusage);
+//! - the bare daemon (`bare` and `wrk-bare` rows, benches/bare.rs: this
+//!   bench started again with `--bare DIR`): Locker's two calls over the
+//!   same HTTP and only the floor's system calls, no rules; the ceiling any
+//!   daemon meets under this load, with hasp's Locker door over it;
 //! - these rows end at their time, cycles still waiting then cut off and
 //!   left out, as wrk does: a peer's client can wait seconds for a
 //!   connection (both peers listen with a backlog of 5, and gocept.lockd

@@ -98,6 +98,7 @@ pub struct Server {
     limits: Limits,
     max_connections: usize,
     local: SocketAddr,
+    threads: threads::Threads,
 }
 
 impl std::fmt::Debug for Server {
@@ -153,6 +154,9 @@ impl Server {
             Store::Dir(dir) => format!("lock directory {}", dir.display()),
             Store::Etcd(url) => format!("store {url}"),
         };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads =
+            threads::Threads::start(cpus).map_err(|e| io("cannot start the network threads", e))?;
         tracing::info!(target: "hasp::serve", "listening on http://{local} ({store})");
         let max_connections = config
             .max_connections
@@ -164,6 +168,7 @@ impl Server {
             limits: config.limits,
             max_connections,
             local,
+            threads,
         })
     }
 
@@ -181,9 +186,11 @@ impl Server {
             app,
             limits,
             max_connections,
+            threads,
             ..
         } = self;
-        accept_until_stopped(listener, app, limits, max_connections, shutdown).await;
+        let limits = (limits, max_connections);
+        accept_until_stopped(listener, app, limits, threads, shutdown).await;
         tracing::info!(target: "hasp::serve", "stopped");
     }
 }
@@ -245,20 +252,11 @@ Content-Length: 79\r\nConnection: close\r\nRetry-After: 1\r\n\r\n\
 async fn accept_until_stopped(
     listener: TcpListener,
     app: Arc<App>,
-    limits: Limits,
-    max_connections: usize,
+    (limits, max_connections): (Limits, usize),
+    threads: threads::Threads,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let threads = match threads::Threads::start(
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-    ) {
-        Ok(threads) => threads,
-        Err(err) => {
-            tracing::error!(target: "hasp::serve", "cannot start the network threads: {err}");
-            return;
-        }
-    };
     let (stop, stopping) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     // Each live connection, by the id of its task.
