@@ -11,7 +11,9 @@
 //!
 //! A call about one resource always goes to the same instance (chosen by a
 //! hash of the name), so the directories that guest keeps open and the
-//! state it saw last are the ones it needs next; other calls take turns.
+//! state it saw last are the ones it needs next. Other calls (a list, which
+//! may read many thousands of states) go to an instance of their own, the
+//! last, when there are two or more: no lock waits behind a list.
 
 use crate::registry::{self, Exports};
 use crate::runtime::instance::{Answer, Call, Flavour, Instance, Params};
@@ -19,7 +21,6 @@ use crate::store::{Etcd, Store, Watch};
 use crate::{Error, Runtime};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 use wasmtime::component::ResourceAny;
@@ -35,7 +36,6 @@ const KEEP_MEMORY: usize = 4 << 20;
 /// Guest instances of the served directory.
 pub(super) struct Pool {
     instances: Vec<Mutex<Instance<Exports>>>,
-    turn: AtomicUsize,
 }
 
 impl Pool {
@@ -66,10 +66,7 @@ impl Pool {
             instance.open(registry::open).await?;
             instances.push(Mutex::new(instance));
         }
-        Ok(Pool {
-            instances,
-            turn: AtomicUsize::new(0),
-        })
+        Ok(Pool { instances })
     }
 
     /// Runs one call on the instance of `resource` (or the next in turn)
@@ -91,14 +88,16 @@ impl Pool {
         resource: Option<&str>,
         call: impl FnOnce(&Exports, ResourceAny) -> Call<P, T>,
     ) -> (Result<T, Error>, Option<Watch>) {
+        // The last instance is kept for calls about no one resource.
         let n = self.instances.len();
+        let for_resources = if n >= 2 { n - 1 } else { n };
         let at = match resource {
             Some(name) => {
                 let mut hasher = DefaultHasher::new();
                 name.hash(&mut hasher);
-                (hasher.finish() % n as u64) as usize
+                (hasher.finish() % for_resources as u64) as usize
             }
-            None => self.turn.fetch_add(1, Ordering::Relaxed) % n,
+            None => n - 1,
         };
         let mut instance = self.instances[at].lock().await;
         let result = instance.call(registry::open, call).await;
