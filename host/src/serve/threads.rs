@@ -170,3 +170,56 @@ fn cpu_time(clock: libc::clockid_t) -> Option<Duration> {
         u32::try_from(now.tv_nsec).ok()?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Busy for `cpu` of the calling thread's own CPU time.
+    fn burn(cpu: Duration) {
+        let clock = own_clock().expect("a thread CPU clock");
+        let start = cpu_time(clock).expect("CPU time");
+        while cpu_time(clock).expect("CPU time") < start + cpu {
+            std::hint::black_box(0u64);
+        }
+    }
+
+    fn index(threads: &Threads, handle: &Handle) -> usize {
+        threads
+            .threads
+            .iter()
+            .position(|t| t.handle.id() == handle.id())
+            .expect("one of the threads")
+    }
+
+    #[test]
+    fn idle_threads_take_connections_in_turn_by_count() {
+        let threads = Threads::start(2).expect("threads");
+        let (first, seat) = threads.place();
+        let first = index(&threads, first);
+        let (second, _seat) = threads.place();
+        assert_ne!(index(&threads, second), first, "the emptier thread");
+        drop(seat);
+        let (third, _seat) = threads.place();
+        assert_eq!(index(&threads, third), first, "its seat was given back");
+    }
+
+    #[test]
+    fn a_new_connection_goes_to_the_thread_that_worked_least() {
+        let threads = Threads::start(2).expect("threads");
+        let (busy, seat) = threads.place();
+        let (busy, busy_at) = (busy.clone(), index(&threads, busy));
+        let (_, _other) = threads.place();
+        // The busy thread now has fewer connections (none) than the other
+        // (one), and works 20 ms of CPU while the other does nothing.
+        drop(seat);
+        let (done, worked) = std::sync::mpsc::channel();
+        busy.spawn(async move {
+            burn(Duration::from_millis(20));
+            let _ = done.send(());
+        });
+        worked.recv().expect("the work ran");
+        let (next, _seat) = threads.place();
+        assert_ne!(index(&threads, next), busy_at, "work before count");
+    }
+}
